@@ -1,0 +1,133 @@
+"""ViM aggregation: per-site softmax gates over N frozen zoo modules (SPEC 1.4).
+
+For a downstream task each site ``s`` has its own logit vector ``a_s`` over the N zoo
+modules (input-independent); the plug-in at ``s`` is ``sum_i softmax(a_s)_i E_{i,s}(h)``.
+Modes:
+
+- ``ens``: the paper's Ens-MoE, every module runs, gates learned (default);
+- ``topk``: only the ``top_k`` largest gates of each site run (softmax over those);
+- ``uniform``: gates fixed equal, only the head trains;
+- ``merge``: gate-weighted sum of module *parameters* per site, one module's cost
+  (modules must share a kind and config);
+- ``single``: one-hot gates on one chosen module (chosen on validation data by the
+  workflow), only the head trains.
+
+Only the gates (and the head, outside this class) train; zoo modules stay frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from vimw.aggregation.gates import merge_parameters, softmax_gates, topk_gates
+from vimw.backbones.base import Backbone
+from vimw.errors import VimwError
+from vimw.modules import ModuleSet
+
+MODES = ("ens", "topk", "uniform", "merge", "single")
+
+
+class GatedSite(nn.Module):
+    """The plug-in the backbone calls at one site: a gated mixture of the zoo's modules."""
+
+    def __init__(self, owner: "ZooAggregate", site_index: int, site_name: str, tap: str) -> None:
+        super().__init__()
+        # A plain attribute, not a submodule: the owner holds the parameters.
+        object.__setattr__(self, "owner", owner)
+        self.site_index = site_index
+        self.site_name = site_name
+        self.tap = tap
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.owner.run_site(self.site_index, self.site_name, h)
+
+
+class ZooAggregate(nn.Module):
+    def __init__(
+        self,
+        experts: Sequence[ModuleSet],
+        names: Sequence[str],
+        backbone: Backbone,
+        mode: str = "ens",
+        top_k: int = 2,
+        single_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise VimwError(f"unknown aggregation mode {mode!r}; choose from {MODES}")
+        if not experts:
+            raise VimwError("aggregation needs at least one zoo module")
+        if len(names) != len(experts):
+            raise VimwError("one name per zoo module is needed")
+        taps = {type(next(iter(e.values()))).tap for e in experts}
+        if len(taps) != 1:
+            raise VimwError(f"zoo modules attach at different taps {sorted(taps)}; aggregate modules of one tap")
+        if mode == "merge" and len({json_key(e.config.to_dict()) for e in experts}) != 1:
+            raise VimwError("mode 'merge' needs modules of one kind and one configuration")
+        if mode == "single" and single_index is None:
+            raise VimwError("mode 'single' needs the index of the chosen module")
+        self.mode, self.top_k, self.tap = mode, int(top_k), taps.pop()
+        self.names = list(names)
+        self.experts = nn.ModuleList(experts)
+        for param in self.experts.parameters():
+            param.requires_grad_(False)
+        self.site_names = [s.name for s in backbone.sites if any(s.name in e for e in experts)]
+        available = torch.tensor([[name in e for e in experts] for name in self.site_names], dtype=torch.bool)
+        self.register_buffer("available", available, persistent=False)
+        initial = torch.zeros(len(self.site_names), len(experts))
+        if mode == "single":
+            initial.fill_(-1e4)
+            initial[:, single_index] = 0.0
+        self.gate_logits = nn.Parameter(initial, requires_grad=mode in ("ens", "topk", "merge"))
+        self._sites = nn.ModuleDict(
+            {name: GatedSite(self, i, name, self.tap) for i, name in enumerate(self.site_names)}
+        )
+
+    def train(self, mode: bool = True) -> "ZooAggregate":
+        super().train(mode)
+        self.experts.eval()  # frozen modules: no dropout, whatever the downstream phase
+        return self
+
+    @property
+    def bypass(self) -> dict[str, nn.Module]:
+        return dict(self._sites.items())
+
+    def gates(self) -> torch.Tensor:
+        """``sites x N`` gate weights as used in the forward pass."""
+        if self.mode == "topk":
+            return topk_gates(self.gate_logits, self.top_k, self.available)
+        return softmax_gates(self.gate_logits, self.available)
+
+    def run_site(self, index: int, site: str, h: torch.Tensor) -> torch.Tensor:
+        weights = self.gates()[index]
+        if self.mode == "merge":
+            return self._run_merged(weights, site, h)
+        out = None
+        for weight, expert in zip(weights, self.experts):
+            # Gates that are exactly zero (top-k, single, absent) cost nothing.
+            if site not in expert or (weight == 0 and not weight.requires_grad) or (
+                self.mode in ("topk", "single") and weight.item() == 0.0
+            ):
+                continue
+            term = weight * expert[site](h)
+            out = term if out is None else out + term
+        return out if out is not None else torch.zeros((), dtype=h.dtype, device=h.device)
+
+    def _run_merged(self, weights: torch.Tensor, site: str, h: torch.Tensor) -> torch.Tensor:
+        holders = [e[site] for e in self.experts if site in e]
+        mask = self.available[self.site_names.index(site)]
+        merged = merge_parameters([dict(m.named_parameters()) for m in holders], weights[mask])
+        return functional_call(holders[0], merged, (h,))
+
+    def num_trainable(self) -> int:
+        return self.gate_logits.numel() if self.gate_logits.requires_grad else 0
+
+
+def json_key(payload: dict) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in payload.items() if k != "vimw_version"}, sort_keys=True)

@@ -1,0 +1,123 @@
+"""A downstream model on disk: gates + head in safetensors, a manifest naming the zoo modules.
+
+::
+
+    MODEL_DIR/
+      model.safetensors   gate_logits (aggregation) and head.* tensors
+      manifest.json       format, method, backbone (arch, fingerprint, image size),
+                          zoo (path, modules: name + sha256), head config, task,
+                          class names, metrics, settings
+      gates.png           the learned gates, sites x modules (when plotted)
+
+Loading refuses a model whose zoo modules changed or disappeared, naming them, and a
+backbone whose fingerprint differs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from vimw.aggregation.aggregate import ZooAggregate
+from vimw.backbones import Backbone, create_backbone
+from vimw.errors import BackboneMismatchError, FormatError, IntegrityError
+from vimw.io import load_tensors, read_json, save_tensors, write_json
+from vimw.training import HeadConfig, TaskModel
+from vimw.version import __version__
+from vimw.zoo import Zoo
+
+MODEL_FORMAT = 1
+TENSORS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: dict) -> dict:
+    """Write the trainable downstream state (gates, head; a scratch module if any)."""
+    directory = Path(directory)
+    tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    plugin = model.plugin
+    if isinstance(plugin, ZooAggregate):
+        tensors["gate_logits"] = plugin.gate_logits.detach()
+    elif plugin is not None:
+        tensors.update({f"module.{k}": v for k, v in plugin.state_dict().items()})
+    digest = save_tensors(directory / TENSORS_FILE, tensors)
+    payload = {
+        **manifest,
+        "format": MODEL_FORMAT,
+        "vimw_version": __version__,
+        "head": model.head_config.to_dict(),
+        "weights": {"file": TENSORS_FILE, "sha256": digest},
+        "backbone": {
+            "arch": model.backbone.arch,
+            "fingerprint": model.backbone.fingerprint(),
+            "image_size": model.backbone.preprocess.size,
+        },
+    }
+    write_json(directory / MANIFEST_FILE, payload)
+    return payload
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / MANIFEST_FILE
+    manifest = read_json(path)
+    for key in ("format", "method", "backbone", "head", "weights"):
+        if key not in manifest:
+            raise FormatError(f"{path}: missing required key {key!r}")
+    if manifest["format"] > MODEL_FORMAT:
+        raise FormatError(f"{path}: format {manifest['format']} is newer than this vimw supports ({MODEL_FORMAT})")
+    return manifest
+
+
+def check_zoo_modules(zoo: Zoo, recorded: list[dict]) -> None:
+    """Refuse when any module the model uses is gone or its weights changed."""
+    index = zoo.read_index()
+    missing = [m["name"] for m in recorded if m["name"] not in index]
+    changed = [m["name"] for m in recorded if m["name"] in index and index[m["name"]].get("sha256") != m["sha256"]]
+    if missing or changed:
+        parts = []
+        if missing:
+            parts.append(f"missing from the zoo: {missing}")
+        if changed:
+            parts.append(f"changed since the model was trained (sha256 differs): {changed}")
+        raise IntegrityError(f"the downstream model cannot use the zoo {zoo.root}: " + "; ".join(parts))
+
+
+def load_downstream(
+    directory: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None, backbone: Backbone | None = None
+) -> tuple[TaskModel, dict]:
+    """Rebuild a saved downstream model (backbone, plug-in, head) ready for inference."""
+    from vimw.modules import ModuleSet, config_from_dict
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    recorded = manifest["backbone"]
+    backbone = backbone or create_backbone(recorded["arch"], image_size=recorded.get("image_size"))
+    if backbone.fingerprint() != recorded["fingerprint"]:
+        raise BackboneMismatchError(
+            f"{directory}: the model was trained on {recorded['arch']} (fingerprint {recorded['fingerprint'][:12]}), "
+            f"not on {backbone.arch} (fingerprint {backbone.fingerprint()[:12]})"
+        )
+    tensors = load_tensors(directory / TENSORS_FILE, expected_sha256=manifest["weights"]["sha256"])
+    plugin = None
+    if manifest.get("zoo"):
+        zoo = Zoo(zoo_dir or manifest["zoo"]["path"])
+        modules = manifest["zoo"]["modules"]
+        check_zoo_modules(zoo, modules)
+        names = [m["name"] for m in modules]
+        agg = manifest["aggregation"]
+        plugin = ZooAggregate([zoo.load(n, backbone) for n in names], names, backbone, mode=agg["mode"],
+                              top_k=agg.get("top_k", 2), single_index=agg.get("single_index"))
+        with torch.no_grad():
+            plugin.gate_logits.copy_(tensors["gate_logits"])
+    elif manifest.get("module"):
+        plugin = ModuleSet.create(config_from_dict(manifest["module"]), backbone.sites)
+        plugin.load_weights({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+    model = TaskModel(backbone, HeadConfig.from_dict(manifest["head"]), plugin=plugin)
+    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        model.head.load_state_dict(head)
+    except RuntimeError as exc:
+        raise FormatError(f"{directory}: head weights do not match the head config ({exc})") from exc
+    return model.eval(), manifest

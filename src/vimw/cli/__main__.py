@@ -1,0 +1,5 @@
+import sys
+
+from vimw.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""``vimw zoo ...``: train, build, list, show, verify and remove zoo modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("zoo", help="build and inspect a module zoo")
+    sub = parser.add_subparsers(dest="zoo_command", metavar="ACTION")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train one module on a midstream task and add it to the zoo")
+    train.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
+    train.add_argument("--task", required=True, help="midstream task name (see 'vimw data list') or folder:/npz: path")
+    train.add_argument("--name", help="module name in the zoo (default: the task name)")
+    train.add_argument("--kind", default="convpass", help="module kind: convpass (default), lora, adapter")
+    train.add_argument("--hidden-dim", type=int, help="convpass/adapter hidden size d")
+    train.add_argument("--rank", type=int, help="lora rank")
+    train.add_argument("--first-block", type=int, help="attach only to sites from this block on")
+    _add_backbone_args(train)
+    _add_train_args(train)
+    train.add_argument("--max-train", type=int, help="use at most this many training images (stratified)")
+    train.add_argument("--max-test", type=int, help="evaluate on at most this many test images")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
+    train.set_defaults(handler=run_train)
+
+    build = sub.add_parser("build", help="train the default zoo recipe (skips modules already present)")
+    build.add_argument("--zoo", required=True)
+    build.set_defaults(handler=run_build)
+
+    listing = sub.add_parser("list", help="list the zoo's modules (reads the index only)")
+    listing.add_argument("--zoo", required=True)
+    listing.add_argument("--kind")
+    listing.add_argument("--task", help="substring of the task name")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=run_list)
+
+    show = sub.add_parser("show", help="print one module's manifest")
+    show.add_argument("name")
+    show.add_argument("--zoo", required=True)
+    show.set_defaults(handler=run_show)
+
+    verify = sub.add_parser("verify", help="check every module's files, checksums and manifest")
+    verify.add_argument("--zoo", required=True)
+    verify.set_defaults(handler=run_verify)
+
+    remove = sub.add_parser("remove", help="remove one module")
+    remove.add_argument("name")
+    remove.add_argument("--zoo", required=True)
+    remove.set_defaults(handler=run_remove)
+
+
+def _add_backbone_args(parser) -> None:
+    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
+
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default {DEFAULT_BACKBONE})")
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                        help=f"input resolution in pixels (default {DEFAULT_IMAGE_SIZE}; 0 = the backbone's native)")
+
+
+def _add_train_args(parser) -> None:
+    from vimw.training import TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train_config_from_args(args):
+    from vimw.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, seed=args.seed)
+
+
+def run_train(args) -> int:
+    from vimw.training import distributed as dist_utils
+    from vimw.zoo import Zoo
+    from vimw.zoo.build import MidstreamRecipe, train_module
+
+    overrides = {k: v for k, v in (("hidden_dim", args.hidden_dim), ("rank", args.rank),
+                                   ("first_block", args.first_block)) if v is not None}
+    recipe = MidstreamRecipe(
+        name=args.name or args.task.replace(":", "-").replace("/", "-").strip("-"),
+        task=args.task, kind=args.kind, module=overrides, train=train_config_from_args(args),
+        max_train=args.max_train, max_test=args.max_test,
+    )
+    manifest = train_module(
+        Zoo(args.zoo), recipe, backbone_name=args.backbone, image_size=args.image_size or None,
+        resume=args.resume, progress=False if args.no_progress else None, overwrite=args.overwrite,
+    )
+    if dist_utils.is_main_process():
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items() if isinstance(v, float))
+        print(f"added {manifest.name} ({manifest.kind}, {manifest.num_parameters} parameters): {metrics}")
+    return 0
+
+
+def run_build(args) -> int:
+    from vimw.zoo import verify_or_raise
+    from vimw.zoo.build import build_zoo
+
+    zoo = build_zoo(args.zoo)
+    verify_or_raise(zoo)
+    print_modules(zoo.list())
+    return 0
+
+
+def run_list(args) -> int:
+    from vimw.zoo import Zoo
+
+    print_modules(Zoo(args.zoo).list(kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
+    return 0
+
+
+def print_modules(rows, *, as_json: bool = False, zoo_dir: str = "") -> None:
+    if as_json:
+        json.dump({name: entry for name, entry in rows}, sys.stdout, indent=2)
+        print()
+        return
+    if not rows:
+        print(f"no modules in {zoo_dir}")
+        return
+    print(f"{'name':28s} {'kind':9s} {'task':22s} {'backbone':20s} {'params':>8s} {'val':>7s}")
+    for name, e in rows:
+        score = e.get("score")
+        print(f"{name:28s} {e.get('kind', '?'):9s} {str(e.get('task')):22s} {str(e.get('backbone')):20s} "
+              f"{e.get('num_parameters', 0):8d} {score if score is None else format(score, '.4f'):>7}")
+
+
+def run_show(args) -> int:
+    from vimw.zoo import Zoo
+
+    manifest = Zoo(args.zoo).manifest(args.name).to_dict()
+    manifest.get("training", {}).pop("history", None)
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def run_verify(args) -> int:
+    from vimw.zoo import Zoo
+
+    zoo = Zoo(args.zoo)
+    problems = zoo.verify()
+    if problems:
+        for problem in problems:
+            print(f"FAIL {problem}", file=sys.stderr)
+        print(f"zoo {args.zoo}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"zoo {args.zoo}: {len(zoo)} module(s), all verified")
+    return 0
+
+
+def run_remove(args) -> int:
+    from vimw.zoo import Zoo
+
+    Zoo(args.zoo).remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+

@@ -1,0 +1,19 @@
+"""Training: heads, the task model, the loop (single process or torchrun/DDP), checkpoints."""
+
+from vimw.training.config import TrainConfig, cosine_lr
+from vimw.training.heads import HeadConfig, build_head, head_config_for
+from vimw.training.loop import FitResult, evaluate, fit, predict_logits
+from vimw.training.task_model import TaskModel
+
+__all__ = [
+    "FitResult",
+    "HeadConfig",
+    "TaskModel",
+    "TrainConfig",
+    "build_head",
+    "cosine_lr",
+    "evaluate",
+    "fit",
+    "head_config_for",
+    "predict_logits",
+]

@@ -1,0 +1,43 @@
+"""Training settings, saved with every result so a number can be reproduced."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from vimw.errors import FormatError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    eval_batch_size: int = 256
+    grad_clip: float | None = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in payload.items() if k in known})
+        except TypeError as exc:
+            raise FormatError(f"invalid training settings {payload!r}: {exc}") from exc
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig(**{**self.to_dict(), **changes})
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
+    """Linear warmup then cosine decay to zero; a pure function of the step."""
+    warmup = max(1, int(round(total_steps * warmup_fraction))) if warmup_fraction > 0 else 0
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,226 @@
+"""The one training loop: any ``TaskModel`` (plug-in + head, or full fine-tuning) on one task.
+
+- AdamW over the trainable parameters only, linear warmup + cosine decay.
+- Validation every epoch; the best epoch *by validation score* is what is returned.
+- A checkpoint after every epoch (``checkpoint_dir``), resumable with ``resume=True``:
+  data order is a pure function of (seed, epoch) and the RNG state is saved, so a
+  resumed run ends with the same numbers as an uninterrupted one.
+- Under torchrun (``WORLD_SIZE`` > 1): DistributedDataParallel, each rank trains on its
+  shard of every epoch; rank 0 writes checkpoints and logs.
+- A NaN or infinite loss stops training with ``TrainingError`` before anything is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vimw.data import ImageSet, TaskData
+from vimw.errors import DataError, TrainingError
+from vimw.evaluation.metrics import accuracy, confusion_counts, mean_iou
+from vimw.training import distributed as dist_utils
+from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
+from vimw.training.config import TrainConfig, cosine_lr
+from vimw.training.heads import DENSE_KINDS
+from vimw.training.task_model import TaskModel
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict]
+    best_state: dict[str, torch.Tensor]
+    seconds: float
+    images_seen: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.seconds if self.seconds > 0 else float("nan")
+
+
+def progress_enabled(requested: bool | None) -> bool:
+    if requested is not None:
+        return requested and dist_utils.is_main_process()
+    if os.environ.get("VIMW_PROGRESS", "") == "0":
+        return False
+    return dist_utils.is_main_process() and sys.stderr.isatty()
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if logits.dim() == 4:  # dense: predict at the mask's own resolution
+        if logits.shape[-2:] != targets.shape[-2:]:
+            logits = nn.functional.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return nn.functional.cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def predict_logits(model: TaskModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits for uint8 images, in inference mode, batched."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        pixels = model.backbone.preprocess(images[start : start + batch_size])
+        outputs.append(model(pixels))
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def evaluate(model: TaskModel, data: ImageSet, batch_size: int = 256) -> dict[str, float]:
+    """Loss and the task's metric (accuracy, or mIoU and pixel accuracy for dense tasks)."""
+    if len(data) == 0:
+        raise DataError(f"cannot evaluate on the empty split {data.name!r}")
+    logits = predict_logits(model, data.images, batch_size)
+    targets = data.targets
+    loss = task_loss(logits, targets).item()
+    if model.kind in DENSE_KINDS:
+        if logits.shape[-2:] != targets.shape[-2:]:
+            logits = nn.functional.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        predictions = logits.argmax(dim=1)
+        confusion = confusion_counts(predictions, targets, logits.shape[1])
+        return {
+            "loss": loss,
+            "miou": mean_iou(confusion),
+            "pixel_accuracy": (predictions == targets).float().mean().item(),
+            "score": mean_iou(confusion),
+        }
+    acc = accuracy(logits, targets)
+    return {"loss": loss, "accuracy": acc, "score": acc}
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def _restore(model: TaskModel, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+    missing = set(model.trainable_state()) - set(state.model)
+    if missing:
+        raise TrainingError(f"checkpoint does not match the model: missing {sorted(missing)[:5]}")
+    model.load_state_dict(state.model, strict=False)
+    optimizer.load_state_dict(state.optimizer)
+    if state.rng is not None:
+        torch.set_rng_state(state.rng)
+
+
+def fit(
+    model: TaskModel,
+    data: TaskData,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    log_path: str | os.PathLike | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train the trainable parameters of ``model`` on ``data.train``; select on ``data.val``."""
+    if len(data.train) == 0:
+        raise DataError(f"task {data.spec.name!r}: the training split is empty")
+    if len(data.val) == 0:
+        raise DataError(f"task {data.spec.name!r}: the validation split is empty")
+    params = model.trainable_parameters()
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+
+    dist_utils.init_from_env()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    per_rank = -(-len(data.train) // world)
+    steps_per_epoch = -(-per_rank // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    state = TrainingState(settings={"train": config.to_dict(), "task": data.spec.name})
+    if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        state = load_checkpoint(checkpoint_dir)
+        _restore(model, optimizer, state)
+
+    runner: nn.Module = model
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(model)
+
+    show = progress_enabled(progress)
+    started, images_seen = time.perf_counter(), 0
+    for epoch in range(state.epoch, config.epochs):
+        model.train()
+        order = dist_utils.shard(_epoch_order(len(data.train), config.seed, epoch), rank, world)
+        running, batches, epoch_start = 0.0, 0, time.perf_counter()
+        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", disable=not show, leave=False)
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            pixels = model.backbone.preprocess(data.train.images[index])
+            lr = cosine_lr(state.step, total_steps, config.lr, config.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = task_loss(runner(pixels), data.train.targets[index])
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; "
+                    "nothing was saved (try a lower learning rate)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            state.step += 1
+            running += loss.item()
+            batches += 1
+            images_seen += len(index)
+            bar.update(len(index))
+            bar.set_postfix(loss=f"{running / batches:.4f}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - epoch_start
+        metrics = evaluate(model, data.val, config.eval_batch_size)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": dist_utils.average(running / max(1, batches)),
+            "lr": lr,
+            "images_per_second": len(order) * world / max(epoch_seconds, 1e-9),
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
+        state.history.append(record)
+        if metrics["score"] > state.best_score:
+            state.best_score, state.best_epoch = metrics["score"], epoch + 1
+            state.best = model.trainable_state()
+        state.epoch = epoch + 1
+        if dist_utils.is_main_process():
+            if show:
+                tqdm.write(
+                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                    f"val {metrics['score']:.4f} ({record['images_per_second']:.0f} img/s)"
+                )
+            if log_path is not None:
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if checkpoint_dir is not None:
+                state.model = model.trainable_state()
+                state.optimizer = optimizer.state_dict()
+                state.rng = torch.get_rng_state()
+                save_checkpoint(checkpoint_dir, state)
+        dist_utils.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+
+    if state.best:
+        model.load_state_dict(state.best, strict=False)
+    return FitResult(
+        best_score=state.best_score,
+        best_epoch=state.best_epoch,
+        history=state.history,
+        best_state=state.best,
+        seconds=time.perf_counter() - started,
+        images_seen=images_seen,
+    )

@@ -1,0 +1,110 @@
+"""The module manifest (``manifest.json``): what a zoo module is, validated on load.
+
+Format version 1. Unknown keys from a newer vimw are kept out with a warning; a newer
+*format* is refused, since its meaning may have changed.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+from vimw.errors import FormatError
+from vimw.version import __version__
+
+MODULE_FORMAT = 1
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+REQUIRED_KEYS = ("format", "name", "module", "backbone", "task", "weights")
+
+
+def check_module_name(name: str) -> str:
+    """A zoo name is also a directory name: no separators, no leading dot."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+        raise FormatError(
+            f"invalid module name {name!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (at most 100 characters)"
+        )
+    return name
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class ModuleManifest:
+    name: str
+    module: dict  # the module kind's config (``ModuleConfig.to_dict``)
+    backbone: dict  # arch, fingerprint, image_size
+    task: dict  # the midstream task's spec
+    weights: dict  # file, sha256
+    num_parameters: int = 0
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    head: dict = field(default_factory=dict)  # optional: config, file, sha256
+    created: str = field(default_factory=utc_now)
+    vimw_version: str = __version__
+    format: int = MODULE_FORMAT
+
+    @property
+    def kind(self) -> str:
+        return str(self.module.get("kind", "?"))
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.backbone.get("fingerprint", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def index_entry(self) -> dict[str, Any]:
+        """The summary kept in the zoo index, enough to list and search without opening files."""
+        return {
+            "kind": self.kind,
+            "task": self.task.get("name"),
+            "dataset": self.task.get("dataset"),
+            "backbone": self.backbone.get("arch"),
+            "fingerprint": self.fingerprint,
+            "num_parameters": self.num_parameters,
+            "score": self.metrics.get("val_score"),
+            "sha256": self.weights.get("sha256"),
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any], where: str = "manifest") -> "ModuleManifest":
+        missing = [k for k in REQUIRED_KEYS if k not in payload]
+        if missing:
+            raise FormatError(f"{where}: missing required keys {missing}")
+        version = payload["format"]
+        if not isinstance(version, int) or version < 1:
+            raise FormatError(f"{where}: invalid format version {version!r}")
+        if version > MODULE_FORMAT:
+            raise FormatError(
+                f"{where}: format version {version} is newer than this vimw supports ({MODULE_FORMAT}); upgrade vimw"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(payload) - known)
+        if unknown:
+            warnings.warn(f"{where}: ignoring unknown keys {unknown} (written by a newer vimw?)", stacklevel=2)
+        for key in ("module", "backbone", "task", "weights"):
+            if not isinstance(payload[key], dict):
+                raise FormatError(f"{where}: '{key}' must be an object, found {type(payload[key]).__name__}")
+        weights = payload["weights"]
+        if not isinstance(weights.get("sha256"), str) or not isinstance(weights.get("file"), str):
+            raise FormatError(f"{where}: 'weights' needs string 'file' and 'sha256'")
+        if weights["file"] != "module.safetensors":
+            raise FormatError(f"{where}: weights file must be 'module.safetensors', found {weights['file']!r}")
+        if not isinstance(payload["backbone"].get("fingerprint"), str):
+            raise FormatError(f"{where}: 'backbone' needs a string 'fingerprint'")
+        if not isinstance(payload["module"].get("kind"), str):
+            raise FormatError(f"{where}: 'module' needs a string 'kind'")
+        manifest = cls(**{k: v for k, v in payload.items() if k in known})
+        check_module_name(manifest.name)
+        if not isinstance(manifest.num_parameters, int):
+            raise FormatError(f"{where}: 'num_parameters' must be an integer")
+        return manifest
