@@ -8,11 +8,19 @@ Modes:
 - ``topk``: only the ``top_k`` largest gates of each site run (softmax over those);
 - ``uniform``: gates fixed equal, only the head trains;
 - ``merge``: gate-weighted sum of module *parameters* per site, one module's cost
+  (for LoRA the dense updates sum_i g_i s_i B_i A_i are merged, which equals ``ens``)
   (modules must share a kind and config);
 - ``single``: one-hot gates on one chosen module (chosen on validation data by the
   workflow), only the head trains.
 
 Only the gates (and the head, outside this class) train; zoo modules stay frozen.
+
+Execution: when the modules present at a site are of one kind and one shape (the
+usual zoo), they run as one grouped computation (``vimw.aggregation.batched``), with
+zero gates (``topk``, ``single``) skipped by gathering only the active modules'
+weights; ``merge`` averages the stacked parameters in one tensor contraction. Pass
+``batched=False`` to run the original Python loop over modules (same outputs, kept
+as the reference and for benchmarks); mixed zoos always use the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from vimw.aggregation.batched import StackedModules, stack_modules
 from vimw.aggregation.gates import merge_parameters, softmax_gates, topk_gates
 from vimw.backbones.base import Backbone
 from vimw.errors import VimwError
@@ -55,6 +64,7 @@ class ZooAggregate(nn.Module):
         mode: str = "ens",
         top_k: int = 2,
         single_index: int | None = None,
+        batched: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -75,6 +85,7 @@ class ZooAggregate(nn.Module):
         self.experts = nn.ModuleList(experts)
         for param in self.experts.parameters():
             param.requires_grad_(False)
+        self.experts.eval()  # frozen modules: no dropout, from construction on
         self.site_names = [s.name for s in backbone.sites if any(s.name in e for e in experts)]
         available = torch.tensor([[name in e for e in experts] for name in self.site_names], dtype=torch.bool)
         self.register_buffer("available", available, persistent=False)
@@ -86,6 +97,13 @@ class ZooAggregate(nn.Module):
         self._sites = nn.ModuleDict(
             {name: GatedSite(self, i, name, self.tap) for i, name in enumerate(self.site_names)}
         )
+        self.batched = bool(batched)
+        # Per site: the indices of the experts present there and their stacked runner
+        # (None when they cannot run as one group). Plain attributes: no new state.
+        self._groups: dict[str, tuple[list[int], StackedModules | None]] = {}
+        for name in self.site_names:
+            members = [i for i, e in enumerate(experts) if name in e]
+            self._groups[name] = (members, stack_modules([experts[i][name] for i in members]))
 
     def train(self, mode: bool = True) -> "ZooAggregate":
         super().train(mode)
@@ -102,10 +120,34 @@ class ZooAggregate(nn.Module):
             return topk_gates(self.gate_logits, self.top_k, self.available)
         return softmax_gates(self.gate_logits, self.available)
 
+    def is_batched(self, site: str) -> bool:
+        """Whether ``site`` runs as one grouped computation (else: the loop)."""
+        return self.batched and self._groups[site][1] is not None
+
     def run_site(self, index: int, site: str, h: torch.Tensor) -> torch.Tensor:
         weights = self.gates()[index]
+        if self.is_batched(site):
+            return self._run_batched(weights, site, h)
         if self.mode == "merge":
             return self._run_merged(weights, site, h)
+        return self._run_loop(weights, site, h)
+
+    def _run_batched(self, weights: torch.Tensor, site: str, h: torch.Tensor) -> torch.Tensor:
+        members, stacked = self._groups[site]
+        w = weights[members] if len(members) != len(weights) else weights
+        if self.mode == "merge":
+            return stacked.merged(h, w)
+        # As in the loop: exact zeros are skipped when they carry no gradient
+        # (top-k and single route none to the dropped logits).
+        if self.mode in ("topk", "single") or not w.requires_grad:
+            keep = torch.nonzero(w.detach() != 0).flatten()
+            if keep.numel() == 0:
+                return torch.zeros((), dtype=h.dtype, device=h.device)
+            if keep.numel() < len(w):
+                return stacked(h, w.index_select(0, keep), keep)
+        return stacked(h, w)
+
+    def _run_loop(self, weights: torch.Tensor, site: str, h: torch.Tensor) -> torch.Tensor:
         out = None
         for weight, expert in zip(weights, self.experts):
             # Gates that are exactly zero (top-k, single, absent) cost nothing.
@@ -120,11 +162,22 @@ class ZooAggregate(nn.Module):
     def _run_merged(self, weights: torch.Tensor, site: str, h: torch.Tensor) -> torch.Tensor:
         holders = [e[site] for e in self.experts if site in e]
         mask = self.available[self.site_names.index(site)]
+        if all(hasattr(m, "delta_weight") for m in holders):
+            # Linear modules (LoRA): merging the dense updates is exact.
+            delta = sum(w * m.delta_weight() for w, m in zip(weights[mask], holders))
+            return linear_over_channels_weight(h, delta, holders[0].site.layout)
         merged = merge_parameters([dict(m.named_parameters()) for m in holders], weights[mask])
         return functional_call(holders[0], merged, (h,))
 
     def num_trainable(self) -> int:
         return self.gate_logits.numel() if self.gate_logits.requires_grad else 0
+
+
+def linear_over_channels_weight(x: torch.Tensor, weight: torch.Tensor, layout: str) -> torch.Tensor:
+    """Apply an ``out x in`` matrix over the channel axis (dim 1 of feature maps, last of tokens)."""
+    if layout == "nchw":
+        return nn.functional.conv2d(x, weight[:, :, None, None])
+    return nn.functional.linear(x, weight)
 
 
 def json_key(payload: dict) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 from vimw._extras import require
 from vimw.aggregation.aggregate import ZooAggregate
+from vimw.io import atomic_write_bytes
 
 
 def plot_gates(aggregate: ZooAggregate, path: str | os.PathLike, title: str = "") -> None:
@@ -30,5 +32,7 @@ def plot_gates(aggregate: ZooAggregate, path: str | os.PathLike, title: str = ""
     ax.set_title(title or f"gates ({aggregate.mode})")
     fig.colorbar(image, ax=ax, label="gate weight")
     fig.tight_layout()
-    fig.savefig(os.fspath(path), dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

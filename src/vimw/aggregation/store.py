@@ -65,8 +65,31 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     for key in ("format", "method", "backbone", "head", "weights"):
         if key not in manifest:
             raise FormatError(f"{path}: missing required key {key!r}")
-    if manifest["format"] > MODEL_FORMAT:
-        raise FormatError(f"{path}: format {manifest['format']} is newer than this vimw supports ({MODEL_FORMAT})")
+    version = manifest["format"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FormatError(f"{path}: invalid format version {version!r}")
+    if version > MODEL_FORMAT:
+        raise FormatError(f"{path}: format {version} is newer than this vimw supports ({MODEL_FORMAT})")
+    for key in ("backbone", "head", "weights"):
+        if not isinstance(manifest[key], dict):
+            raise FormatError(f"{path}: {key!r} must be an object, found {type(manifest[key]).__name__}")
+    if not isinstance(manifest["backbone"].get("arch"), str) or not isinstance(manifest["backbone"].get("fingerprint"), str):
+        raise FormatError(f"{path}: 'backbone' needs string 'arch' and 'fingerprint'")
+    if not isinstance(manifest["weights"].get("sha256"), str):
+        raise FormatError(f"{path}: 'weights' needs a string 'sha256'")
+    zoo = manifest.get("zoo")
+    if zoo:
+        modules = zoo.get("modules") if isinstance(zoo, dict) else None
+        if (
+            not isinstance(zoo.get("path") if isinstance(zoo, dict) else None, str)
+            or not isinstance(modules, list)
+            or not modules
+            or not all(isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("sha256"), str)
+                       for m in modules)
+        ):
+            raise FormatError(f"{path}: 'zoo' needs a 'path' and a non-empty list of modules with 'name' and 'sha256'")
+        if not isinstance(manifest.get("aggregation"), dict) or not isinstance(manifest["aggregation"].get("mode"), str):
+            raise FormatError(f"{path}: a zoo model needs an 'aggregation' object with a 'mode'")
     return manifest
 
 
@@ -109,8 +132,14 @@ def load_downstream(
         agg = manifest["aggregation"]
         plugin = ZooAggregate([zoo.load(n, backbone) for n in names], names, backbone, mode=agg["mode"],
                               top_k=agg.get("top_k", 2), single_index=agg.get("single_index"))
+        gates = tensors.get("gate_logits")
+        if gates is None or tuple(gates.shape) != tuple(plugin.gate_logits.shape):
+            raise FormatError(
+                f"{directory / TENSORS_FILE}: 'gate_logits' is {'missing' if gates is None else tuple(gates.shape)}, "
+                f"the model needs {tuple(plugin.gate_logits.shape)} (sites x modules)"
+            )
         with torch.no_grad():
-            plugin.gate_logits.copy_(tensors["gate_logits"])
+            plugin.gate_logits.copy_(gates)
     elif manifest.get("module"):
         plugin = ModuleSet.create(config_from_dict(manifest["module"]), backbone.sites)
         plugin.load_weights({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})

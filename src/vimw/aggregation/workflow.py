@@ -16,6 +16,8 @@ import copy
 import time
 from dataclasses import dataclass
 
+import torch
+
 from vimw.aggregation.aggregate import MODES, ZooAggregate
 from vimw.backbones import Backbone
 from vimw.data import TaskData
@@ -39,7 +41,9 @@ class DownstreamResult:
     info: dict
 
 
-def _zoo_names(zoo: Zoo, names: list[str] | None, backbone: Backbone) -> list[str]:
+def _zoo_names(zoo: Zoo | None, names: list[str] | None, backbone: Backbone) -> list[str]:
+    if zoo is None:
+        raise VimwError("the zoo methods (ens, topk, uniform, merge, single) need a zoo")
     names = names or [n for n, e in zoo.list() if e.get("fingerprint") == backbone.fingerprint()]
     if not names:
         raise VimwError(f"the zoo {zoo.root} has no module for backbone {backbone.arch}")
@@ -103,11 +107,16 @@ def train_downstream(
         names = _zoo_names(zoo, names, backbone)
         scores = []
         for index in range(len(names)):
+            torch.manual_seed(config.seed)  # every candidate's head starts from the same seed
             model, _ = build_model("single", backbone, data, zoo=zoo, names=names, single_index=index)
+            model.to(next(backbone.parameters()).device)
             scores.append(fit(model, data, config, progress=progress).best_score)
         single_index = max(range(len(names)), key=lambda i: scores[i])
         info_extra = {"single_val_scores": dict(zip(names, scores)), "chosen": names[single_index]}
+    # New heads (and a scratch module) are initialised from the run's seed: same seed, same result.
+    torch.manual_seed(config.seed)
     model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index)
+    model.to(next(backbone.parameters()).device)  # zoo modules and heads are built on the CPU
     result = fit(model, data, config, progress=progress)
     val = evaluate(model, data.val, config.eval_batch_size)
     return DownstreamResult(

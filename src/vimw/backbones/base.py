@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vimw.errors import VimwError
+from vimw.errors import DataError, VimwError
 
 Layout = Literal["nchw", "nlc", "nlc_cls"]
 Tap = Literal["input", "inner"]
@@ -72,18 +72,24 @@ class Preprocess:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
-            raise VimwError(f"expected a tensor of images, got {type(images).__name__}")
+            raise DataError(f"expected a tensor of images, got {type(images).__name__}")
         if images.dim() == 3:
             images = images.unsqueeze(1)
         if images.dim() != 4 or images.shape[1] not in (1, 3, 4):
-            raise VimwError(
+            raise DataError(
                 f"expected images shaped N x C x H x W with C in (1, 3, 4), got {tuple(images.shape)}"
             )
         if images.shape[0] == 0:
-            raise VimwError("expected at least one image, got an empty batch")
+            raise DataError("expected at least one image, got an empty batch")
+        if images.shape[2] == 0 or images.shape[3] == 0:
+            raise DataError(f"images must be at least 1 x 1 pixels, got {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise DataError(
+                f"images must be uint8 (0..255) or floating point (0..1), got dtype {images.dtype}"
+            )
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if not torch.isfinite(x).all():
-            raise VimwError("images contain NaN or infinite pixel values")
+            raise DataError("images contain NaN or infinite pixel values")
         if x.shape[1] == 4:
             x = x[:, :3]
         if x.shape[1] == 1:

@@ -46,6 +46,10 @@ def run_aggregate(args) -> int:
     from vimw.training import evaluate
     from vimw.zoo import Zoo
 
+    if args.method == "full_ft":  # refuse before training, not after (it is the most expensive method)
+        raise VimwError("full fine-tuning is a benchmark baseline; its models are not saved")
+    if not Path(args.zoo).is_dir():
+        raise VimwError(f"no zoo at {args.zoo}: the directory does not exist")
     zoo = Zoo(args.zoo)
     rows = zoo.list()
     if not rows:
@@ -57,8 +61,6 @@ def run_aggregate(args) -> int:
     data = load_task(args.task, shots=args.shots, seed=args.seed)
     result = train_downstream(args.method, backbone, data, config, zoo=zoo, names=names, top_k=args.top_k,
                               progress=False if args.no_progress else None)
-    if args.method == "full_ft":
-        raise VimwError("full fine-tuning is a benchmark baseline; its models are not saved")
     test = evaluate(result.model, data.test, config.eval_batch_size)
     out = Path(args.out)
     save_downstream(out, result.model, {

@@ -11,7 +11,7 @@ from vimw.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vimw.cli import backbones, data, predict, zoo
+    from vimw.cli import backbones, data, demo, predict, zoo
 
     parser = argparse.ArgumentParser(
         prog="vimw",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vimw {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for command in (backbones, data, predict, zoo):
+    for command in (demo, backbones, data, predict, zoo):
         command.register(commands)
     _register_optional(commands)
     return parser
@@ -31,7 +31,7 @@ def _register_optional(commands) -> None:
     """Commands of later layers register here when present."""
     import importlib
 
-    for name in ("aggregate", "transfer"):
+    for name in ("aggregate", "transfer", "export"):
         try:
             module = importlib.import_module(f"vimw.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -17,35 +17,50 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
+    predict_files(args.images, backbone=args.backbone, model=args.model, zoo=args.zoo, top=args.top)
+    return 0
+
+
+def predict_files(images, *, backbone: str = "efficientnet_lite0", model: str | None = None,
+                  zoo: str | None = None, top: int = 5) -> None:
+    """Print the ``top`` classes of each image file, from a downstream model or a backbone's head."""
     import torch
 
     from vimw.data import read_image
 
-    if args.model:
+    if model:
         from vimw.aggregation import load_downstream
 
-        model, manifest = load_downstream(args.model, zoo_dir=args.zoo)
-        class_names = manifest.get("class_names") or [str(i) for i in range(model.head_config.num_classes)]
-        preprocess = model.backbone.preprocess
+        from vimw.errors import VimwError
+        from vimw.training.heads import DENSE_KINDS
+
+        downstream, manifest = load_downstream(model, zoo_dir=zoo)
+        if downstream.kind in DENSE_KINDS:
+            # Its logits are per pixel (N x C x H x W): a top-k over them would be meaningless.
+            raise VimwError(
+                f"{model} is a {downstream.kind} model (one class per pixel); 'vimw predict' prints image "
+                "classes. Use 'vimw evaluate' for its mIoU."
+            )
+        class_names = manifest.get("class_names") or [str(i) for i in range(downstream.head_config.num_classes)]
+        preprocess = downstream.backbone.preprocess
 
         def logits_of(pixels):
-            return model(pixels)
+            return downstream(pixels)
     else:
         from vimw.backbones import create_backbone
 
-        backbone = create_backbone(args.backbone)
-        class_names = backbone.class_names
-        preprocess = backbone.preprocess
+        network = create_backbone(backbone)
+        class_names = network.class_names
+        preprocess = network.preprocess
 
         def logits_of(pixels):
-            return backbone.classify(backbone(pixels))
+            return network.classify(network(pixels))
 
-    for path in args.images:
+    for path in images:
         image = read_image(Path(path), preprocess.size)
         with torch.inference_mode():
             probabilities = logits_of(preprocess(image.unsqueeze(0))).softmax(-1)[0]
-        top = probabilities.topk(min(args.top, len(probabilities)))
+        best = probabilities.topk(min(top, len(probabilities)))
         print(path)
-        for p, index in zip(top.values.tolist(), top.indices.tolist()):
+        for p, index in zip(best.values.tolist(), best.indices.tolist()):
             print(f"  {p:6.3f}  {index:4d}  {class_names[index]}")
-    return 0

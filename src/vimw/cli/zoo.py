@@ -6,7 +6,6 @@ import json
 import sys
 
 
-
 def register(commands) -> None:
     parser = commands.add_parser("zoo", help="build and inspect a module zoo")
     sub = parser.add_subparsers(dest="zoo_command", metavar="ACTION")
@@ -46,6 +45,9 @@ def register(commands) -> None:
 
     verify = sub.add_parser("verify", help="check every module's files, checksums and manifest")
     verify.add_argument("--zoo", required=True)
+    verify.add_argument("--repair", action="store_true",
+                        help="first clean up after interrupted writers: remove their staging leftovers, "
+                             "re-index complete orphan modules, remove incomplete ones")
     verify.set_defaults(handler=run_verify)
 
     remove = sub.add_parser("remove", help="remove one module")
@@ -81,6 +83,29 @@ def train_config_from_args(args):
                        weight_decay=args.weight_decay, seed=args.seed)
 
 
+def default_module_name(task: str) -> str:
+    """A valid zoo name for a task: its registered name, or the stem of the user's folder / .npz.
+
+    The whole path would make names that are long, machine-specific, and invalid as soon as
+    it holds a space or another character a zoo name cannot contain.
+    """
+    import re
+    from pathlib import Path
+
+    from vimw.data.sources import FOLDER_PREFIX, NPZ_PREFIX
+
+    text = task
+    for prefix in (FOLDER_PREFIX, NPZ_PREFIX):
+        if text.startswith(prefix):
+            text = Path(text[len(prefix):]).expanduser().absolute().stem
+            break
+    else:
+        if "/" in text or Path(text).exists():
+            text = Path(text).expanduser().absolute().stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:100]
+    return name or "module"
+
+
 def run_train(args) -> int:
     from vimw.training import distributed as dist_utils
     from vimw.zoo import Zoo
@@ -89,7 +114,7 @@ def run_train(args) -> int:
     overrides = {k: v for k, v in (("hidden_dim", args.hidden_dim), ("rank", args.rank),
                                    ("first_block", args.first_block)) if v is not None}
     recipe = MidstreamRecipe(
-        name=args.name or args.task.replace(":", "-").replace("/", "-").strip("-"),
+        name=args.name or default_module_name(args.task),
         task=args.task, kind=args.kind, module=overrides, train=train_config_from_args(args),
         max_train=args.max_train, max_test=args.max_test,
     )
@@ -113,10 +138,20 @@ def run_build(args) -> int:
     return 0
 
 
-def run_list(args) -> int:
+def existing_zoo(path: str):
+    """The zoo at ``path`` for reading or removing; a missing directory is an error, not an empty zoo."""
+    from pathlib import Path
+
+    from vimw.errors import VimwError
     from vimw.zoo import Zoo
 
-    print_modules(Zoo(args.zoo).list(kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
+    if not Path(path).is_dir():
+        raise VimwError(f"no zoo at {path}: the directory does not exist")
+    return Zoo(path)
+
+
+def run_list(args) -> int:
+    print_modules(existing_zoo(args.zoo).list(kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
     return 0
 
 
@@ -132,22 +167,26 @@ def print_modules(rows, *, as_json: bool = False, zoo_dir: str = "") -> None:
     for name, e in rows:
         score = e.get("score")
         print(f"{name:28s} {e.get('kind', '?'):9s} {str(e.get('task')):22s} {str(e.get('backbone')):20s} "
-              f"{e.get('num_parameters', 0):8d} {score if score is None else format(score, '.4f'):>7}")
+              f"{e.get('num_parameters', 0):8d} {'-' if score is None else format(score, '.4f'):>7}")
 
 
 def run_show(args) -> int:
-    from vimw.zoo import Zoo
-
-    manifest = Zoo(args.zoo).manifest(args.name).to_dict()
+    manifest = existing_zoo(args.zoo).manifest(args.name).to_dict()
     manifest.get("training", {}).pop("history", None)
     print(json.dumps(manifest, indent=2))
     return 0
 
 
 def run_verify(args) -> int:
-    from vimw.zoo import Zoo
-
-    zoo = Zoo(args.zoo)
+    zoo = existing_zoo(args.zoo)
+    if getattr(args, "repair", False):
+        for action in zoo.repair():
+            print(f"repaired: {action}")
+    else:
+        leftovers = zoo.leftovers()
+        if leftovers:
+            print(f"note: {len(leftovers)} leftover(s) of interrupted writes (harmless; "
+                  "'vimw zoo verify --repair' removes them)", file=sys.stderr)
     problems = zoo.verify()
     if problems:
         for problem in problems:
@@ -159,9 +198,7 @@ def run_verify(args) -> int:
 
 
 def run_remove(args) -> int:
-    from vimw.zoo import Zoo
-
-    Zoo(args.zoo).remove(args.name)
+    existing_zoo(args.zoo).remove(args.name)
     print(f"removed {args.name}")
     return 0
 

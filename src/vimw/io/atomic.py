@@ -2,7 +2,9 @@
 
 A write goes to a temporary file in the destination's directory, is flushed and
 fsynced, then renamed over the destination: a reader (or a crash) sees either the
-old file or the new one, never half of one.
+old file or the new one, never half of one. A crash can leave a temporary file
+(``.<name>.<random>.tmp``) behind; it is never read, and ``Zoo.repair`` removes the
+ones in a zoo.
 """
 
 from __future__ import annotations
@@ -15,24 +17,50 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TMP_SUFFIX = ".tmp"
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is only durable once the directory entry is synced.
+
+def _read_umask() -> int:
+    # Read without changing it where the kernel tells (Linux >= 4.7); else set-and-restore.
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename (or a new entry) in ``directory`` durable."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_dir  # old private name
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        # mkstemp creates 0600 files; a zoo is shared, so honour the umask like open() does.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -42,11 +70,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like an ``atomic_write_bytes`` temporary file."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -76,3 +110,22 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def lock_is_held(path: str | os.PathLike) -> bool:
+    """Whether a live process holds ``file_lock(path)`` now (a missing file: no)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

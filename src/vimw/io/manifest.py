@@ -1,4 +1,8 @@
-"""JSON metadata files: atomic writes, a format version, clear errors on bad input."""
+"""JSON metadata files: atomic writes, a format version, clear errors on bad input.
+
+Only standard JSON is read and written: ``NaN`` and ``Infinity`` are refused both ways
+(they are not JSON, and a NaN metric usually means a broken run).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,23 @@ from vimw.errors import FormatError
 from vimw.io.atomic import atomic_write_text
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def dumps_json(payload: dict[str, Any], where: str = "JSON") -> str:
+    """The text ``write_json`` writes; ``FormatError`` for NaN, Inf or non-JSON values."""
+    try:
+        return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise FormatError(f"{where}: cannot write NaN or infinite values to JSON ({exc})") from exc
+    except (TypeError, RecursionError) as exc:
+        raise FormatError(f"{where}: cannot write this value as JSON ({exc})") from exc
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    # Serialise first: a payload that cannot be written leaves the old file untouched.
+    atomic_write_text(path, dumps_json(payload, where=str(path)))
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -23,10 +42,16 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise FormatError(f"{path}: file is missing") from exc
     except UnicodeDecodeError as exc:
         raise FormatError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:  # a directory, no permission...
+        raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise FormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise FormatError(f"{path}: invalid JSON (nested too deeply)") from exc
+    except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
+        raise FormatError(f"{path}: invalid JSON ({exc})") from exc
     if not isinstance(payload, dict):
         raise FormatError(f"{path}: expected a JSON object at the top level, found {type(payload).__name__}")
     return payload

@@ -93,6 +93,9 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> None:
     for stale in directory.glob("state-*.safetensors"):
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)
+    # Temporary files of a save that was killed half-way (one writer per directory).
+    for stale in directory.glob(".state*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:

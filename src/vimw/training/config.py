@@ -19,6 +19,16 @@ class TrainConfig:
     eval_batch_size: int = 256
     grad_clip: float | None = 1.0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise FormatError(f"epochs and batch sizes must be >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or value > 1e3:
+                raise FormatError(f"training setting {name}={value!r} must be a finite number in [0, 1000]")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise FormatError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

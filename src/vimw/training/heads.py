@@ -105,7 +105,7 @@ def dense_blocks(backbone: Backbone) -> tuple[tuple[int, ...], tuple[int, ...], 
     backbone honouring the site contract.
     """
     size = backbone.preprocess.size
-    probe = torch.zeros(1, 3, size, size)
+    probe = torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device)
     with torch.no_grad():
         hidden = backbone.forward_intermediates(probe, None, range(backbone.num_blocks))
     last_site: dict[int, Site] = {s.block: s for s in backbone.sites}

@@ -69,11 +69,15 @@ def predict_logits(model: TaskModel, images: torch.Tensor, batch_size: int = 256
     was_training = model.training
     model.eval()
     outputs = []
+    cached = getattr(model, "can_use_prefix_cache", lambda: False)()
     for start in range(0, len(images), batch_size):
-        pixels = model.backbone.preprocess(images[start : start + batch_size])
+        if cached:  # the frozen prefix from the cache: same logits
+            outputs.append(model.forward_cached(images, torch.arange(start, min(start + batch_size, len(images)))))
+            continue
+        pixels = model.backbone.preprocess(images[start : start + batch_size].to(model_device(model)))
         outputs.append(model(pixels))
     model.train(was_training)
-    return torch.cat(outputs)
+    return torch.cat(outputs).cpu()
 
 
 @torch.no_grad()
@@ -99,9 +103,24 @@ def evaluate(model: TaskModel, data: ImageSet, batch_size: int = 256) -> dict[st
     return {"loss": loss, "accuracy": acc, "score": acc}
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model lives; batches are moved there (data stay on the CPU)."""
+    return next(model.parameters()).device
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=generator)
+
+
+def check_resumable(saved: dict, config: TrainConfig, where) -> None:
+    """Refuse to continue a checkpoint made with other settings: it would mix two runs."""
+    current = config.to_dict()
+    differing = sorted(k for k in current if k in saved and saved[k] != current[k])
+    if differing:
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {current[k]!r}" for k in differing)
+        raise TrainingError(f"{where}: the checkpoint was made with other training settings ({details}); "
+                            "resume with the same settings or start afresh without --resume")
 
 
 def _restore(model: TaskModel, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
@@ -124,8 +143,14 @@ def fit(
     progress: bool | None = None,
     log_path: str | os.PathLike | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    prefix_cache: int | None = None,
 ) -> FitResult:
-    """Train the trainable parameters of ``model`` on ``data.train``; select on ``data.val``."""
+    """Train the trainable parameters of ``model`` on ``data.train``; select on ``data.val``.
+
+    ``prefix_cache``: a byte limit to enable ``model.enable_prefix_cache`` (frozen
+    prefix computed once per image); a cache already attached to ``model`` is used
+    as is. Single-process runs only (under DDP the model runs uncached).
+    """
     if len(data.train) == 0:
         raise DataError(f"task {data.spec.name!r}: the training split is empty")
     if len(data.val) == 0:
@@ -145,11 +170,16 @@ def fit(
     state = TrainingState(settings={"train": config.to_dict(), "task": data.spec.name})
     if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir)
+        check_resumable(state.settings.get("train", {}), config, checkpoint_dir)
         _restore(model, optimizer, state)
 
+    device = model_device(model)
     runner: nn.Module = model
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(model)
+    if prefix_cache is not None and getattr(model, "prefix_cache", None) is None:
+        model.enable_prefix_cache(prefix_cache)
+    cached = world == 1 and getattr(model, "can_use_prefix_cache", lambda: False)()
 
     show = progress_enabled(progress)
     started, images_seen = time.perf_counter(), 0
@@ -160,11 +190,14 @@ def fit(
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", disable=not show, leave=False)
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            pixels = model.backbone.preprocess(data.train.images[index])
             lr = cosine_lr(state.step, total_steps, config.lr, config.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = task_loss(runner(pixels), data.train.targets[index])
+            if cached:  # frozen prefix computed once per image (TaskModel.enable_prefix_cache)
+                logits = model.forward_cached(data.train.images, index)
+            else:
+                logits = runner(model.backbone.preprocess(data.train.images[index].to(device)))
+            loss = task_loss(logits, data.train.targets[index].to(device))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; "

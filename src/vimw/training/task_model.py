@@ -3,6 +3,11 @@
 The plug-in is anything with a ``bypass`` mapping (a zoo module, an aggregation over
 the zoo, or nothing for a linear probe). Only the plug-in and the head train unless the
 backbone itself was unfrozen (full fine-tuning baseline).
+
+``enable_prefix_cache`` attaches a ``PrefixCache`` (frozen prefix computed once per
+image, see ``vimw.training.prefix_cache``); ``fit`` and ``predict_logits`` then call
+``forward_cached(images, index)`` with raw images and their indices instead of
+``forward(pixels)``. The logits are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +26,41 @@ class TaskModel(nn.Module):
         self.plugin = plugin
         self.head_config = head_config
         self.head = build_head(head_config)
+        self.prefix_cache = None  # a PrefixCache, set by enable_prefix_cache
+
+    def enable_prefix_cache(self, max_bytes: int | None = None):
+        """Cache the frozen prefix (before the plug-in's first block); ``None`` if not applicable."""
+        from vimw.training.prefix_cache import DEFAULT_MAX_BYTES, PrefixCache, prefix_start
+
+        start = prefix_start(self.backbone, self.plugin)
+        if start == 0 or not self.backbone.frozen or self.kind in DENSE_KINDS:
+            self.prefix_cache = None
+        else:
+            limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+            self.prefix_cache = PrefixCache(self.backbone, start, max_bytes=limit)
+        return self.prefix_cache
+
+    def can_use_prefix_cache(self) -> bool:
+        cache = self.prefix_cache
+        return (
+            cache is not None
+            and cache.backbone is self.backbone
+            and self.backbone.frozen
+            and not any(p.requires_grad for p in self.backbone.parameters())
+            and self.kind not in DENSE_KINDS
+        )
+
+    def forward_cached(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits of raw ``images[index]``, reading the frozen prefix from the cache."""
+        if not self.can_use_prefix_cache():
+            from vimw.errors import VimwError
+
+            raise VimwError("the prefix cache is not usable for this model (not enabled, backbone not frozen, or dense head)")
+        cache = self.prefix_cache
+        hidden = cache.fetch(images, index)
+        if not cache.pooled:
+            hidden = self.backbone.pool(self.backbone.forward_blocks(hidden, self.bypass(), start=cache.start))
+        return self.head(hidden)
 
     @property
     def kind(self) -> str:

@@ -12,6 +12,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from vimw.backbones import Backbone, create_backbone
 from vimw.data import load_task
 from vimw.errors import VimwError
@@ -71,12 +73,19 @@ def train_module(
 ) -> ModuleManifest:
     """Train one module on its midstream task and add it to ``zoo`` (rank 0 writes)."""
     check_module_name(recipe.name)
+    # Join torchrun's process group first: until then every rank believes it is rank 0,
+    # and each would clear the shared work directory below.
+    dist_utils.init_from_env()
     if recipe.name in zoo and not overwrite:
         raise VimwError(f"the zoo {zoo.root} already has a module named {recipe.name!r} (use --overwrite)")
     backbone = backbone or create_backbone(backbone_name, image_size=image_size)
     data = load_task(recipe.task, seed=recipe.train.seed, max_train=recipe.max_train, max_test=recipe.max_test)
+    # The module's and the head's initial weights come from the run's seed as well, so
+    # the same recipe gives the same module (``fit`` seeds only what happens after).
+    torch.manual_seed(recipe.train.seed)
     module = ModuleSet.create(recipe.module_config(), backbone.sites)
     model = TaskModel(backbone, head_config_for(backbone, data.kind, data.num_classes), plugin=module)
+    model.to(next(backbone.parameters()).device)  # the module and head follow the backbone
 
     work = zoo.root / WORK_DIR / recipe.name
     if not resume and work.exists() and dist_utils.is_main_process():
@@ -115,10 +124,11 @@ def build_zoo(
     backbone_name: str = DEFAULT_BACKBONE,
     image_size: int | None = DEFAULT_IMAGE_SIZE,
     progress: bool | None = None,
+    device: str = "cpu",
 ) -> Zoo:
     """Train every recipe the zoo does not hold yet (resuming an interrupted one)."""
     zoo = Zoo(root)
-    backbone = create_backbone(backbone_name, image_size=image_size)
+    backbone = create_backbone(backbone_name, image_size=image_size).to(device)
     for recipe in recipes:
         if recipe.name in zoo:
             log.info("zoo %s: %s already present, skipped", zoo.root, recipe.name)

@@ -17,13 +17,14 @@ from vimw.version import __version__
 
 MODULE_FORMAT = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 REQUIRED_KEYS = ("format", "name", "module", "backbone", "task", "weights")
 
 
 def check_module_name(name: str) -> str:
     """A zoo name is also a directory name: no separators, no leading dot."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
         raise FormatError(
             f"invalid module name {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (at most 100 characters)"
@@ -77,11 +78,18 @@ class ModuleManifest:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], where: str = "manifest") -> "ModuleManifest":
+        """Validate a manifest read from JSON; ``FormatError`` says which key is wrong and where.
+
+        Unknown keys (a newer vimw adding optional metadata) are ignored with a warning;
+        a newer ``format`` is refused, since the meaning of known keys may have changed.
+        """
+        if not isinstance(payload, dict):
+            raise FormatError(f"{where}: a manifest must be a JSON object, found {type(payload).__name__}")
         missing = [k for k in REQUIRED_KEYS if k not in payload]
         if missing:
             raise FormatError(f"{where}: missing required keys {missing}")
         version = payload["format"]
-        if not isinstance(version, int) or version < 1:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise FormatError(f"{where}: invalid format version {version!r}")
         if version > MODULE_FORMAT:
             raise FormatError(
@@ -91,20 +99,38 @@ class ModuleManifest:
         unknown = sorted(set(payload) - known)
         if unknown:
             warnings.warn(f"{where}: ignoring unknown keys {unknown} (written by a newer vimw?)", stacklevel=2)
-        for key in ("module", "backbone", "task", "weights"):
-            if not isinstance(payload[key], dict):
+        for key in ("module", "backbone", "task", "weights", "metrics", "training", "head"):
+            if key in payload and not isinstance(payload[key], dict):
                 raise FormatError(f"{where}: '{key}' must be an object, found {type(payload[key]).__name__}")
+        for key in ("name", "created", "vimw_version"):
+            if key in payload and not isinstance(payload[key], str):
+                raise FormatError(f"{where}: '{key}' must be a string, found {type(payload[key]).__name__}")
         weights = payload["weights"]
         if not isinstance(weights.get("sha256"), str) or not isinstance(weights.get("file"), str):
             raise FormatError(f"{where}: 'weights' needs string 'file' and 'sha256'")
         if weights["file"] != "module.safetensors":
-            raise FormatError(f"{where}: weights file must be 'module.safetensors', found {weights['file']!r}")
+            raise FormatError(
+                f"{where}: weights file must be 'module.safetensors', found {weights['file']!r} "
+                "(modules are only loaded from safetensors, never from pickle files)"
+            )
+        if not SHA256_PATTERN.fullmatch(weights["sha256"]):
+            raise FormatError(f"{where}: 'weights.sha256' must be 64 lowercase hex digits, found {weights['sha256']!r}")
+        head = payload.get("head", {})
+        if "file" in head or "sha256" in head:
+            if head.get("file") != "head.safetensors" or not SHA256_PATTERN.fullmatch(str(head.get("sha256"))):
+                raise FormatError(
+                    f"{where}: 'head' needs file 'head.safetensors' and a 64-hex-digit 'sha256', "
+                    f"found file {head.get('file')!r}"
+                )
         if not isinstance(payload["backbone"].get("fingerprint"), str):
             raise FormatError(f"{where}: 'backbone' needs a string 'fingerprint'")
         if not isinstance(payload["module"].get("kind"), str):
             raise FormatError(f"{where}: 'module' needs a string 'kind'")
-        manifest = cls(**{k: v for k, v in payload.items() if k in known})
-        check_module_name(manifest.name)
-        if not isinstance(manifest.num_parameters, int):
-            raise FormatError(f"{where}: 'num_parameters' must be an integer")
-        return manifest
+        num_parameters = payload.get("num_parameters", 0)
+        if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters < 0:
+            raise FormatError(f"{where}: 'num_parameters' must be a non-negative integer, found {num_parameters!r}")
+        try:
+            check_module_name(payload["name"])
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
+        return cls(**{k: v for k, v in payload.items() if k in known})

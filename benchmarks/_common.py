@@ -1,0 +1,54 @@
+"""Shared bits of the benchmark scripts: where results go, machine info, the exact command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md``, both naming the command."""
+    from vimw.io import atomic_write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command_line(), "machine": machine(), **payload}
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    header = f"Command: `{payload['command']}`\n\nMachine: {payload['machine']}\n\n"
+    atomic_write_text(md_path, header + markdown + "\n")
+    return json_path, md_path
+
+
+def ensure_zoo(path: str | Path, device: str = "cpu"):
+    """The zoo at ``path``: the default recipe is built when it is empty; it must verify."""
+    from vimw.zoo import Zoo, verify_or_raise
+    from vimw.zoo.build import build_zoo
+
+    zoo = Zoo(path)
+    if len(zoo) == 0:
+        build_zoo(path, device=device)
+    verify_or_raise(zoo)
+    return zoo

@@ -1,0 +1,231 @@
+"""Folding LoRA zoos into the backbone's weights, and exporting the folded model.
+
+LoRA taps the input ``z`` of a site's final projection and adds ``s B A z`` to its
+output. The gate-weighted sum over a zoo, ``sum_i g_i s_i B_i A_i z``, is linear in
+``z``, so it is one dense ``out x inner`` matrix ``D`` per site that can be added to
+the projection itself (SPEC 1.5): the result is a *plain* backbone (no bypass), with
+the same outputs in eval mode and exactly the backbone's cost.
+
+- HF CLIP: the inner taps add to ``out_proj`` / ``fc2`` outputs, so ``W += D``.
+- EfficientNet-Lite: the inner tap adds to ``BN2(project_conv(z))``. In eval mode
+  ``BN2(y) = c * y + b`` per channel, so ``BN2(W z) + D z = BN2((W + D / c) z)``:
+  the update is divided by BN2's scale and added to ``project_conv``. This keeps the
+  architecture (and so the state-dict layout) of the backbone unchanged, so a folded
+  state loads into ``create_backbone(arch, pretrained=False)``. It is exact up to
+  float rounding (checked to 1e-5 in the tests); a BN channel with scale 0 is refused.
+
+Every mode folds ``sum_i g_i s_i B_i A_i`` (for LoRA, ``merge`` computes exactly that).
+
+Export (``vimw export``) writes the folded backbone state and the head to one
+safetensors file whose metadata holds a JSON manifest (arch, image size,
+preprocessing, class names, head config, the source model's sha256); a copy of the
+manifest is written next to it as ``FILE.json`` for people. ``load_exported`` rebuilds
+the model with no zoo and no bypass. Zoos of other kinds (convpass, adapter) are
+non-linear and cannot be folded: export refuses them with a ``VimwError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vimw.backbones.base import Backbone, Preprocess
+from vimw.errors import FormatError, VimwError
+from vimw.modules import LoRAModule, ModuleSet
+
+EXPORT_FORMAT = 1
+METADATA_KEY = "vimw_export"
+
+
+# -- the per-site dense updates ---------------------------------------------------------
+def lora_deltas(plugin: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense update ``D_s`` (``out x inner``) of every site of a LoRA plug-in.
+
+    ``plugin`` is a ``ZooAggregate`` over LoRA modules or a single LoRA ``ModuleSet``.
+    """
+    from vimw.aggregation.aggregate import ZooAggregate
+
+    if isinstance(plugin, ModuleSet):
+        _require_lora([plugin])
+        with torch.no_grad():
+            return {name: module.delta_weight().detach().clone() for name, module in plugin.items()}
+    if isinstance(plugin, ZooAggregate):
+        _require_lora(list(plugin.experts))
+        deltas: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            gates = plugin.gates()
+            for row, site in enumerate(plugin.site_names):
+                present = [(i, e[site]) for i, e in enumerate(plugin.experts) if site in e]
+                weights = gates[row]
+                # Every mode, merge included, is sum_i g_i s_i B_i A_i for LoRA (linear).
+                terms = [weights[i] * m.delta_weight() for i, m in present if float(weights[i]) != 0.0]
+                if terms:
+                    deltas[site] = torch.stack(terms).sum(0)
+        return deltas
+    raise VimwError(
+        f"only LoRA plug-ins (a lora zoo aggregate or a lora module) can be folded, got {type(plugin).__name__}"
+    )
+
+
+def _require_lora(module_sets: list[ModuleSet]) -> None:
+    kinds = sorted({m.kind for m in module_sets})
+    if kinds != ["lora"] or any(not isinstance(x, LoRAModule) for s in module_sets for x in s.values()):
+        raise VimwError(
+            f"only lora modules can be folded into the backbone's weights; this model uses {kinds} "
+            "(convpass and adapter modules are non-linear: use mode 'topk' or 'merge' for cheap inference)"
+        )
+
+
+# -- folding into a backbone -----------------------------------------------------------
+def fold_into_backbone(backbone: Backbone, deltas: dict[str, torch.Tensor]) -> Backbone:
+    """A copy of ``backbone`` with each site's update added to its final projection."""
+    folded = copy.deepcopy(backbone)
+    folded._fingerprint = None  # the weights change
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            _add_to_projection(folded, folded.site(name), delta)
+    return folded
+
+
+def _add_to_projection(backbone: Backbone, site, delta: torch.Tensor) -> None:
+    from vimw.backbones.efficientnet_lite import EfficientNetLite
+
+    if isinstance(backbone, EfficientNetLite):
+        block = backbone._blocks[site.block]
+        conv, bn = block._project_conv, block._bn2
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        if bool((scale == 0).any()):
+            raise VimwError(f"site {site.name}: BN2 has a zero scale; the LoRA update cannot be folded before it")
+        conv.weight += (delta / scale[:, None]).to(conv.weight.dtype)[:, :, None, None]
+        return
+    try:
+        from vimw.backbones.hf_clip import HFCLIPVisionBackbone
+    except ImportError:  # pragma: no cover - hf_clip imports transformers lazily
+        HFCLIPVisionBackbone = ()  # type: ignore[assignment]
+    if isinstance(backbone, HFCLIPVisionBackbone):
+        layer = backbone.tower.encoder.layers[site.block]
+        proj = layer.self_attn.out_proj if site.kind == "attn" else layer.mlp.fc2
+        proj.weight += delta.to(proj.weight.dtype)
+        return
+    raise VimwError(f"folding LoRA into backbone {backbone.arch} ({type(backbone).__name__}) is not supported")
+
+
+def fold_lora(model):
+    """A ``TaskModel`` with the LoRA plug-in folded into a copy of its backbone (no plug-in)."""
+    from vimw.training import TaskModel
+
+    if model.plugin is None:
+        raise VimwError("the model has no plug-in to fold")
+    backbone = fold_into_backbone(model.backbone, lora_deltas(model.plugin))
+    folded = TaskModel(backbone, model.head_config)
+    folded.head.load_state_dict(model.head.state_dict())
+    return folded.eval()
+
+
+# -- export -------------------------------------------------------------------------------
+def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None) -> dict:
+    """Fold a saved LoRA downstream model and write it as one safetensors file."""
+    from vimw.aggregation.store import MANIFEST_FILE, load_downstream
+    from vimw.io import save_tensors, sha256_file, write_json
+
+    model_dir = Path(model_dir)
+    model, manifest = load_downstream(model_dir, zoo_dir=zoo_dir)
+    folded = fold_lora(model)  # refuses non-lora zoos with a VimwError
+    backbone = folded.backbone
+    payload = {
+        "format": EXPORT_FORMAT,
+        "kind": "folded_lora",
+        "arch": backbone.arch,
+        "image_size": backbone.preprocess.size,
+        "preprocess": {"size": backbone.preprocess.size, "mean": list(backbone.preprocess.mean),
+                       "std": list(backbone.preprocess.std)},
+        "backbone_config": _backbone_config(backbone),
+        "head": model.head_config.to_dict(),
+        "class_names": manifest.get("class_names"),
+        "task": manifest.get("task"),
+        "source_model": {
+            "path": str(model_dir.resolve()),
+            "weights_sha256": manifest["weights"]["sha256"],
+            "manifest_sha256": sha256_file(model_dir / MANIFEST_FILE),
+            "backbone_fingerprint": manifest["backbone"]["fingerprint"],
+            "aggregation": manifest.get("aggregation"),
+            "zoo_modules": (manifest.get("zoo") or {}).get("modules"),
+        },
+    }
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in folded.head.state_dict().items()})
+    digest = save_tensors(out, tensors, metadata={METADATA_KEY: json.dumps(payload)})
+    payload["sha256"] = digest
+    write_json(Path(str(out) + ".json"), payload)
+    return payload
+
+
+def _backbone_config(backbone: Backbone) -> dict | None:
+    tower = getattr(backbone, "tower", None)
+    if tower is None:
+        return None
+    return {"vision_config": tower.config.to_dict(), "has_projection": backbone.visual_projection is not None}
+
+
+def read_export_manifest(path: str | os.PathLike) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except FileNotFoundError as exc:
+        raise FormatError(f"{path}: exported model file is missing") from exc
+    except Exception as exc:
+        raise FormatError(f"{path}: not a valid safetensors file ({exc})") from exc
+    if METADATA_KEY not in metadata:
+        raise FormatError(f"{path}: not a vimw exported model (no {METADATA_KEY!r} metadata)")
+    payload = json.loads(metadata[METADATA_KEY])
+    if payload.get("format", 0) > EXPORT_FORMAT:
+        raise FormatError(f"{path}: export format {payload['format']} is newer than this vimw supports")
+    return payload
+
+
+def load_exported(path: str | os.PathLike):
+    """Rebuild an exported model: ``(TaskModel with no plug-in, manifest)``, in eval mode."""
+    from vimw.backbones import create_backbone
+    from vimw.io import load_tensors
+    from vimw.training import HeadConfig, TaskModel
+
+    payload = read_export_manifest(path)
+    tensors = load_tensors(path)
+    arch = payload["arch"]
+    if payload.get("backbone_config"):
+        import transformers
+
+        from vimw.backbones.hf_clip import create_hf_clip_backbone
+
+        config = transformers.CLIPVisionConfig(**payload["backbone_config"]["vision_config"])
+        backbone = create_hf_clip_backbone(arch[len("hf:"):], config=config)
+        backbone.arch = arch
+        if not payload["backbone_config"].get("has_projection"):
+            backbone.visual_projection = None
+        backbone.freeze()
+    else:
+        backbone = create_backbone(arch, image_size=payload["image_size"], pretrained=False)
+    pre = payload["preprocess"]
+    backbone.preprocess = Preprocess(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
+    state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FormatError(f"{path}: backbone weights do not match {arch} ({exc})") from exc
+    backbone._fingerprint = None
+    model = TaskModel(backbone, HeadConfig.from_dict(payload["head"]))
+    try:
+        model.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+    except RuntimeError as exc:
+        raise FormatError(f"{path}: head weights do not match the head config ({exc})") from exc
+    return model.eval(), payload
+
+
+__all__ = ["export_folded", "fold_into_backbone", "fold_lora", "load_exported", "lora_deltas", "read_export_manifest"]
