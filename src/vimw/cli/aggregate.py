@@ -12,16 +12,22 @@ def register(commands) -> None:
     from vimw.cli.zoo import _add_train_args
 
     parser = commands.add_parser("aggregate", help="learn per-site gates over a zoo + a head for a downstream task")
-    parser.add_argument("--zoo", required=True, help="zoo directory")
-    parser.add_argument("--task", required=True, help="task name, folder:DIR, npz:FILE, or an image folder / .npz path")
-    parser.add_argument("--out", required=True, help="directory to write the downstream model to")
+    parser.add_argument("--recipe", help="a recipe file (YAML or JSON) whose 'aggregate' section gives the settings; "
+                                         "flags override it")
+    parser.add_argument("--zoo", help="zoo directory (required unless the recipe names it)")
+    parser.add_argument("--task", help="task name, folder:DIR, npz:FILE, or an image folder / .npz path")
+    parser.add_argument("--out", help="directory to write the downstream model to")
     parser.add_argument("--shots", type=int, help="training images per class (k-shot); default: all")
-    parser.add_argument("--method", default="ens", choices=METHODS, help="aggregation mode or baseline (default ens)")
-    parser.add_argument("--top-k", type=int, default=2, help="modules kept per site for --method topk")
+    parser.add_argument("--method", choices=METHODS, help="aggregation mode or baseline (default ens)")
+    parser.add_argument("--top-k", type=int, help="modules kept per site for --method topk (default 2)")
     parser.add_argument("--modules", help="comma-separated zoo module names (default: all on this backbone)")
     parser.add_argument("--image-size", type=int, help="input resolution (default: the zoo's)")
+    parser.add_argument("--backbone", help="where the zoo's backbone is (default: what the zoo was built from)")
+    parser.add_argument("--gate-lr", type=float,
+                        help=f"learning rate of the gate logits (default {DEFAULT_GATE_LR}; the head uses --lr)")
     _add_train_args(parser)
-    parser.set_defaults(handler=run_aggregate, epochs=30, lr=1e-2, batch_size=32)
+    # ``None`` = not given: the recipe, then the defaults below, fill in the rest.
+    parser.set_defaults(handler=run_aggregate, epochs=None, lr=None, batch_size=None, weight_decay=None, seed=None)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a downstream model on a task's test split")
     evaluate.add_argument("--model", required=True, help="downstream model directory")
@@ -29,6 +35,59 @@ def register(commands) -> None:
     evaluate.add_argument("--zoo", help="zoo directory, if it moved since training")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=run_evaluate)
+
+
+DEFAULT_GATE_LR = 0.05
+# Flag defaults of ``vimw aggregate`` when neither the flag nor the recipe sets them.
+AGGREGATE_FLAG_DEFAULTS = {"method": "ens", "top_k": 2,
+                           "train": {"epochs": 30, "lr": 1e-2, "batch_size": 32, "gate_lr": DEFAULT_GATE_LR}}
+
+
+def effective_aggregate_recipe(args) -> dict:
+    """The recipe this run follows: built-in defaults <- ``--recipe`` file <- flags."""
+    from vimw.recipes import apply_overrides, load_recipe
+
+    recipe = load_recipe(args.recipe) if getattr(args, "recipe", None) else {}
+    section = dict(recipe.get("aggregate") or {})
+    if "zoo" not in section and (recipe.get("zoo") or {}).get("dir"):
+        section["zoo"] = recipe["zoo"]["dir"]
+    section = {**AGGREGATE_FLAG_DEFAULTS, **section,
+               "train": {**AGGREGATE_FLAG_DEFAULTS["train"], **(section.get("train") or {})}}
+    recipe = {**recipe, "aggregate": section}
+    flags = {
+        "zoo": args.zoo, "task": args.task, "out": args.out, "shots": args.shots, "method": args.method,
+        "top_k": args.top_k, "modules": args.modules.split(",") if args.modules else None,
+        "image_size": args.image_size, "backbone": getattr(args, "backbone", None),
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                  "weight_decay": args.weight_decay, "seed": args.seed, "gate_lr": args.gate_lr},
+    }
+    recipe = apply_overrides(recipe, "aggregate", flags)
+    from vimw.errors import VimwError
+
+    missing = [key for key in ("zoo", "task", "out") if not recipe["aggregate"].get(key)]
+    if missing:
+        raise VimwError("vimw aggregate needs " + ", ".join(f"--{k}" for k in missing)
+                        + " (or a --recipe whose 'aggregate' section sets them)")
+    return recipe
+
+
+def zoo_backbone_source(zoo, manifest) -> str:
+    """What rebuilds the zoo's backbone: the module's recorded source, the zoo's recipe, its arch."""
+    from vimw.recipes import read_effective
+
+    recorded = manifest.backbone
+    if isinstance(recorded.get("source"), str) and recorded["source"]:
+        return recorded["source"]
+    try:
+        zoo_recipe = read_effective(zoo.root) or {}
+    except Exception:  # a damaged recipe.json must not block aggregation
+        zoo_recipe = {}
+    built_on = (zoo_recipe.get("zoo") or {}).get("backbone")
+    arch = recorded["arch"]
+    if isinstance(built_on, str) and built_on.startswith("hf:") and arch.startswith("hf:"):
+        if Path(built_on[3:]).name == arch[3:] or built_on == arch:
+            return built_on
+    return arch
 
 
 def _zoo_image_size(zoo) -> int | None:
@@ -40,40 +99,55 @@ def run_aggregate(args) -> int:
     from vimw.aggregation import ZooAggregate, save_downstream, train_downstream
     from vimw.aggregation.plot import plot_gates
     from vimw.backbones import create_backbone
-    from vimw.cli.zoo import train_config_from_args
     from vimw.data import load_task
     from vimw.errors import VimwError
     from vimw.training import evaluate
     from vimw.zoo import Zoo
 
-    if args.method == "full_ft":  # refuse before training, not after (it is the most expensive method)
+    from vimw.recipes import read_effective, save_effective, train_config
+
+    recipe = effective_aggregate_recipe(args)
+    settings = recipe["aggregate"]
+    method = settings["method"]
+    if method == "full_ft":  # refuse before training, not after (it is the most expensive method)
         raise VimwError("full fine-tuning is a benchmark baseline; its models are not saved")
-    if not Path(args.zoo).is_dir():
-        raise VimwError(f"no zoo at {args.zoo}: the directory does not exist")
-    zoo = Zoo(args.zoo)
+    if not Path(settings["zoo"]).is_dir():
+        raise VimwError(f"no zoo at {settings['zoo']}: the directory does not exist")
+    zoo = Zoo(settings["zoo"])
     rows = zoo.list()
     if not rows:
-        raise VimwError(f"the zoo {args.zoo} is empty; build one with 'vimw zoo build --zoo {args.zoo}'")
-    names = args.modules.split(",") if args.modules else None
+        raise VimwError(f"the zoo {settings['zoo']} is empty; build one with 'vimw zoo build --zoo {settings['zoo']}'")
+    names = settings.get("modules")
     first = zoo.manifest((names or [rows[0][0]])[0])
-    backbone = create_backbone(first.backbone["arch"], image_size=args.image_size or first.backbone.get("image_size"))
-    config = train_config_from_args(args)
-    data = load_task(args.task, shots=args.shots, seed=args.seed)
-    result = train_downstream(args.method, backbone, data, config, zoo=zoo, names=names, top_k=args.top_k,
+    source = settings.get("backbone") or zoo_backbone_source(zoo, first)
+    backbone = create_backbone(source, image_size=settings.get("image_size") or first.backbone.get("image_size"))
+    config = train_config(settings["train"], "aggregate.train")
+    shots = settings.get("shots")
+    data = load_task(settings["task"], shots=shots, seed=config.seed)
+    result = train_downstream(method, backbone, data, config, zoo=zoo, names=names, top_k=settings["top_k"],
                               progress=False if args.no_progress else None)
     test = evaluate(result.model, data.test, config.eval_batch_size)
-    out = Path(args.out)
+    out = Path(settings["out"])
     save_downstream(out, result.model, {
-        "method": args.method,
+        "method": method,
         **result.info,
-        "task": {**data.spec.to_dict(), "shots": args.shots, "seed": args.seed},
+        "task": {**data.spec.to_dict(), "shots": shots, "seed": config.seed},
         "class_names": list(data.class_names),
         "metrics": {"val_score": result.val_score, **{f"test_{k}": v for k, v in test.items()}},
         "training": {**config.to_dict(), "seconds": round(result.seconds, 2), "trainable": result.trainable},
     })
+    # The effective recipe beside the model: its settings (with every training field) and how the zoo was built.
+    effective = {**recipe, "aggregate": {**settings, "backbone": source, "train": config.to_dict()}}
+    try:
+        zoo_recipe = read_effective(zoo.root)
+    except VimwError:
+        zoo_recipe = None
+    if zoo_recipe and zoo_recipe.get("zoo"):
+        effective["zoo"] = zoo_recipe["zoo"]
+    save_effective(out, effective)
     if isinstance(result.model.plugin, ZooAggregate):
-        plot_gates(result.model.plugin, out / "gates.png", title=f"{args.method} gates on {data.spec.name}")
-    print(f"{args.method} on {data.spec.name}: val {result.val_score:.4f}, test {test['score']:.4f} "
+        plot_gates(result.model.plugin, out / "gates.png", title=f"{method} gates on {data.spec.name}")
+    print(f"{method} on {data.spec.name}: val {result.val_score:.4f}, test {test['score']:.4f} "
           f"({result.trainable} trainable parameters, {result.seconds:.1f} s) -> {out}")
     return 0
 

@@ -83,7 +83,7 @@ def run(args) -> int:
 
     def keep(row, result):
         print(f"  {row.method:13s} val {row.val:.4f}  test {row.test:.4f}  ({row.trainable:,} trainable, "
-              f"lr {row.lr:g}, {row.seconds:.1f} s)")
+              f"lr {row.lr:g}{'' if row.gate_lr is None else f', gate lr {row.gate_lr:g}'}, {row.seconds:.1f} s)")
         if row.method == "full_ft":
             return
         out = models_dir / row.method

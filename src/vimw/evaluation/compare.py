@@ -19,17 +19,20 @@ from vimw.errors import VimwError
 from vimw.training import TrainConfig, evaluate
 from vimw.zoo import Zoo
 
-# Learning-rate grids per method, searched on validation. Gates and heads tolerate
-# large steps; a full backbone needs small ones.
-LR_GRID: dict[str, tuple[float, ...]] = {
-    "linear_probe": (3e-3, 3e-2),
-    "scratch": (3e-3, 1e-2),
-    "full_ft": (3e-4, 1e-3),
-    "ens": (3e-3, 3e-2),
-    "topk": (3e-3, 3e-2),
-    "uniform": (3e-3, 3e-2),
-    "merge": (3e-3, 3e-2),
-    "single": (3e-3, 3e-2),
+# Settings searched per method on validation. Gates and heads tolerate large steps;
+# a full backbone needs small ones. Learned gates get their own rate (see
+# ``training.loop.parameter_groups``): with the head's rate they stay near uniform.
+_HEAD_ONLY = ({"lr": 3e-3}, {"lr": 3e-2})
+_GATED = ({"lr": 3e-3, "gate_lr": 0.05}, {"lr": 3e-2, "gate_lr": 0.05}, {"lr": 3e-2, "gate_lr": 0.5})
+SEARCH_GRID: dict[str, tuple[dict, ...]] = {
+    "linear_probe": _HEAD_ONLY,
+    "scratch": ({"lr": 3e-3}, {"lr": 1e-2}),
+    "full_ft": ({"lr": 3e-4}, {"lr": 1e-3}),
+    "ens": _GATED,
+    "topk": _GATED,
+    "merge": _GATED,
+    "uniform": _HEAD_ONLY,
+    "single": _HEAD_ONLY,
 }
 
 
@@ -40,6 +43,7 @@ class MethodRow:
     seed: int
     method: str
     lr: float
+    gate_lr: float | None
     val: float
     test: float
     trainable: int
@@ -66,24 +70,26 @@ def compare_methods(
     seed: int,
     shots: int | None,
     target_steps: int = 120,
-    lr_grid: dict[str, tuple[float, ...]] | None = None,
+    grid: dict[str, tuple[dict, ...]] | None = None,
     on_result=None,
 ) -> list[MethodRow]:
-    grid = {**LR_GRID, **(lr_grid or {})}
+    grid = {**SEARCH_GRID, **(grid or {})}
     base = few_shot_config(len(data.train), seed, target_steps)
     rows = []
     for method in methods:
         if method not in METHODS:
             raise VimwError(f"unknown method {method!r}; choose from {METHODS}")
         best = None
-        for lr in grid[method]:
-            result = train_downstream(method, backbone, data, base.replace(lr=lr), zoo=zoo)
+        for settings in grid[method]:
+            config = base.replace(**settings)
+            result = train_downstream(method, backbone, data, config, zoo=zoo)
             if best is None or result.val_score > best[1].val_score:
-                best = (lr, result)
-        lr, result = best
+                best = (config, result)
+        config, result = best
         test = evaluate(result.model, data.test, base.eval_batch_size)["score"]
         row = MethodRow(
-            task=data.spec.name, shots=shots, seed=seed, method=method, lr=lr, val=result.val_score,
+            task=data.spec.name, shots=shots, seed=seed, method=method, lr=config.lr, gate_lr=config.gate_lr,
+            val=result.val_score,
             test=test, trainable=result.trainable, seconds=round(result.seconds, 2),
             epochs=base.epochs,
         )

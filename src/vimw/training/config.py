@@ -18,6 +18,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     grad_clip: float | None = 1.0
+    gate_lr: float | None = None  # aggregation gates' learning rate (None: same as lr)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -26,6 +27,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or value > 1e3:
                 raise FormatError(f"training setting {name}={value!r} must be a finite number in [0, 1000]")
+        if self.gate_lr is not None and (not math.isfinite(self.gate_lr) or not 0 < self.gate_lr <= 1e3):
+            raise FormatError(f"training setting gate_lr={self.gate_lr!r} must be a finite number in (0, 1000]")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise FormatError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,8 @@ from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpo
 from vimw.training.config import TrainConfig, cosine_lr
 from vimw.training.heads import DENSE_KINDS
 from vimw.training.task_model import TaskModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +116,22 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def parameter_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
+    """AdamW groups: aggregation gates get their own learning rate and no weight decay.
+
+    Adam moves a parameter by about its learning rate per step whatever the gradient's
+    size, so with the head's rate (1e-3..1e-2) gate logits barely leave uniform in a
+    few-shot run; ``gate_lr`` lets them move by O(1). Decay would pull them back.
+    """
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("gate_logits")]
+    gate_ids = {id(p) for p in gates}
+    others = [p for p in model.trainable_parameters() if id(p) not in gate_ids]
+    groups = [{"params": others, "base_lr": config.lr}] if others else []
+    if gates:
+        groups.append({"params": gates, "base_lr": config.gate_lr or config.lr, "weight_decay": 0.0})
+    return groups
+
+
 def check_resumable(saved: dict, config: TrainConfig, where) -> None:
     """Refuse to continue a checkpoint made with other settings: it would mix two runs."""
     current = config.to_dict()
@@ -162,7 +181,7 @@ def fit(
     dist_utils.init_from_env()
     rank, world = dist_utils.rank(), dist_utils.world_size()
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     per_rank = -(-len(data.train) // world)
     steps_per_epoch = -(-per_rank // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -190,9 +209,9 @@ def fit(
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", disable=not show, leave=False)
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            lr = cosine_lr(state.step, total_steps, config.lr, config.warmup_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = cosine_lr(state.step, total_steps, group["base_lr"], config.warmup_fraction)
+            lr = optimizer.param_groups[0]["lr"]
             if cached:  # frozen prefix computed once per image (TaskModel.enable_prefix_cache)
                 logits = model.forward_cached(data.train.images, index)
             else:
@@ -230,11 +249,12 @@ def fit(
             state.best = model.trainable_state()
         state.epoch = epoch + 1
         if dist_utils.is_main_process():
+            summary = (f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                       f"val {metrics['score']:.4f} ({record['images_per_second']:.0f} img/s)")
             if show:
-                tqdm.write(
-                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
-                    f"val {metrics['score']:.4f} ({record['images_per_second']:.0f} img/s)"
-                )
+                tqdm.write(summary)
+            else:  # no bars (not a terminal): one line per epoch for whoever configured logging
+                log.debug(summary)
             if log_path is not None:
                 with open(log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")

@@ -55,7 +55,7 @@ class MidstreamRecipe:
 DEFAULT_RECIPE: tuple[MidstreamRecipe, ...] = (
     MidstreamRecipe("fmnist-apparel", "fmnist-apparel", train=TrainConfig(epochs=3, lr=2e-3), max_train=6000, max_test=2000),
     MidstreamRecipe("mnist-digits", "mnist", train=TrainConfig(epochs=3, lr=2e-3), max_train=4000),
-    MidstreamRecipe("mnist-segmentation", "mnist-segmentation", train=TrainConfig(epochs=2, lr=2e-3), max_train=3000),
+    MidstreamRecipe("mnist-segmentation", "mnist-segmentation", train=TrainConfig(epochs=4, lr=3e-3), max_train=3000),
     MidstreamRecipe("fmnist-rotation", "fmnist-rotation", train=TrainConfig(epochs=3, lr=2e-3), max_train=6000, max_test=2000),
 )
 
