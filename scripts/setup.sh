@@ -15,6 +15,15 @@ if [ ! -f "$FMNIST_DIR/t10k-labels-idx1-ubyte.gz" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# Headless Chromium for the report test (tests/test_report.py skips without it).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "[setup] installing the Debian packages chromium and chromium-driver"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv"
     "$PYTHON" -m venv .venv

@@ -379,7 +379,6 @@ ALLOWED_RAW_WRITERS = {
     ("training/loop.py", "open"): "the training log (log.jsonl) is append-only text, never read back as state",
     ("backbones/hf_clip.py", "write_text"): "save_tiny_clip: a test fixture written next to transformers' save_pretrained",
     ("zoo/store.py", "open"): "the empty owner-lock file of a staging directory (flock only, no content)",
-    ("cli/demo.py", "write_text"): "the demo's human-readable results table (vim_results.md), rewritten every run",
 }
 
 

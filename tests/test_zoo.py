@@ -70,7 +70,8 @@ def test_trained_zoo_lists_every_module_from_the_index(tiny_zoo):
 def test_manifest_records_what_a_module_is(tiny_zoo, lite0):
     manifest = tiny_zoo.manifest("syn-bands")
     assert manifest.kind == "convpass" and manifest.module["hidden_dim"] == 8
-    assert manifest.backbone == {"arch": "efficientnet_lite0", "fingerprint": lite0.fingerprint(), "image_size": 40}
+    assert manifest.backbone == {"arch": "efficientnet_lite0", "source": "efficientnet_lite0",
+                                 "fingerprint": lite0.fingerprint(), "image_size": 40}
     assert manifest.task["kind"] == "classification" and manifest.task["num_classes"] == 3
     assert 0.0 <= manifest.metrics["val_score"] <= 1.0 and "test_accuracy" in manifest.metrics
     assert manifest.training["epochs"] == 1 and len(manifest.training["history"]) == 1

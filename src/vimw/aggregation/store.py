@@ -53,6 +53,8 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
             "arch": model.backbone.arch,
             "fingerprint": model.backbone.fingerprint(),
             "image_size": model.backbone.preprocess.size,
+            # What rebuilds it (an HF CLIP directory's absolute path; ``arch`` is its base name).
+            "source": getattr(model.backbone, "source", model.backbone.arch),
         },
     }
     write_json(directory / MANIFEST_FILE, payload)
@@ -116,7 +118,10 @@ def load_downstream(
     directory = Path(directory)
     manifest = read_manifest(directory)
     recorded = manifest["backbone"]
-    backbone = backbone or create_backbone(recorded["arch"], image_size=recorded.get("image_size"))
+    if backbone is None:
+        source = recorded.get("source")
+        backbone = create_backbone(source if isinstance(source, str) and source else recorded["arch"],
+                                   image_size=recorded.get("image_size"))
     if backbone.fingerprint() != recorded["fingerprint"]:
         raise BackboneMismatchError(
             f"{directory}: the model was trained on {recorded['arch']} (fingerprint {recorded['fingerprint'][:12]}), "

@@ -206,7 +206,11 @@ def create_hf_clip_backbone(
     preprocess = _preprocess(processor, int(model.config.image_size))
     if image_size is not None:
         preprocess = preprocess.with_size(image_size)
-    return HFCLIPVisionBackbone(arch, model.vision_model, getattr(model, "visual_projection", None), preprocess)
+    backbone = HFCLIPVisionBackbone(arch, model.vision_model, getattr(model, "visual_projection", None), preprocess)
+    # ``arch`` is a display name (a directory's base name); ``source`` is what rebuilds
+    # the backbone: the absolute directory or the hub id (``create_backbone(source)``).
+    backbone.source = arch if config is not None else "hf:" + source
+    return backbone
 
 
 def _vision_config(transformers: ModuleType, config: Any) -> Any:

@@ -53,7 +53,7 @@ def run(args) -> int:
     from vimw.cli import predict
     from vimw.data import load_task
     from vimw.evaluation.compare import compare_methods, format_table, summarise
-    from vimw.io import write_json
+    from vimw.io import atomic_write_text, write_json
     from vimw.zoo import Zoo
     from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
 
@@ -97,7 +97,7 @@ def run(args) -> int:
     table = format_table(summarise(rows))
     print("\n" + table)
     write_json(workdir / "vim_results.json", {"rows": [r.to_dict() for r in rows]})
-    (workdir / "vim_results.md").write_text(table + "\n")
+    atomic_write_text(workdir / "vim_results.md", table + "\n")
     print(f"\n  gate heatmap: {models_dir / 'ens' / 'gates.png'}")
 
     if not args.skip_transfer:

@@ -31,7 +31,7 @@ def _register_optional(commands) -> None:
     """Commands of later layers register here when present."""
     import importlib
 
-    for name in ("aggregate", "transfer", "export"):
+    for name in ("aggregate", "transfer", "export", "report"):
         try:
             module = importlib.import_module(f"vimw.cli.{name}")
         except ModuleNotFoundError as exc:

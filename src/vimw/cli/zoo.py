@@ -27,8 +27,14 @@ def register(commands) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
     train.set_defaults(handler=run_train)
 
-    build = sub.add_parser("build", help="train the default zoo recipe (skips modules already present)")
-    build.add_argument("--zoo", required=True)
+    build = sub.add_parser("build", help="train the default zoo recipe, or a --recipe (skips modules already present)")
+    build.add_argument("--zoo", help="zoo directory (required unless the recipe's zoo section sets 'dir')")
+    build.add_argument("--recipe", help="a recipe file (YAML or JSON) whose 'zoo' section lists the modules; "
+                                        "flags override it (default: the built-in default zoo)")
+    build.add_argument("--backbone", help="backbone name (overrides the recipe's)")
+    build.add_argument("--image-size", type=int, help="input resolution in pixels (overrides the recipe's; "
+                                                      "0 = the backbone's native)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
 
     listing = sub.add_parser("list", help="list the zoo's modules (reads the index only)")
@@ -123,16 +129,75 @@ def run_train(args) -> int:
         resume=args.resume, progress=False if args.no_progress else None, overwrite=args.overwrite,
     )
     if dist_utils.is_main_process():
+        record_zoo_recipe(args.zoo, args.backbone, args.image_size, [recipe])
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items() if isinstance(v, float))
         print(f"added {manifest.name} ({manifest.kind}, {manifest.num_parameters} parameters): {metrics}")
     return 0
 
 
-def run_build(args) -> int:
-    from vimw.zoo import verify_or_raise
-    from vimw.zoo.build import build_zoo
+def record_zoo_recipe(zoo_dir, backbone, image_size, recipes) -> None:
+    """Keep ``ZOO/recipe.json``: how each module of the zoo was trained (the effective recipe).
 
-    zoo = build_zoo(args.zoo)
+    Modules already recorded keep their entry (a build skips modules present), new ones are
+    appended; the backbone is what this run was given (an HF directory as an absolute path).
+    """
+    from pathlib import Path
+
+    from vimw.errors import VimwError
+    from vimw.io import file_lock
+    from vimw.recipes import module_entry, read_effective, save_effective
+    from vimw.zoo.store import LOCK_FILE
+
+    if isinstance(backbone, str) and backbone.startswith("hf:") and Path(backbone[3:]).expanduser().is_dir():
+        backbone = "hf:" + str(Path(backbone[3:]).expanduser().resolve())
+    with file_lock(Path(zoo_dir) / LOCK_FILE):  # the zoo's own lock: concurrent trainers append safely
+        try:
+            previous = read_effective(zoo_dir) or {}
+        except VimwError:
+            previous = {}
+        modules = {m["name"]: m for m in (previous.get("zoo") or {}).get("modules") or []}
+        for recipe in recipes:
+            if recipe.name not in modules:
+                modules[recipe.name] = module_entry(recipe)
+        zoo_section = {"dir": str(zoo_dir), "backbone": backbone, "image_size": image_size or 0,
+                       "modules": list(modules.values())}
+        save_effective(zoo_dir, {**{k: v for k, v in previous.items() if k != "zoo"}, "zoo": zoo_section})
+
+
+def effective_zoo_recipe(args) -> dict:
+    """The build's recipe: ``--recipe`` (or the built-in default) <- flags."""
+    from vimw.errors import VimwError
+    from vimw.recipes import apply_overrides, default_recipe, load_recipe
+
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        if not (recipe.get("zoo") or {}).get("modules"):
+            raise VimwError(f"recipe {args.recipe} has no modules under 'zoo'")
+    else:
+        recipe = {"zoo": default_recipe()["zoo"]}
+        if args.zoo:
+            recipe["zoo"].pop("dir")
+    recipe = apply_overrides(recipe, "zoo", {"dir": args.zoo, "backbone": args.backbone, "image_size": args.image_size})
+    if not recipe["zoo"].get("dir"):
+        raise VimwError("vimw zoo build needs --zoo (or a --recipe whose 'zoo' section sets 'dir')")
+    return recipe
+
+
+def run_build(args) -> int:
+    from vimw.recipes import midstream_recipes
+    from vimw.training import distributed as dist_utils
+    from vimw.zoo import verify_or_raise
+    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
+
+    recipe = effective_zoo_recipe(args)
+    section = recipe["zoo"]
+    backbone = section.get("backbone") or DEFAULT_BACKBONE
+    image_size = section["image_size"] if "image_size" in section else DEFAULT_IMAGE_SIZE
+    modules = midstream_recipes(recipe)
+    zoo = build_zoo(section["dir"], modules, backbone_name=backbone, image_size=image_size or None,
+                    progress=False if args.no_progress else None)
+    if dist_utils.is_main_process():
+        record_zoo_recipe(section["dir"], backbone, image_size, modules)
     verify_or_raise(zoo)
     print_modules(zoo.list())
     return 0

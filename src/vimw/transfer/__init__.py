@@ -2,7 +2,9 @@
 
 Extract an adapter from a fine-tuned weak model without labels, move it to a stronger
 zero-shot model with one orthogonal Procrustes rotation (no backpropagation), optionally
-refine it with a few labels (TransMiter+).
+refine it with a few labels (TransMiter+). ``vimw.transfer.protocol`` holds the fine-tuned
+weak model and the base-to-novel scoring; ``vimw.transfer.pipeline`` runs the whole protocol
+(the benchmark, the demo and ``vimw transfer`` use it).
 """
 
 from vimw.transfer.adapter import TransMiterAdapter, load_adapter, random_orthogonal, save_adapter
@@ -16,6 +18,16 @@ from vimw.transfer.extraction import (
     kd_loss,
     refine_adapter,
     transfer_adapter,
+)
+from vimw.transfer.protocol import (
+    FineTunedZeroShot,
+    base_novel_scores,
+    choose_alpha,
+    ensemble_logits,
+    finetune_zero_shot,
+    harmonic_mean,
+    make_plugin,
+    proxy_logits,
 )
 from vimw.transfer.procrustes import DEFAULT_LAMBDA_PER_IMAGE, normalised_lambda, orthogonal_alignment
 from vimw.transfer.standardize import destandardize, standardize
@@ -40,6 +52,14 @@ __all__ = [
     "DEFAULT_NUM_LOGITS",
     "DEFAULT_TEMPLATE",
     "ExtractionConfig",
+    "FineTunedZeroShot",
+    "base_novel_scores",
+    "choose_alpha",
+    "ensemble_logits",
+    "finetune_zero_shot",
+    "harmonic_mean",
+    "make_plugin",
+    "proxy_logits",
     "HFCLIPZeroShot",
     "ImageNetTextHead",
     "LogitCache",

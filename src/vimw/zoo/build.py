@@ -98,7 +98,8 @@ def train_module(
     manifest = ModuleManifest(
         name=recipe.name,
         module=module.config.to_dict(),
-        backbone={"arch": backbone.arch, "fingerprint": backbone.fingerprint(), "image_size": backbone.preprocess.size},
+        backbone={"arch": backbone.arch, "source": getattr(backbone, "source", backbone.arch),
+                  "fingerprint": backbone.fingerprint(), "image_size": backbone.preprocess.size},
         task={**data.spec.to_dict(), "num_classes": data.num_classes, "class_names": list(data.class_names),
               "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test)},
         weights={},
@@ -111,7 +112,9 @@ def train_module(
     )
     if dist_utils.is_main_process():
         head_state = {k: v for k, v in model.head.state_dict().items()}
-        zoo.add(manifest, module, head_state, overwrite=overwrite)
+        log_file = work / "log.jsonl"
+        zoo.add(manifest, module, head_state, overwrite=overwrite,
+                training_log=log_file.read_text(encoding="utf-8") if log_file.exists() else None)
         shutil.rmtree(work, ignore_errors=True)
     dist_utils.barrier()
     return manifest

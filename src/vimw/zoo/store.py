@@ -42,6 +42,7 @@ import torch
 from vimw.backbones.base import Backbone
 from vimw.errors import BackboneMismatchError, FormatError, IntegrityError, VimwError
 from vimw.io import (
+    atomic_write_text,
     dumps_json,
     file_lock,
     fsync_dir,
@@ -65,6 +66,7 @@ OWNER_SUFFIX = ".owner"
 WEIGHTS_FILE = "module.safetensors"
 MANIFEST_FILE = "manifest.json"
 HEAD_FILE = "head.safetensors"
+LOG_FILE = "log.jsonl"
 INDEX_FORMAT = 1
 
 
@@ -174,8 +176,12 @@ class Zoo:
         head_state: dict[str, torch.Tensor] | None = None,
         *,
         overwrite: bool = False,
+        training_log: str | None = None,
     ) -> ModuleManifest:
         """Write one module and its index entry; never touches another module's files.
+
+        ``training_log`` (JSON lines, one per epoch) is kept beside the manifest as
+        ``log.jsonl`` for plots and reports.
 
         Everything that can be checked is checked before the first byte is written: the
         name, finite weights, a manifest that serialises to JSON.
@@ -194,6 +200,8 @@ class Zoo:
             if head_state:
                 manifest.head = {**manifest.head, "file": HEAD_FILE,
                                  "sha256": save_tensors(staging / HEAD_FILE, head_state)}
+            if training_log:
+                atomic_write_text(staging / LOG_FILE, training_log)
             write_json(staging / MANIFEST_FILE, manifest.to_dict())
             fsync_dir(staging)
             with self._locked():

@@ -1,0 +1,98 @@
+"""The report's figures (matplotlib, the ``plot`` extra), written as PNG files."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import defaultdict
+
+from vimw._extras import require
+from vimw.io import atomic_write_bytes
+
+
+def _pyplot():
+    matplotlib = require("matplotlib", "plot", "The report's plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    plt = _pyplot()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def accuracy_vs_shots(summary: list[dict], task: str, path: str | os.PathLike) -> None:
+    """Test accuracy (mean, +- std over seeds) against shots per class, one line per method."""
+    plt = _pyplot()
+    lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for row in summary:
+        if row.get("task") == task and row.get("shots") is not None and row.get("test_mean") is not None:
+            lines[row["method"]].append((int(row["shots"]), float(row["test_mean"]), float(row.get("test_std") or 0.0)))
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for method, points in sorted(lines.items()):
+        points.sort()
+        xs, ys, es = zip(*points)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+    shots = sorted({p[0] for points in lines.values() for p in points})
+    if shots:
+        ax.set_xticks(shots)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(task)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def transfer_bars(summary: dict[str, dict], path: str | os.PathLike) -> None:
+    """TransMiter: base / novel / HM accuracy per model, grouped bars with std error bars."""
+    plt = _pyplot()
+    names = list(summary)
+    metrics = ("base", "novel", "hm")
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 2), 4.2))
+    for i, metric in enumerate(metrics):
+        xs = [j + (i - 1) * width for j in range(len(names))]
+        ys = [float(summary[n].get(metric) or 0.0) for n in names]
+        es = [float(summary[n].get(f"{metric}_std") or 0.0) for n in names]
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=metric.upper() if metric == "hm" else metric)
+    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("TransMiter: base / novel / harmonic mean")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def training_curves(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "") -> None:
+    """Train loss and validation score against epoch, one line per run."""
+    plt = _pyplot()
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    for name, records in runs.items():
+        epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+        losses = [r.get("train_loss") for r in records]
+        scores = [r.get("val_score") for r in records]
+        if any(v is not None for v in losses):
+            loss_ax.plot(epochs, losses, marker="o", label=name)
+        if any(v is not None for v in scores):
+            val_ax.plot(epochs, scores, marker="o", label=name)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("train loss")
+    val_ax.set_xlabel("epoch")
+    val_ax.set_ylabel("validation score")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, val_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

@@ -1,0 +1,99 @@
+"""``vimw report``: a static page whose images all load in headless Chromium and whose tables are filled."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_image_folder
+from vimw.cli.main import main
+from vimw.report.browser import broken_images, check_page, find_chromium, screenshot
+
+pytest.importorskip("matplotlib")
+
+
+def _results(root: Path) -> Path:
+    """A small downstream.json + transfer.json in the benchmarks' format."""
+    root.mkdir(parents=True)
+    summary = [{"task": task, "shots": shots, "method": method, "seeds": 2, "test_mean": 0.5 + 0.01 * shots + bonus,
+                "test_std": 0.01, "trainable": 1000, "seconds_mean": 1.0}
+               for task in ("digits8x8", "fmnist") for shots in (5, 10, 20)
+               for method, bonus in (("linear_probe", 0.0), ("ens", 0.05))]
+    (root / "downstream.json").write_text(json.dumps({"rows": [], "summary": summary}))
+    transfer = {name: {"base": b, "novel": n, "hm": 2 * b * n / (b + n), "hm_std": 0.01, "seconds": 1.0}
+                for name, b, n in (("weak_zero_shot", 0.3, 0.2), ("transferred", 0.7, 0.5), ("transmiter_plus", 0.8, 0.5))}
+    (root / "transfer.json").write_text(json.dumps({"config": {"weak": "w", "strong": "s", "task": "fmnist"},
+                                                    "seeds": [0], "summary": transfer}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_inputs(tiny_zoo, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("report-inputs")
+    folder = write_image_folder(root / "photos", per_class=6)
+    model = root / "model"
+    assert main(["aggregate", "--zoo", str(tiny_zoo.root), "--task", f"folder:{folder}", "--shots", "2",
+                 "--out", str(model), "--epochs", "1", "--no-progress"]) == 0
+    log = root / "run" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_score": 0.5 + 0.1 * e}) + "\n"
+                           for e in (1, 2, 3)) + "not json\n")
+    return {"zoo": tiny_zoo.root, "model": model, "results": _results(root / "results"), "log": log}
+
+
+def test_report_writes_a_self_contained_page(report_inputs, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["report", "--out", str(out), "--zoo", str(report_inputs["zoo"]), "--models", str(report_inputs["model"]),
+                 "--results", str(report_inputs["results"]), "--logs", str(report_inputs["log"])])
+    assert code == 0 and "index.html" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing external
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == ["logs-training-curves.png", "model0-model-gates.png", "shots-digits8x8.png", "shots-fmnist.png",
+                      "transfer-bars.png", "zoo-training-curves.png"]
+    for name in images:
+        assert f'src="images/{name}"' in page
+    for module in ("syn-bands", "syn-blocks", "syn-dots"):
+        assert module in page
+
+
+def test_report_refuses_missing_inputs(tmp_path, capsys):
+    code = main(["report", "--out", str(tmp_path / "r"), "--zoo", str(tmp_path / "nope")])
+    assert code == 2 and "no zoo at" in capsys.readouterr().err
+    code = main(["report", "--out", str(tmp_path / "r"), "--models", str(tmp_path)])
+    assert code == 2 and "not a downstream model directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_report_in_headless_chromium_loads_every_image_and_fills_the_tables(report_inputs, tmp_path):
+    started = time.perf_counter()
+    out = tmp_path / "report"
+    shot = tmp_path / "report.png"
+    assert main(["report", "--out", str(out), "--zoo", str(report_inputs["zoo"]), "--models", str(report_inputs["model"]),
+                 "--results", str(report_inputs["results"]), "--logs", str(report_inputs["log"]),
+                 "--screenshot", str(shot)]) == 0
+    check = check_page(out / "index.html")
+    assert len(check["images"]) == 6 and broken_images(check) == []
+    assert all(image["width"] > 100 and image["height"] > 100 for image in check["images"])
+    tables = {t["id"]: t for t in check["tables"]}
+    assert set(tables) == {"zoo-table", "models-table", "downstream-table", "transfer-table"}
+    assert tables["zoo-table"]["rows"] == 3 and tables["models-table"]["rows"] == 1
+    assert tables["downstream-table"]["rows"] == 12 and tables["transfer-table"]["rows"] == 3
+    assert all(t["filled_cells"] >= t["rows"] * 6 for t in tables.values())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    assert time.perf_counter() - started < 30
+    assert not list(out.glob(".vimw-check-*"))  # the check's copy of the page is gone
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed")
+def test_a_missing_image_is_reported_broken(tmp_path):
+    page = tmp_path / "index.html"
+    shutil.copyfile(Path(__file__), tmp_path / "not-a-png.png")
+    page.write_text('<!DOCTYPE html><html><body><img src="missing.png"><img src="not-a-png.png"></body></html>')
+    assert sorted(broken_images(check_page(page))) == ["missing.png", "not-a-png.png"]
+    screenshot(page, tmp_path / "s.png", width=400, height=300)
+    assert (tmp_path / "s.png").stat().st_size > 0

@@ -1,0 +1,203 @@
+"""TransMiter workflow: base-to-novel scoring, logit-arithmetic baselines, the fine-tuned weak
+model (frozen text rows, trainable plug-in), the calibrated ImageNet head, and the CLI chain
+extract -> apply -> refine -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vimw.backbones import create_backbone
+from vimw.errors import DataError
+from vimw.modules import ModuleSet, config_from_dict
+from vimw.transfer.protocol import (
+    FineTunedZeroShot,
+    base_novel_scores,
+    choose_alpha,
+    ensemble_logits,
+    finetune_zero_shot,
+    harmonic_mean,
+    proxy_logits,
+)
+
+
+def test_base_novel_scores_on_hand_made_logits():
+    base, novel = [0, 1], [2, 3]
+    # image 0 (base, label 0): class 2 has the top logit overall, but only base columns count -> 0: right
+    # image 1 (base, label 1): base argmax 0 -> wrong
+    # image 2 (novel, label 3): novel argmax 3 -> right although column 0 is larger
+    # image 3 (novel, label 2): novel argmax 2 -> right
+    logits = torch.tensor([
+        [5.0, 1.0, 9.0, 0.0],
+        [3.0, 2.0, 0.0, 0.0],
+        [9.0, 0.0, 1.0, 2.0],
+        [0.0, 0.0, 4.0, 3.0],
+    ])
+    labels = torch.tensor([0, 1, 3, 2])
+    scores = base_novel_scores(logits, labels, base, novel)
+    assert scores["base"] == pytest.approx(0.5)
+    assert scores["novel"] == pytest.approx(1.0)
+    assert scores["hm"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    only_base = base_novel_scores(logits[:2], labels[:2], base, novel)
+    assert math.isnan(only_base["novel"]) and math.isnan(only_base["hm"])
+    with pytest.raises(DataError):
+        base_novel_scores(logits, labels, [0, 1], [1, 2])
+
+
+def test_proxy_and_ensemble_formulas():
+    g = torch.Generator().manual_seed(0)
+    strong, ft, weak = (torch.randn(6, 5, generator=g) for _ in range(3))
+    a = 0.3
+    ls = lambda x: F.log_softmax(x, -1)  # noqa: E731
+    assert torch.allclose(proxy_logits(strong, ft, weak, a), ls(strong) + a * (ls(ft) - ls(weak)), atol=1e-6)
+    assert torch.allclose(ensemble_logits(ft, strong, a), a * ls(ft) + (1 - a) * ls(strong), atol=1e-6)
+    assert torch.allclose(proxy_logits(strong, ft, weak, 0.0), ls(strong))
+    assert torch.allclose(ensemble_logits(ft, strong, 1.0), ls(ft))
+    # choose_alpha picks by validation HM (ties: the smaller alpha): any alpha > 0.5 is right here
+    labels = torch.tensor([0, 1, 2, 3])
+    right = torch.eye(4) * 5
+    wrong = torch.roll(right, 1, dims=1)
+    alpha, scores = choose_alpha(lambda x: ensemble_logits(right, wrong, x), labels, [0, 1], [2, 3])
+    assert scores[0.0] == 0.0 and scores[1.0] == 1.0
+    assert scores[alpha] == 1.0 and alpha == min(a for a, s in scores.items() if s == 1.0)
+
+
+class _FakeHead:
+    """The parts of an ImageNetTextHead that FineTunedZeroShot reads."""
+
+    def __init__(self, backbone, num_classes: int) -> None:
+        self.backbone = backbone
+        self.invert = True
+        self.name = "fake-head"
+        g = torch.Generator().manual_seed(1)
+        self._w = torch.randn(backbone.feature_dim, num_classes, generator=g) * 0.05
+        self._b = torch.randn(num_classes, generator=g)
+        self.feature_mean = torch.randn(backbone.feature_dim, generator=g) * 0.01
+
+    def class_weights(self, class_names, template):
+        return self._w[:, : len(class_names)].clone(), self._b[: len(class_names)].clone()
+
+
+def test_finetuned_weak_model_keeps_text_rows_frozen_and_trains_only_the_plugin():
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", image_size=40)
+    head = _FakeHead(backbone, 4)
+    plugin = ModuleSet.create(config_from_dict({"kind": "convpass"}), backbone.sites)
+    model = FineTunedZeroShot(head, ["a", "b", "c", "d"], plugin)
+    rows, bias, mean = model.rows.clone(), model.bias.clone(), model.feature_mean.clone()
+    backbone_before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    plugin_before = {k: v.clone() for k, v in plugin.state_dict().items()}
+    assert not any(isinstance(b, torch.nn.Parameter) for b in (model.rows, model.bias, model.feature_mean))
+    assert all(p.requires_grad is False for p in backbone.parameters())
+    # a fresh convpass module is a no-op: logits equal the zero-shot head's on the same features
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (12, 1, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.tensor([0, 1] * 6)
+    with torch.no_grad():
+        feats = backbone.forward_features(backbone.preprocess(255 - images))
+        expected = (feats - head.feature_mean) @ head._w + head._b
+    assert torch.allclose(model.predict(images), expected, atol=1e-4)
+
+    model, info = finetune_zero_shot(model, images, labels, images[:4], labels[:4], classes=[0, 1],
+                                     lrs=[1e-2], epochs=2, batch_size=4)
+    assert torch.equal(model.rows, rows) and torch.equal(model.bias, bias) and torch.equal(model.feature_mean, mean)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), key
+    # the plug-in did train (the best epoch may be 0 only if no epoch beat it; force the check on the history)
+    assert len(info["history"]) == 3 and info["trainable"] == plugin.num_parameters()
+    model.plugin.load_state_dict(plugin_before)  # restorable: same keys and shapes
+    with pytest.raises(DataError):
+        finetune_zero_shot(model, images, torch.full((12,), 3), images[:4], labels[:4], classes=[0, 1], lrs=[1e-2], epochs=1)
+
+
+def test_finetune_changes_the_plugin_weights():
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", image_size=40)
+    plugin = ModuleSet.create(config_from_dict({"kind": "convpass"}), backbone.sites)
+    model = FineTunedZeroShot(_FakeHead(backbone, 3), ["a", "b", "c"], plugin)
+    before = {k: v.clone() for k, v in plugin.state_dict().items()}
+    params = model.trainable_parameters()
+    assert params and all(any(p is q for q in plugin.parameters()) for p in params)
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    loss = F.cross_entropy(model(images)[:, :2], torch.tensor([0, 1] * 4))
+    loss.backward()
+    assert model.rows.grad is None if hasattr(model.rows, "grad") else True
+    torch.optim.SGD(params, lr=1.0).step()
+    assert any(not torch.equal(v, before[k]) for k, v in plugin.state_dict().items())
+
+
+@pytest.mark.slow
+def test_calibrated_kernel_head_subtracts_the_feature_mean():
+    from vimw.transfer import ImageNetTextHead
+
+    head = ImageNetTextHead("efficientnet_lite0", 40, invert=True)
+    names = ["sneaker", "bag", "dress"]
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    w, b = head.class_weights(names)
+    feats = head.encode_images(images, progress=False)
+    plain_name = head.name
+    head.calibrate(features=feats)
+    assert head.name.startswith(plain_name + "+cal")
+    assert torch.allclose(head.logits(feats, w, b), (feats - feats.mean(0)) @ w + b, atol=1e-4)
+    # an ImageNet class name's kernel row is close to its real classifier row
+    rows, _ = head.predict_rows([head.imagenet_names[409]])
+    assert F.cosine_similarity(rows[0], head.backbone._fc.weight[409].detach(), dim=0) > 0.5
+
+
+@pytest.mark.slow
+def test_cli_extract_apply_refine_evaluate_chain(tmp_path, capsys):
+    from vimw.cli.main import main
+    from vimw.transfer import load_adapter
+
+    cache = str(tmp_path / "cache")
+    data = ["--task", "fmnist", "--base", "Trouser", "Bag", "--shots", "2", "--num-extract", "24",
+            "--num-align", "16", "--num-test", "20", "-K", "24"]
+    src, dst, plus = tmp_path / "src", tmp_path / "dst", tmp_path / "plus"
+    assert main(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned", "convpass",
+                 "--epochs", "1", "--extraction-epochs", "1", "--out", str(src), "--cache", cache, *data]) == 0
+    adapter, manifest = load_adapter(src)
+    assert adapter.num_logits == 24 and adapter.num_classes == 10 and manifest["aux_words_sha256"]
+    assert manifest["settings"]["protocol"]["base"] == ["Trouser", "Bag"]
+    assert (src / "teacher" / "finetuned.json").exists()
+    assert main(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48", "--lambdas", "1", "10",
+                 "--out", str(dst)]) == 0
+    moved, moved_manifest = load_adapter(dst)
+    assert moved.rotation is not None and moved_manifest["target_model"].startswith("imagenet-text-head/efficientnet_lite0@48")
+    assert main(["transfer", "refine", "--adapter", str(dst), "--epochs", "1", "--out", str(plus)]) == 0
+    capsys.readouterr()
+    assert main(["transfer", "evaluate", "--adapter", str(plus), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["transferred"] and result["test_images"] == 20
+    assert set(result["scores"]["adapter"]) == {"base", "novel", "hm"}
+    # a teacher saved by the first extract is reused as is
+    assert main(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned", str(src / "teacher"),
+                 "--extraction-epochs", "1", "--out", str(tmp_path / "src2"), "--cache", cache, *data]) == 0
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) >= 6  # every pass cached once
+
+
+def test_vim_chain_plugin_trains_only_the_gates(tiny_zoo, lite0):
+    """The teacher as a ViM aggregation over a zoo: only the gates train, text rows stay frozen."""
+    from vimw.aggregation.aggregate import ZooAggregate
+    from vimw.transfer.protocol import make_plugin
+
+    plugin, info = make_plugin(lite0, tiny_zoo.root)
+    assert isinstance(plugin, ZooAggregate) and info["plugin"] == "zoo-ens" and info["modules"]
+    model = FineTunedZeroShot(_FakeHead(lite0, 3), ["a", "b", "c"], plugin)
+    trainable = model.trainable_parameters()
+    assert len(trainable) == 1 and trainable[0] is plugin.gate_logits
+    gates_before = plugin.gate_logits.detach().clone()
+    experts_before = {k: v.clone() for k, v in plugin.experts.state_dict().items()}
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([0, 1] * 4)
+    rows = model.rows.clone()
+    F.cross_entropy(model(images)[:, :2], labels).backward()
+    torch.optim.SGD(trainable, lr=10.0).step()
+    assert not torch.equal(plugin.gate_logits.detach(), gates_before)
+    assert torch.equal(model.rows, rows)
+    for key, value in plugin.experts.state_dict().items():
+        assert torch.equal(value, experts_before[key]), key
