@@ -233,11 +233,10 @@ def run_apply(args) -> int:
     return 0
 
 
-def run_refine(args) -> int:
-    from vimw.transfer.adapter import save_adapter
+def _adapter_with_logits(args, part: str):
+    """A saved adapter, its protocol, and its model's cached zero-shot logits on one image set."""
     from vimw.transfer.cache import LogitCache
-    from vimw.transfer.extraction import RefineConfig, refine_adapter
-    from vimw.transfer.pipeline import load_zero_shot, make_sets, seed_split, zero_shot_pass
+    from vimw.transfer.pipeline import load_zero_shot, make_sets, zero_shot_pass
 
     adapter, manifest, settings = _adapter_and_settings(args.adapter)
     cfg = _protocol_from(settings["protocol"], device=args.device)
@@ -245,7 +244,16 @@ def run_refine(args) -> int:
     sets, ids = make_sets(cfg)
     model = load_zero_shot(settings["model_spec"], device=args.device)
     role = "weak" if settings["model_spec"] == cfg.weak else "strong"
-    pool = zero_shot_pass(model, role, cfg, cache, sets, ids, ("pool",))["pool"]
+    logits = zero_shot_pass(model, role, cfg, cache, sets, ids, (part,))[part]
+    return adapter, manifest, settings, cfg, sets, model, logits
+
+
+def run_refine(args) -> int:
+    from vimw.transfer.adapter import save_adapter
+    from vimw.transfer.extraction import RefineConfig, refine_adapter
+    from vimw.transfer.pipeline import seed_split
+
+    adapter, manifest, settings, cfg, sets, _, pool = _adapter_with_logits(args, "pool")
     train_idx, val_idx = seed_split(sets["pool_labels"], sets["base"], cfg, settings["seed"])
     base_val = val_idx[torch_isin(sets["pool_labels"][val_idx], sets["base"])]
     y = sets["pool_labels"]
@@ -270,17 +278,9 @@ def run_refine(args) -> int:
 def run_evaluate(args) -> int:
     import torch
 
-    from vimw.transfer.cache import LogitCache
-    from vimw.transfer.pipeline import load_zero_shot, make_sets, zero_shot_pass
     from vimw.transfer.protocol import base_novel_scores
 
-    adapter, manifest, settings = _adapter_and_settings(args.adapter)
-    cfg = _protocol_from(settings["protocol"], device=args.device)
-    cache = LogitCache(args.cache or settings["cache"])
-    sets, ids = make_sets(cfg)
-    model = load_zero_shot(settings["model_spec"], device=args.device)
-    role = "weak" if settings["model_spec"] == cfg.weak else "strong"
-    test = zero_shot_pass(model, role, cfg, cache, sets, ids, ("test",))["test"]
+    adapter, manifest, settings, cfg, sets, model, test = _adapter_with_logits(args, "test")
     c = adapter.num_classes
     with torch.no_grad():
         rows = {"zero-shot": base_novel_scores(test[:, :c], sets["test_labels"], sets["base"], sets["novel"]),
