@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -93,7 +92,9 @@ def run(args) -> int:
         if result.model.plugin is not None and hasattr(result.model.plugin, "gate_logits"):
             plot_gates(result.model.plugin, out / "gates.png", title=f"{row.method} gates on {data.spec.name}")
 
+    vim_started = time.perf_counter()
     rows = compare_methods(backbone, data, DEMO_METHODS, zoo=zoo, seed=args.seed, shots=args.shots, on_result=keep)
+    print(f"  aggregation and baselines trained and scored in {time.perf_counter() - vim_started:.0f} s")
     table = format_table(summarise(rows))
     print("\n" + table)
     write_json(workdir / "vim_results.json", {"rows": [r.to_dict() for r in rows]})
@@ -109,5 +110,4 @@ def run(args) -> int:
             print("\n== 4. TransMiter: weak (Lite0 @ 64 px) -> strong (Lite2 @ 224 px) ==")
             run_demo_step(workdir, seed=args.seed)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; results in {workdir}")
-    print(json.dumps({"workdir": str(workdir)}))
     return 0
