@@ -1,4 +1,4 @@
-"""``vimw zoo ...``: train, build, list, show, verify and remove zoo modules."""
+"""``vimw zoo ...``: train, build, list, show, verify and remove zoo modules; export/import PEFT LoRA adapters."""
 
 from __future__ import annotations
 
@@ -60,6 +60,23 @@ def register(commands) -> None:
     remove.add_argument("name")
     remove.add_argument("--zoo", required=True)
     remove.set_defaults(handler=run_remove)
+
+    export_peft = sub.add_parser("export-peft", help="write a lora module on an HF CLIP backbone as a PEFT LoRA adapter")
+    export_peft.add_argument("name", help="the lora module in the zoo")
+    export_peft.add_argument("--zoo", required=True)
+    export_peft.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+    export_peft.add_argument("--backbone", help="hf:<name or dir> (default: the module manifest's backbone source)")
+    export_peft.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
+    export_peft.set_defaults(handler=run_export_peft)
+
+    import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on a CLIP vision model "
+                                                     "to the zoo as a lora module")
+    import_peft.add_argument("adapter", help="PEFT adapter directory")
+    import_peft.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
+    import_peft.add_argument("--name", help="module name in the zoo (default: the adapter directory's name)")
+    import_peft.add_argument("--backbone", help="hf:<name or dir> (default: the adapter's base_model_name_or_path)")
+    import_peft.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
+    import_peft.set_defaults(handler=run_import_peft)
 
 
 def _add_backbone_args(parser) -> None:
@@ -267,3 +284,52 @@ def run_remove(args) -> int:
     print(f"removed {args.name}")
     return 0
 
+
+
+def _hf_backbone_name(value: str) -> str:
+    return value if value.startswith("hf:") else "hf:" + value
+
+
+def run_export_peft(args) -> int:
+    from vimw.backbones import create_backbone
+    from vimw.errors import VimwError
+    from vimw.interop import export_peft_lora
+
+    zoo = existing_zoo(args.zoo)
+    manifest = zoo.manifest(args.name)
+    source = args.backbone or manifest.backbone.get("source") or manifest.backbone.get("arch")
+    if not source:
+        raise VimwError(f"module {args.name!r} records no backbone source; pass --backbone hf:<name or dir>")
+    if args.backbone:
+        source = _hf_backbone_name(args.backbone)
+    out = export_peft_lora(zoo, args.name, create_backbone(source), args.out, overwrite=args.overwrite)
+    sites = manifest.module.get("sites")
+    print(f"exported {args.name} ({manifest.kind}, {f'{len(sites)} sites' if sites else 'all sites'}) "
+          f"as a PEFT LoRA adapter in {out}")
+    return 0
+
+
+def run_import_peft(args) -> int:
+    from pathlib import Path
+
+    from vimw.backbones import create_backbone
+    from vimw.errors import VimwError
+    from vimw.interop import import_peft_lora
+    from vimw.interop.peft import ADAPTER_CONFIG
+    from vimw.io import read_json
+    from vimw.zoo import Zoo
+
+    adapter = Path(args.adapter)
+    source = args.backbone
+    if not source:
+        config_file = adapter / ADAPTER_CONFIG
+        base = read_json(config_file).get("base_model_name_or_path") if config_file.is_file() else None
+        if not base:
+            raise VimwError(f"{adapter}: the adapter names no base model; pass --backbone hf:<name or dir>")
+        source = base
+    name = args.name or default_module_name(adapter.expanduser().absolute().name)
+    manifest = import_peft_lora(adapter, Zoo(args.zoo), name, create_backbone(_hf_backbone_name(source)),
+                                overwrite=args.overwrite)
+    print(f"added {manifest.name} (lora, rank {manifest.module['rank']}, {len(manifest.module['sites'])} sites, "
+          f"{manifest.num_parameters} parameters) from {adapter}")
+    return 0
