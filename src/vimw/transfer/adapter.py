@@ -177,27 +177,9 @@ class TransMiterAdapter(nn.Module):
         }
 
     # -- files ---------------------------------------------------------------------------
-    def save(
-        self,
-        directory: str | os.PathLike,
-        *,
-        source_model: str,
-        aux_words_sha256: str | None,
-        template: str,
-        target_model: str | None = None,
-        class_names: list[str] | None = None,
-        settings: dict[str, Any] | None = None,
-    ) -> Path:
-        return save_adapter(
-            self,
-            directory,
-            source_model=source_model,
-            aux_words_sha256=aux_words_sha256,
-            template=template,
-            target_model=target_model,
-            class_names=class_names,
-            settings=settings,
-        )
+    def save(self, directory: str | os.PathLike, **manifest_fields: Any) -> Path:
+        """``save_adapter(self, directory, ...)``: the manifest fields are its keyword arguments."""
+        return save_adapter(self, directory, **manifest_fields)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "TransMiterAdapter":
