@@ -25,6 +25,7 @@ def register(commands) -> None:
     train.add_argument("--max-test", type=int, help="evaluate on at most this many test images")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
+    train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars here (extra 'tensorboard')")
     train.set_defaults(handler=run_train)
 
     build = sub.add_parser("build", help="train the default zoo recipe, or a --recipe (skips modules already present)")
@@ -144,6 +145,7 @@ def run_train(args) -> int:
     manifest = train_module(
         Zoo(args.zoo), recipe, backbone_name=args.backbone, image_size=args.image_size or None,
         resume=args.resume, progress=False if args.no_progress else None, overwrite=args.overwrite,
+        tensorboard_dir=args.tensorboard,
     )
     if dist_utils.is_main_process():
         record_zoo_recipe(args.zoo, args.backbone, args.image_size, [recipe])

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ from vimw.training import distributed as dist_utils
 from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
 from vimw.training.config import TrainConfig, cosine_lr
 from vimw.training.heads import DENSE_KINDS
+from vimw.training.run_log import RunLog
 from vimw.training.task_model import TaskModel
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     log_path: str | os.PathLike | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     prefix_cache: int | None = None,
 ) -> FitResult:
@@ -169,6 +170,8 @@ def fit(
     ``prefix_cache``: a byte limit to enable ``model.enable_prefix_cache`` (frozen
     prefix computed once per image); a cache already attached to ``model`` is used
     as is. Single-process runs only (under DDP the model runs uncached).
+    ``log_path`` / ``tensorboard_dir``: per-epoch records as JSON lines / TensorBoard
+    scalars (written by rank 0).
     """
     if len(data.train) == 0:
         raise DataError(f"task {data.spec.name!r}: the training split is empty")
@@ -193,6 +196,7 @@ def fit(
         _restore(model, optimizer, state)
 
     device = model_device(model)
+    run_log = RunLog(log_path, tensorboard_dir) if dist_utils.is_main_process() else RunLog()
     runner: nn.Module = model
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(model)
@@ -255,9 +259,7 @@ def fit(
                 tqdm.write(summary)
             else:  # no bars (not a terminal): one line per epoch for whoever configured logging
                 log.debug(summary)
-            if log_path is not None:
-                with open(log_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+            run_log.write(record)
             if checkpoint_dir is not None:
                 state.model = model.trainable_state()
                 state.optimizer = optimizer.state_dict()
@@ -267,6 +269,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
 
+    run_log.close()
     if state.best:
         model.load_state_dict(state.best, strict=False)
     return FitResult(

@@ -70,6 +70,7 @@ def train_module(
     resume: bool = False,
     progress: bool | None = None,
     overwrite: bool = False,
+    tensorboard_dir: str | Path | None = None,
 ) -> ModuleManifest:
     """Train one module on its midstream task and add it to ``zoo`` (rank 0 writes)."""
     check_module_name(recipe.name)
@@ -93,7 +94,7 @@ def train_module(
     dist_utils.barrier()
     work.mkdir(parents=True, exist_ok=True)
     result = fit(model, data, recipe.train, checkpoint_dir=work, resume=resume, progress=progress,
-                 log_path=work / "log.jsonl")
+                 log_path=work / "log.jsonl", tensorboard_dir=tensorboard_dir)
     test = evaluate(model, data.test, recipe.train.eval_batch_size)
     manifest = ModuleManifest(
         name=recipe.name,
