@@ -171,3 +171,28 @@ def test_zoo_train_records_its_module_in_the_zoo_recipe(tmp_path, capsys):
     saved = read_effective(tmp_path / "zoo")
     assert saved["zoo"]["backbone"] == DEFAULT_BACKBONE and saved["zoo"]["image_size"] == IMAGE_SIZE
     assert [m["name"] for m in saved["zoo"]["modules"]] == ["dots"]
+
+
+def test_transfer_steps_take_their_options_from_the_recipe_and_flags_win(tmp_path):
+    from vimw.cli.transfer import expand_recipe_argv
+
+    recipe = tmp_path / "tm.json"
+    recipe.write_text(json.dumps({"transfer": {
+        "weak": "efficientnet_lite0@64+invert", "task": "fmnist", "shots": 16, "base": ["Coat", "Dress"],
+        "out": "runs/tm/weak", "apply": {"to": "efficientnet_lite2@224", "lambdas": [0.1, 1.0]},
+    }}))
+    extract = expand_recipe_argv(["transfer", "extract", "--recipe", str(recipe), "--shots", "8"])
+    assert extract[:2] == ["transfer", "extract"] and "--recipe" not in extract
+    assert extract[extract.index("--weak") + 1] == "efficientnet_lite0@64+invert"
+    assert extract[extract.index("--base") + 1: extract.index("--base") + 3] == ["Coat", "Dress"]
+    assert extract[-2:] == ["--shots", "8"]  # the user's flag comes last, so it wins
+    apply = expand_recipe_argv(["transfer", "apply", "--recipe", str(recipe), "--adapter", "a"])
+    assert apply == ["transfer", "apply", "--to", "efficientnet_lite2@224", "--lambdas", "0.1", "1.0", "--adapter", "a"]
+
+
+def test_a_transfer_recipe_with_a_bad_step_section_is_refused(tmp_path):
+    from vimw.cli.main import main
+
+    recipe = tmp_path / "tm.json"
+    recipe.write_text(json.dumps({"transfer": {"apply": "efficientnet_lite2@224"}}))
+    assert main(["transfer", "apply", "--recipe", str(recipe), "--adapter", "a"]) == 2

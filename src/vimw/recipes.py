@@ -25,7 +25,9 @@
       backbone: null                     # default: what the zoo was built on
       out: runs/recipe/model
       train: {epochs: 30, lr: 0.03, gate_lr: 0.05, batch_size: 32}
-    transfer: {...}                      # passed through unchanged to the TransMiter command
+    transfer:                            # options of `vimw transfer extract` (flags win)
+      weak: efficientnet_lite0@64+invert
+      apply: {to: efficientnet_lite2@224}  # options of `vimw transfer apply`; likewise refine
 
 Every section is optional. Command-line flags override the file (``apply_overrides``);
 the effective recipe (after overrides) is written as ``recipe.json`` next to every

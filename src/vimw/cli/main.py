@@ -44,8 +44,13 @@ def _register_optional(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["transfer"]:
+            from vimw.cli.transfer import expand_recipe_argv
+
+            argv = expand_recipe_argv(argv)
+        args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
     except VimwError as exc:
         print(f"vimw: error: {exc}", file=sys.stderr)

@@ -25,6 +25,47 @@ FT_MANIFEST = "finetuned.json"
 FT_WEIGHTS = "plugin.safetensors"
 
 
+STEPS = ("extract", "apply", "refine", "evaluate")
+
+
+def expand_recipe_argv(argv: list[str]) -> list[str]:
+    """``vimw transfer STEP --recipe FILE ...``: the recipe's ``transfer`` section as flags.
+
+    Top-level keys of the section are options of ``extract``; the sub-sections
+    ``apply``, ``refine`` and ``evaluate`` hold those steps' options (keys are option
+    names, ``_`` for ``-``). They are placed before the user's own flags, so flags on
+    the command line win.
+    """
+    if "--recipe" not in argv:
+        return argv
+    from vimw.errors import FormatError
+    from vimw.recipes import load_recipe
+
+    at = argv.index("--recipe")
+    if at + 1 >= len(argv):
+        raise FormatError("--recipe needs a file")
+    rest = argv[:at] + argv[at + 2:]
+    step = rest[1] if len(rest) > 1 else ""
+    if step not in STEPS:
+        raise FormatError(f"vimw transfer --recipe: the step must be one of {STEPS}, got {step!r}")
+    section = load_recipe(argv[at + 1]).get("transfer") or {}
+    values = {k: v for k, v in section.items() if k not in STEPS} if step == "extract" else section.get(step) or {}
+    if not isinstance(values, dict):
+        raise FormatError(f"recipe: transfer.{step} must be a mapping of option names to values")
+    flags: list[str] = []
+    for key, value in values.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            flags.append(flag)
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return rest[:2] + flags + rest[2:]
+
+
 def register(commands) -> None:
     from vimw.transfer.pipeline import FMNIST_BASE
 
