@@ -314,3 +314,15 @@ def test_predict_refuses_a_segmentation_model(capsys, lite0, make_task, tmp_path
     Image.fromarray(data.test.images[0, 0].numpy()).save(image)
     code, _, err = run(capsys, "predict", "--model", tmp_path / "seg", image)
     assert_clean_error(code, err, "segmentation", "evaluate")
+
+
+def test_zoo_list_imports_neither_torch_nor_the_other_commands(tiny_zoo):
+    # Listing a zoo of thousands must stay fast: it reads index.json only.
+    import subprocess
+    import sys
+
+    code = ("import sys; from vimw.cli.main import main; rc = main(['zoo', 'list', '--zoo', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_zoo.root)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(name in done.stdout for name in tiny_zoo.names())

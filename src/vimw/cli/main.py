@@ -43,8 +43,14 @@ def _register_optional(commands) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["zoo", "list"]:
+        # Listing reads index.json only: skip the other commands' imports (torch among them).
+        from vimw.cli.zoo import list_parser
+
+        parser, argv = list_parser(), argv[2:]
+    else:
+        parser = build_parser()
     try:
         if argv[:1] == ["transfer"]:
             from vimw.cli.transfer import expand_recipe_argv

@@ -38,12 +38,7 @@ def register(commands) -> None:
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
 
-    listing = sub.add_parser("list", help="list the zoo's modules (reads the index only)")
-    listing.add_argument("--zoo", required=True)
-    listing.add_argument("--kind")
-    listing.add_argument("--task", help="substring of the task name")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.set_defaults(handler=run_list)
+    add_list_arguments(sub.add_parser("list", help=LIST_HELP))
 
     show = sub.add_parser("show", help="print one module's manifest")
     show.add_argument("name")
@@ -222,20 +217,48 @@ def run_build(args) -> int:
     return 0
 
 
-def existing_zoo(path: str):
-    """The zoo at ``path`` for reading or removing; a missing directory is an error, not an empty zoo."""
+def _existing_dir(path: str) -> str:
     from pathlib import Path
 
     from vimw.errors import VimwError
-    from vimw.zoo import Zoo
 
     if not Path(path).is_dir():
         raise VimwError(f"no zoo at {path}: the directory does not exist")
-    return Zoo(path)
+    return path
+
+
+def existing_zoo(path: str):
+    """The zoo at ``path`` for reading or removing; a missing directory is an error, not an empty zoo."""
+    from vimw.zoo import Zoo
+
+    return Zoo(_existing_dir(path))
+
+
+LIST_HELP = "list the zoo's modules (reads the index only)"
+
+
+def add_list_arguments(parser):
+    """The options of ``vimw zoo list``, also used by its fast path (``list_parser``)."""
+    parser.add_argument("--zoo", required=True)
+    parser.add_argument("--kind")
+    parser.add_argument("--task", help="substring of the task name")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run_list)
+    return parser
+
+
+def list_parser():
+    """A parser for ``vimw zoo list`` alone: listing needs neither torch nor the other commands."""
+    import argparse
+
+    return add_list_arguments(argparse.ArgumentParser(prog="vimw zoo list", description=LIST_HELP))
 
 
 def run_list(args) -> int:
-    print_modules(existing_zoo(args.zoo).list(kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
+    from vimw.zoo.index import read_index, select
+
+    index = read_index(_existing_dir(args.zoo))
+    print_modules(select(index, kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
     return 0
 
 

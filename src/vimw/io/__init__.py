@@ -6,17 +6,31 @@
 - ``manifest``: JSON metadata, versioned and validated.
 """
 
-from vimw.io.atomic import (
-    atomic_write_bytes,
-    atomic_write_text,
-    file_lock,
-    fsync_dir,
-    is_temporary,
-    lock_is_held,
-    sha256_file,
-)
-from vimw.io.manifest import dumps_json, read_json, write_json
-from vimw.io.tensors import load_tensors, save_tensors
+from importlib import import_module
+
+# Exports are loaded on first use (PEP 562), so reading JSON (``vimw zoo list``)
+# does not pay for importing torch, which only the tensor functions need.
+_EXPORTS = {
+    "atomic_write_bytes": "atomic",
+    "atomic_write_text": "atomic",
+    "file_lock": "atomic",
+    "fsync_dir": "atomic",
+    "is_temporary": "atomic",
+    "lock_is_held": "atomic",
+    "sha256_file": "atomic",
+    "dumps_json": "manifest",
+    "read_json": "manifest",
+    "write_json": "manifest",
+    "load_tensors": "tensors",
+    "save_tensors": "tensors",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"vimw.io.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'vimw.io' has no attribute {name!r}")
+
 
 __all__ = [
     "atomic_write_bytes",

@@ -55,9 +55,9 @@ from vimw.io import (
     write_json,
 )
 from vimw.modules import ModuleSet, config_from_dict
+from vimw.zoo.index import INDEX_FILE, ZooError, read_index, select, write_index
 from vimw.zoo.manifest import ModuleManifest, check_module_name
 
-INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 MODULES_DIR = "modules"
 STAGING_DIR = ".staging"
@@ -67,11 +67,6 @@ WEIGHTS_FILE = "module.safetensors"
 MANIFEST_FILE = "manifest.json"
 HEAD_FILE = "head.safetensors"
 LOG_FILE = "log.jsonl"
-INDEX_FORMAT = 1
-
-
-class ZooError(VimwError):
-    """A zoo operation cannot be done (name taken, module missing...)."""
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -125,26 +120,10 @@ class Zoo:
 
     # -- the index ---------------------------------------------------------------------
     def read_index(self) -> dict[str, dict]:
-        path = self.root / INDEX_FILE
-        if not path.exists():
-            if self.root.exists() and not self.root.is_dir():
-                raise ZooError(f"{self.root} is not a directory")
-            return {}
-        payload = read_json(path)
-        if payload.get("format") != INDEX_FORMAT or not isinstance(payload.get("modules"), dict):
-            raise FormatError(f"{path}: not a vimw zoo index (format {payload.get('format')!r})")
-        modules = payload["modules"]
-        for name, entry in modules.items():
-            if not isinstance(entry, dict):
-                raise FormatError(f"{path}: the entry of {name!r} must be an object, found {type(entry).__name__}")
-            try:
-                check_module_name(name)
-            except FormatError as exc:
-                raise FormatError(f"{path}: {exc}") from None
-        return modules
+        return read_index(self.root)
 
     def _write_index(self, modules: dict[str, dict]) -> None:
-        write_json(self.root / INDEX_FILE, {"format": INDEX_FORMAT, "modules": modules})
+        write_index(self.root, modules)
 
     def names(self) -> list[str]:
         return sorted(self.read_index())
@@ -157,16 +136,7 @@ class Zoo:
 
     def list(self, kind: str | None = None, task: str | None = None, backbone: str | None = None) -> list[tuple[str, dict]]:
         """Index entries, optionally filtered; reads ``index.json`` only."""
-        rows = []
-        for name, entry in sorted(self.read_index().items()):
-            if kind and entry.get("kind") != kind:
-                continue
-            if task and task not in str(entry.get("task")):
-                continue
-            if backbone and entry.get("backbone") != backbone:
-                continue
-            rows.append((name, entry))
-        return rows
+        return select(self.read_index(), kind=kind, task=task, backbone=backbone)
 
     # -- writing -----------------------------------------------------------------------
     def add(
