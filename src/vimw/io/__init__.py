@@ -6,7 +6,7 @@
 - ``manifest``: JSON metadata, versioned and validated.
 """
 
-from importlib import import_module
+from vimw._lazy import lazy_exports
 
 # Exports are loaded on first use (PEP 562), so reading JSON (``vimw zoo list``)
 # does not pay for importing torch, which only the tensor functions need.
@@ -26,10 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"vimw.io.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'vimw.io' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

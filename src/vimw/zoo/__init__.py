@@ -1,6 +1,6 @@
 """The module zoo: independently trained modules on one backbone, stored with metadata."""
 
-from importlib import import_module
+from vimw._lazy import lazy_exports
 
 # Loaded on first use (PEP 562): listing a zoo (``index``) needs neither torch nor
 # the module kinds that ``store`` imports.
@@ -15,10 +15,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"vimw.zoo.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'vimw.zoo' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
