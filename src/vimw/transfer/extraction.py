@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from vimw.errors import DataError, TrainingError
+from vimw.training.config import cosine_lr
 from vimw.transfer.adapter import TransMiterAdapter
 from vimw.transfer.procrustes import DEFAULT_LAMBDA_PER_IMAGE, normalised_lambda, orthogonal_alignment
 from vimw.transfer.standardize import standardize
@@ -104,13 +105,10 @@ def _check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int) -> 
 
 
 def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(round(warmup_fraction * total_steps))) if warmup_fraction > 0 else 0
+    """LambdaLR factor: the training loop's warmup + cosine schedule on a unit rate."""
 
     def factor(step: int) -> float:  # step counts optimizer steps already taken
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return cosine_lr(step, total_steps, 1.0, warmup_fraction)
 
     return factor
 
