@@ -102,22 +102,22 @@ def train_downstream(
 ) -> DownstreamResult:
     """Train one method on ``data``; ``single`` first picks its module on validation data."""
     started = time.perf_counter()
-    single_index, info_extra = None, {}
+    info_extra = {}
     if method == "single":
+        # Every zoo module is tried with its own head; the best on validation is kept as it
+        # was trained (no second run: it would repeat the same seeded computation).
         names = _zoo_names(zoo, names, backbone)
-        scores = []
+        scores, best = [], None
         for index in range(len(names)):
-            torch.manual_seed(config.seed)  # every candidate's head starts from the same seed
-            model, _ = build_model("single", backbone, data, zoo=zoo, names=names, single_index=index)
-            model.to(next(backbone.parameters()).device)
-            scores.append(fit(model, data, config, progress=progress).best_score)
-        single_index = max(range(len(names)), key=lambda i: scores[i])
-        info_extra = {"single_val_scores": dict(zip(names, scores)), "chosen": names[single_index]}
-    # New heads (and a scratch module) are initialised from the run's seed: same seed, same result.
-    torch.manual_seed(config.seed)
-    model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index)
-    model.to(next(backbone.parameters()).device)  # zoo modules and heads are built on the CPU
-    result = fit(model, data, config, progress=progress)
+            candidate = _train_one("single", backbone, data, config, zoo, names, top_k, index, progress)
+            scores.append(candidate[2].best_score)
+            if best is None or scores[-1] > best[2].best_score:
+                best = candidate
+        model, info, result = best
+        chosen = names[info["aggregation"]["single_index"]]
+        info_extra = {"single_val_scores": dict(zip(names, scores)), "chosen": chosen}
+    else:
+        model, info, result = _train_one(method, backbone, data, config, zoo, names, top_k, None, progress)
     val = evaluate(model, data.val, config.eval_batch_size)
     return DownstreamResult(
         method=method,
@@ -128,3 +128,12 @@ def train_downstream(
         trainable=model.num_trainable(),
         info={**info, **info_extra},
     )
+
+
+def _train_one(method, backbone, data, config, zoo, names, top_k, single_index, progress):
+    """Build a fresh model for ``method`` and fit it: (model, info, fit result)."""
+    # New heads (and a scratch module) are initialised from the run's seed: same seed, same result.
+    torch.manual_seed(config.seed)
+    model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index)
+    model.to(next(backbone.parameters()).device)  # zoo modules and heads are built on the CPU
+    return model, info, fit(model, data, config, progress=progress)
