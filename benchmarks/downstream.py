@@ -6,7 +6,8 @@ For each task x shots x seed, every method trains in the same harness on the sam
 k-shot split (validation carved from training data), its learning rate chosen on the
 validation split; the chosen model is scored once on the test split. Writes
 ``results/downstream.{json,md}`` (rewritten after every run, so partial results
-survive) and a gate heatmap for every ``ens`` run under ``results/gates/``.
+survive), a gate heatmap for every ``ens`` run under ``results/gates/`` and, at the
+end, test accuracy against shots per task (``results/downstream-<task>.png``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def headline(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_shots(summary: list[dict], name: str) -> None:
+    """One accuracy-against-shots PNG per task next to the table: ``results/<name>-<task>.png``."""
+    from vimw.report.plots import accuracy_vs_shots
+
+    for task in sorted({s["task"] for s in summary}):
+        accuracy_vs_shots(summary, task, RESULTS / f"{name}-{task}.png")
+
+
 def merge(args) -> None:
     """Combine partial result files (run in parallel processes) into one table."""
     from vimw.evaluation.compare import MethodRow
@@ -59,6 +68,7 @@ def merge(args) -> None:
     summary = summarise(rows)
     markdown = format_table(summary) + "\n" + headline(summary)
     write_results(args.name, {"parts": parts, "rows": [r.to_dict() for r in rows], "summary": summary}, markdown)
+    plot_shots(summary, args.name)
     print(markdown)
 
 
@@ -115,6 +125,7 @@ def main() -> None:
                 rows += compare_methods(backbone, data, args.methods, zoo=zoo, seed=seed, shots=shots,
                                         target_steps=args.target_steps, on_result=record)
     print(save(rows))
+    plot_shots(summarise(rows), args.name)
 
 
 if __name__ == "__main__":
