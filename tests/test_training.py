@@ -260,3 +260,17 @@ def test_train_module_with_the_same_seed_gives_the_same_module(lite0, tmp_path):
     (module_a, head_a), (module_b, head_b) = weights
     assert all(torch.equal(module_a[k], module_b[k]) for k in module_a)
     assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+
+
+def test_guarded_step_refuses_a_non_finite_loss_before_touching_the_weights():
+    from vimw.training.step import guarded_step
+
+    layer = torch.nn.Linear(3, 1)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss = layer(torch.ones(2, 3)).sum() * float("nan")
+    with pytest.raises(TrainingError, match="step 7: the loss became nan"):
+        guarded_step(loss, optimizer, "step 7")
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    guarded_step(layer(torch.ones(2, 3)).sum(), optimizer, "step 8", clip=(layer.parameters(), 1.0))
+    assert not torch.equal(before["bias"], layer.bias)

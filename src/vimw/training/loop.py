@@ -32,6 +32,7 @@ from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpo
 from vimw.training.config import TrainConfig, cosine_lr
 from vimw.training.heads import DENSE_KINDS
 from vimw.training.run_log import RunLog
+from vimw.training.step import guarded_step
 from vimw.training.task_model import TaskModel
 
 log = logging.getLogger(__name__)
@@ -221,16 +222,8 @@ def fit(
             else:
                 logits = runner(model.backbone.preprocess(data.train.images[index].to(device)))
             loss = task_loss(logits, data.train.targets[index].to(device))
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; "
-                    "nothing was saved (try a lower learning rate)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            guarded_step(loss, optimizer, f"epoch {epoch + 1}, step {state.step}",
+                         clip=(params, config.grad_clip) if config.grad_clip else None)
             state.step += 1
             running += loss.item()
             batches += 1

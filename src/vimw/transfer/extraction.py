@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from vimw.errors import DataError, TrainingError
+from vimw.errors import DataError
 from vimw.training.config import cosine_lr
+from vimw.training.step import guarded_step
 from vimw.transfer.adapter import TransMiterAdapter
 from vimw.transfer.procrustes import DEFAULT_LAMBDA_PER_IMAGE, normalised_lambda, orthogonal_alignment
 from vimw.transfer.standardize import standardize
@@ -175,12 +176,7 @@ def extract_adapter(
             if coin < cfg.noise_prob:
                 zb = zb + eps * (cfg.noise_scale * zb.std(dim=1, keepdim=True))
             loss = kd_loss(adapter(zb), yb, tau=cfg.tau, teacher_temperature=cfg.teacher_temperature)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"extraction: the KD loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            guarded_step(loss, optimizer, f"extraction (KD), epoch {epoch + 1}, step {step + 1}", scheduler=scheduler)
             total += loss.item() * len(idx)
             count += len(idx)
             if show:
@@ -325,12 +321,7 @@ def refine_adapter(
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             loss = F.cross_entropy(model(z[idx])[:, cols], y_local[idx])
-            if not torch.isfinite(loss):
-                raise TrainingError(f"refinement: the loss became {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            guarded_step(loss, optimizer, f"refinement, epoch {epoch + 1}", scheduler=scheduler)
             total += loss.item() * len(idx)
         acc = adapter_accuracy(model, zv, yv, classes=cols.tolist())
         history.append({"epoch": epoch + 1, "loss": total / n, "val_accuracy": acc})

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimw.errors import DataError, TrainingError, VimwError
+from vimw.training.step import guarded_step
 from vimw.transfer.cache import LogitCache
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
 
@@ -222,12 +223,7 @@ def finetune_zero_shot(
                 idx = order[start : start + batch_size]
                 logits = model(train_images[idx])[:, cols_dev]
                 loss = F.cross_entropy(logits, y[idx].to(model.device))
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"fine-tuning: the loss became {loss.item()} (lr {lr}, epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                guarded_step(loss, optimizer, f"fine-tuning (lr {lr}, epoch {epoch})", scheduler=scheduler)
                 total += loss.item() * len(idx)
             acc = val_acc(model)
             history.append({"lr": lr, "epoch": epoch, "loss": total / n, "val_accuracy": acc})
