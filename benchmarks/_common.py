@@ -45,7 +45,7 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
 def ensure_zoo(path: str | Path, device: str = "cpu"):
     """The zoo at ``path``: the default recipe is built when it is empty; it must verify."""
     from vimw.zoo import Zoo, verify_or_raise
-    from vimw.zoo.build import build_zoo
+    from vimw.workflows.midstream import build_zoo
 
     zoo = Zoo(path)
     if len(zoo) == 0:

@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, ensure_zoo, write_results  # noqa: E402
 
-from vimw.aggregation import METHODS  # noqa: E402
+from vimw.workflows.downstream import METHODS  # noqa: E402
 from vimw.aggregation.plot import plot_gates  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
-from vimw.evaluation.compare import compare_methods, format_table, summarise  # noqa: E402
-from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
+from vimw.workflows.compare import compare_methods, format_table, summarise  # noqa: E402
+from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
 TASKS = ("fmnist-footwear-bags", "fmnist", "digits8x8")
 SHOTS = (5, 10, 20)
@@ -57,7 +57,7 @@ def plot_shots(summary: list[dict], name: str) -> None:
 
 def merge(args) -> None:
     """Combine partial result files (run in parallel processes) into one table."""
-    from vimw.evaluation.compare import MethodRow
+    from vimw.workflows.compare import MethodRow
     from vimw.io import read_json
 
     rows, parts = [], []

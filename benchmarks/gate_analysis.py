@@ -27,12 +27,12 @@ from _common import ensure_zoo, write_results  # noqa: E402
 import torch  # noqa: E402
 
 from vimw.aggregation.gates import gate_entropy  # noqa: E402
-from vimw.aggregation.workflow import build_model  # noqa: E402
+from vimw.workflows.downstream import build_model  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
-from vimw.evaluation.compare import few_shot_config  # noqa: E402
+from vimw.workflows.compare import few_shot_config  # noqa: E402
 from vimw.training import evaluate, fit  # noqa: E402
-from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
+from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
 
 def gate_summary(gates: torch.Tensor, names: list[str]) -> dict:

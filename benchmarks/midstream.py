@@ -22,7 +22,7 @@ from _common import ensure_zoo, write_results  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
 from vimw.training import TaskModel, evaluate, fit, head_config_for  # noqa: E402
-from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE  # noqa: E402
+from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE  # noqa: E402
 
 PROBE_LRS = (3e-3, 3e-2)
 

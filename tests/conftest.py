@@ -21,7 +21,7 @@ from vimw.data import ImageSet, TaskData, TaskSpec, foreground_masks, rotate_ima
 from vimw.data.kinds import ROTATION_CLASSES, SEGMENTATION_CLASSES
 from vimw.training import TrainConfig
 from vimw.zoo import Zoo
-from vimw.zoo.build import MidstreamRecipe, train_module
+from vimw.workflows.midstream import MidstreamRecipe, train_module
 
 torch.set_num_threads(1)
 

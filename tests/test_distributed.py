@@ -15,7 +15,7 @@ from conftest import IMAGE_SIZE, write_npz
 from vimw.training import TrainConfig
 from vimw.training import distributed as dist_utils
 from vimw.zoo import Zoo
-from vimw.zoo.build import MidstreamRecipe, train_module
+from vimw.workflows.midstream import MidstreamRecipe, train_module
 
 EPOCHS, BATCH, LR = 3, 8, 1e-2
 CHANCE = 1 / 3

@@ -20,7 +20,7 @@ from vimw.recipes import (
     validate_recipe,
 )
 from vimw.zoo import Zoo
-from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
+from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
 
 yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from vimw.errors import FormatError, TrainingError
 from vimw.training import fit
 from vimw.training.checkpoint import load_checkpoint
 from vimw.zoo import Zoo
-from vimw.zoo.build import MidstreamRecipe, train_module
+from vimw.workflows.midstream import MidstreamRecipe, train_module
 
 WORKER = Path(__file__).parent / "helpers" / "reliability_worker.py"
 COUNTS = {"training crash points": 0}

@@ -15,7 +15,7 @@ from vimw.training import TaskModel, TrainConfig, evaluate, fit, head_config_for
 from vimw.training.checkpoint import has_checkpoint, load_checkpoint
 from vimw.training.heads import DenseHead, LinearHead
 from vimw.zoo import Zoo
-from vimw.zoo.build import MidstreamRecipe, train_module
+from vimw.workflows.midstream import MidstreamRecipe, train_module
 
 
 def new_model(backbone, data: TaskData, seed: int = 0, kind: str | None = None) -> TaskModel:
@@ -182,7 +182,7 @@ def test_nan_loss_raises_training_error(lite0, make_task, fast_config, tmp_path)
 
 
 def test_nan_loss_adds_nothing_to_the_zoo(lite0, tmp_path, monkeypatch):
-    from vimw.zoo import build
+    from vimw.workflows import midstream as build
 
     monkeypatch.setattr(build, "TaskModel", DivergingTaskModel)
     npz = write_npz(tmp_path / "task.npz")

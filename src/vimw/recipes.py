@@ -152,7 +152,7 @@ def validate_recipe(data: Any, *, source: str = "recipe") -> dict:
         if aggregate.get("modules") is not None and not all(isinstance(m, str) for m in aggregate["modules"]):
             raise FormatError(f"{where}.modules: must be a list of module names")
         if "method" in aggregate:
-            from vimw.aggregation import METHODS
+            from vimw.workflows.downstream import METHODS
 
             if aggregate["method"] not in METHODS:
                 raise FormatError(f"{where}.method: unknown method {aggregate['method']!r}; choose from {list(METHODS)}")
@@ -262,7 +262,7 @@ def train_config(train: dict | None, where: str = "recipe"):
 # -- recipes <-> vimw objects -----------------------------------------------------------------
 def midstream_recipes(recipe: dict) -> tuple:
     """The zoo section's modules as ``MidstreamRecipe`` objects (for ``build_zoo``)."""
-    from vimw.zoo.build import MidstreamRecipe
+    from vimw.workflows.midstream import MidstreamRecipe
 
     modules = (recipe.get("zoo") or {}).get("modules") or []
     return tuple(
@@ -283,7 +283,7 @@ def module_entry(recipe) -> dict:
 
 def default_recipe() -> dict:
     """The built-in default: the demo zoo (``DEFAULT_RECIPE``) and the demo's ViM aggregation."""
-    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
+    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
 
     return {
         "format": RECIPE_FORMAT,

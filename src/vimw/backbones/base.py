@@ -15,45 +15,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from vimw.errors import DataError, VimwError
-
-Layout = Literal["nchw", "nlc", "nlc_cls"]
-Tap = Literal["input", "inner"]
-Bypass = Mapping[str, nn.Module]
-
-LAYOUTS: tuple[str, ...] = ("nchw", "nlc", "nlc_cls")
-
-
-@dataclass(frozen=True)
-class Site:
-    """Everything a plug-in module needs to know about one attachment point.
-
-    ``in_channels``/``out_channels``/``stride`` describe the ``input`` tap (the
-    sublayer's input and output); ``inner_channels`` is the input width of the
-    sublayer's final projection, used by ``inner``-tap modules (whose output has
-    ``out_channels`` channels at the output resolution). ``layout`` is ``nchw`` for
-    feature maps, ``nlc`` for tokens, ``nlc_cls`` for tokens whose first one is a
-    class token followed by a square patch grid.
-    """
-
-    name: str
-    block: int
-    in_channels: int
-    out_channels: int
-    stride: int
-    layout: Layout
-    inner_channels: int
-    kind: str = "block"  # what the sublayer is: "block" (CNN), "attn" or "mlp" (ViT)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+from vimw.sites import Bypass, Site
 
 @dataclass(frozen=True)
 class Preprocess:

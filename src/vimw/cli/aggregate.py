@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(commands) -> None:
-    from vimw.aggregation import METHODS
+    from vimw.workflows.downstream import METHODS
     from vimw.cli.zoo import _add_train_args
 
     parser = commands.add_parser("aggregate", help="learn per-site gates over a zoo + a head for a downstream task")
@@ -96,7 +96,8 @@ def _zoo_image_size(zoo) -> int | None:
 
 
 def run_aggregate(args) -> int:
-    from vimw.aggregation import ZooAggregate, save_downstream, train_downstream
+    from vimw.aggregation import ZooAggregate, save_downstream
+    from vimw.workflows.downstream import train_downstream
     from vimw.aggregation.plot import plot_gates
     from vimw.backbones import create_backbone
     from vimw.data import load_task

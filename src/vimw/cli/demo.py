@@ -51,10 +51,10 @@ def run(args) -> int:
     from vimw.backbones import create_backbone
     from vimw.cli import predict
     from vimw.data import load_task
-    from vimw.evaluation.compare import compare_methods, format_table, summarise
+    from vimw.workflows.compare import compare_methods, format_table, summarise
     from vimw.io import atomic_write_text, write_json
     from vimw.zoo import Zoo
-    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
+    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
 
     workdir = Path(args.workdir)
     started = time.perf_counter()

@@ -32,7 +32,7 @@ def predict_files(images, *, backbone: str = "efficientnet_lite0", model: str | 
         from vimw.aggregation import load_downstream
 
         from vimw.errors import VimwError
-        from vimw.training.heads import DENSE_KINDS
+        from vimw.data.kinds import DENSE_KINDS
 
         downstream, manifest = load_downstream(model, zoo_dir=zoo)
         if downstream.kind in DENSE_KINDS:

@@ -76,7 +76,7 @@ def register(commands) -> None:
 
 
 def _add_backbone_args(parser) -> None:
-    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
+    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
 
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default {DEFAULT_BACKBONE})")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
@@ -128,7 +128,7 @@ def default_module_name(task: str) -> str:
 def run_train(args) -> int:
     from vimw.training import distributed as dist_utils
     from vimw.zoo import Zoo
-    from vimw.zoo.build import MidstreamRecipe, train_module
+    from vimw.workflows.midstream import MidstreamRecipe, train_module
 
     overrides = {k: v for k, v in (("hidden_dim", args.hidden_dim), ("rank", args.rank),
                                    ("first_block", args.first_block)) if v is not None}
@@ -201,7 +201,7 @@ def run_build(args) -> int:
     from vimw.recipes import midstream_recipes
     from vimw.training import distributed as dist_utils
     from vimw.zoo import verify_or_raise
-    from vimw.zoo.build import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
+    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
 
     recipe = effective_zoo_recipe(args)
     section = recipe["zoo"]

@@ -17,6 +17,8 @@ from vimw.data.imageset import ImageSet
 from vimw.errors import DataError
 
 KINDS = ("classification", "segmentation", "rotation")
+# Task kinds whose targets are per-pixel masks (dense heads, mIoU) rather than one label.
+DENSE_KINDS = ("segmentation",)
 SEGMENTATION_CLASSES = ("background", "digit")
 ROTATION_CLASSES = ("0", "90", "180", "270")
 # A pixel is foreground when its intensity is above half the range: > 0.5 * 255.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vimw.backbones.base import Site
+from vimw.sites import Site
 from vimw.errors import BackboneMismatchError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vimw.backbones.base import Site
+from vimw.sites import Site
 from vimw.modules._channels import linear_over_channels, require_unit_stride_for_tokens
 from vimw.modules.base import SiteModule
 from vimw.modules.config import AdapterConfig

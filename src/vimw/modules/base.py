@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vimw.backbones.base import Site, Tap
+from vimw.sites import Site, Tap
 from vimw.errors import BackboneMismatchError, FormatError
 from vimw.modules.config import ModuleConfig
 from vimw.modules.registry import get_module_kind

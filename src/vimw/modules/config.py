@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from vimw.backbones.base import Site
+from vimw.sites import Site
 from vimw.errors import BackboneMismatchError, FormatError
 from vimw.modules.registry import list_module_kinds, lookup_module_kind
 from vimw.version import __version__

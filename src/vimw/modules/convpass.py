@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from vimw.backbones.base import Site
+from vimw.sites import Site
 from vimw.errors import BackboneMismatchError
 from vimw.modules._channels import linear_over_channels, require_unit_stride_for_tokens
 from vimw.modules.base import SiteModule

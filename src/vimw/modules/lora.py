@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from vimw.backbones.base import Site
+from vimw.sites import Site
 from vimw.modules._channels import linear_over_channels
 from vimw.modules.base import SiteModule
 from vimw.modules.config import LoRAConfig

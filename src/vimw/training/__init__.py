@@ -2,7 +2,8 @@
 
 from vimw.training.config import TrainConfig, cosine_lr
 from vimw.training.heads import HeadConfig, build_head, head_config_for
-from vimw.training.loop import FitResult, evaluate, fit, predict_logits
+from vimw.evaluation import evaluate, predict_logits  # re-exported: training and scoring go together
+from vimw.training.loop import FitResult, fit
 from vimw.training.task_model import TaskModel
 
 __all__ = [

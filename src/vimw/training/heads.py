@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from vimw.backbones.base import Backbone, Site
+from vimw.data.kinds import DENSE_KINDS
 from vimw.errors import FormatError
 
-DENSE_KINDS = ("segmentation",)
 IMAGE_KINDS = ("classification", "rotation")
 
 

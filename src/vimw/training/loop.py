@@ -18,19 +18,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vimw.data import ImageSet, TaskData
+from vimw.data import TaskData
 from vimw.errors import DataError, TrainingError
-from vimw.evaluation.metrics import accuracy, confusion_counts, mean_iou
+from vimw.evaluation.evaluate import evaluate, model_device, task_loss
 from vimw.training import distributed as dist_utils
 from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
 from vimw.training.config import TrainConfig, cosine_lr
-from vimw.training.heads import DENSE_KINDS
 from vimw.training.run_log import RunLog
 from vimw.training.step import guarded_step
 from vimw.training.task_model import TaskModel
@@ -58,58 +56,6 @@ def progress_enabled(requested: bool | None) -> bool:
     if os.environ.get("VIMW_PROGRESS", "") == "0":
         return False
     return dist_utils.is_main_process() and sys.stderr.isatty()
-
-
-def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if logits.dim() == 4:  # dense: predict at the mask's own resolution
-        if logits.shape[-2:] != targets.shape[-2:]:
-            logits = nn.functional.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    return nn.functional.cross_entropy(logits, targets)
-
-
-@torch.no_grad()
-def predict_logits(model: TaskModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for uint8 images, in inference mode, batched."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    cached = getattr(model, "can_use_prefix_cache", lambda: False)()
-    for start in range(0, len(images), batch_size):
-        if cached:  # the frozen prefix from the cache: same logits
-            outputs.append(model.forward_cached(images, torch.arange(start, min(start + batch_size, len(images)))))
-            continue
-        pixels = model.backbone.preprocess(images[start : start + batch_size].to(model_device(model)))
-        outputs.append(model(pixels))
-    model.train(was_training)
-    return torch.cat(outputs).cpu()
-
-
-@torch.no_grad()
-def evaluate(model: TaskModel, data: ImageSet, batch_size: int = 256) -> dict[str, float]:
-    """Loss and the task's metric (accuracy, or mIoU and pixel accuracy for dense tasks)."""
-    if len(data) == 0:
-        raise DataError(f"cannot evaluate on the empty split {data.name!r}")
-    logits = predict_logits(model, data.images, batch_size)
-    targets = data.targets
-    loss = task_loss(logits, targets).item()
-    if model.kind in DENSE_KINDS:
-        if logits.shape[-2:] != targets.shape[-2:]:
-            logits = nn.functional.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        predictions = logits.argmax(dim=1)
-        confusion = confusion_counts(predictions, targets, logits.shape[1])
-        return {
-            "loss": loss,
-            "miou": mean_iou(confusion),
-            "pixel_accuracy": (predictions == targets).float().mean().item(),
-            "score": mean_iou(confusion),
-        }
-    acc = accuracy(logits, targets)
-    return {"loss": loss, "accuracy": acc, "score": acc}
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model lives; batches are moved there (data stay on the CPU)."""
-    return next(model.parameters()).device
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from vimw.backbones.base import Backbone
-from vimw.training.heads import DENSE_KINDS, HeadConfig, build_head
+from vimw.data.kinds import DENSE_KINDS
+from vimw.training.heads import HeadConfig, build_head
 
 
 class TaskModel(nn.Module):

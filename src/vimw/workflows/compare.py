@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from vimw.aggregation import METHODS, train_downstream
+from vimw.workflows.downstream import METHODS, train_downstream
 from vimw.backbones import Backbone
 from vimw.data import TaskData
 from vimw.errors import VimwError
