@@ -46,9 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from vimw.errors import FormatError
-
-RECIPE_FILE = "recipe.json"
-RECIPE_FORMAT = 1
+from vimw.io.names import RECIPE_FILE, RECIPE_FORMAT
 
 SECTIONS = ("zoo", "aggregate", "transfer")
 _OPTIONAL_INT = (int, type(None))

@@ -36,9 +36,9 @@ from torch import nn
 
 from vimw.backbones.base import Backbone, Preprocess
 from vimw.errors import FormatError, VimwError
+from vimw.io.names import FOLDED_EXPORT_FORMAT as EXPORT_FORMAT
 from vimw.modules import LoRAModule, ModuleSet
 
-EXPORT_FORMAT = 1
 METADATA_KEY = "vimw_export"
 
 

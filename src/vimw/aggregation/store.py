@@ -24,13 +24,11 @@ from vimw.aggregation.aggregate import ZooAggregate
 from vimw.backbones import Backbone, create_backbone
 from vimw.errors import BackboneMismatchError, FormatError, IntegrityError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
+from vimw.io.names import MANIFEST_FILE, MODEL_FORMAT
+from vimw.io.names import MODEL_WEIGHTS_FILE as TENSORS_FILE
 from vimw.training import HeadConfig, TaskModel
 from vimw.version import __version__
 from vimw.zoo import Zoo
-
-MODEL_FORMAT = 1
-TENSORS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
 
 
 def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: dict) -> dict:

@@ -29,11 +29,11 @@ from torch import nn
 from vimw._extras import require
 from vimw.backbones.base import Backbone, Bypass, Preprocess, Site, hash_state_dict
 from vimw.errors import VimwError
+from vimw.io.names import HF_PREPROCESSOR_FILE as PREPROCESSOR_FILE
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # The tiny architecture the tests (and quick experiments) use: a few kB of weights.
 TINY_CONFIG: dict[str, Any] = dict(

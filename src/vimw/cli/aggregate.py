@@ -102,6 +102,7 @@ def run_aggregate(args) -> int:
     from vimw.backbones import create_backbone
     from vimw.data import load_task
     from vimw.errors import VimwError
+    from vimw.io.names import GATES_PLOT_FILE
     from vimw.training import evaluate
     from vimw.zoo import Zoo
 
@@ -147,7 +148,7 @@ def run_aggregate(args) -> int:
         effective["zoo"] = zoo_recipe["zoo"]
     save_effective(out, effective)
     if isinstance(result.model.plugin, ZooAggregate):
-        plot_gates(result.model.plugin, out / "gates.png", title=f"{method} gates on {data.spec.name}")
+        plot_gates(result.model.plugin, out / GATES_PLOT_FILE, title=f"{method} gates on {data.spec.name}")
     print(f"{method} on {data.spec.name}: val {result.val_score:.4f}, test {test['score']:.4f} "
           f"({result.trainable} trainable parameters, {result.seconds:.1f} s) -> {out}")
     return 0

@@ -53,6 +53,7 @@ def run(args) -> int:
     from vimw.data import load_task
     from vimw.workflows.compare import compare_methods, format_table, summarise
     from vimw.io import atomic_write_text, write_json
+    from vimw.io.names import GATES_PLOT_FILE
     from vimw.zoo import Zoo
     from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
 
@@ -90,7 +91,7 @@ def run(args) -> int:
                                              "task": {**data.spec.to_dict(), "shots": args.shots, "seed": args.seed},
                                              "class_names": list(data.class_names), "metrics": row.to_dict()})
         if result.model.plugin is not None and hasattr(result.model.plugin, "gate_logits"):
-            plot_gates(result.model.plugin, out / "gates.png", title=f"{row.method} gates on {data.spec.name}")
+            plot_gates(result.model.plugin, out / GATES_PLOT_FILE, title=f"{row.method} gates on {data.spec.name}")
 
     vim_started = time.perf_counter()
     rows = compare_methods(backbone, data, DEMO_METHODS, zoo=zoo, seed=args.seed, shots=args.shots, on_result=keep)
@@ -99,7 +100,7 @@ def run(args) -> int:
     print("\n" + table)
     write_json(workdir / "vim_results.json", {"rows": [r.to_dict() for r in rows]})
     atomic_write_text(workdir / "vim_results.md", table + "\n")
-    print(f"\n  gate heatmap: {models_dir / 'ens' / 'gates.png'}")
+    print(f"\n  gate heatmap: {models_dir / 'ens' / GATES_PLOT_FILE}")
 
     if not args.skip_transfer:
         try:

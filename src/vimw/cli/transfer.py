@@ -20,9 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vimw.io.names import FINETUNED_MANIFEST_FILE as FT_MANIFEST
+from vimw.io.names import FINETUNED_WEIGHTS_FILE as FT_WEIGHTS
+from vimw.io.names import ZOO_INDEX_FILE
+
 DEFAULT_CACHE = "runs/transfer-cache"
-FT_MANIFEST = "finetuned.json"
-FT_WEIGHTS = "plugin.safetensors"
 
 
 STEPS = ("extract", "apply", "refine", "evaluate")
@@ -347,7 +349,7 @@ def run_demo_step(workdir: Path, seed: int = 0) -> None:
     cfg = ProtocolConfig(num_extract=400, num_align=150, num_test=300, weak_epochs=6, weak_lrs=(3e-3,),
                          strong_ft=False, refine_lrs=(1e-3,), refine_epochs=(10,), extraction_epochs=10)
     zoo = workdir / "zoo"
-    if zoo.is_dir() and (zoo / "index.json").exists():
+    if zoo.is_dir() and (zoo / ZOO_INDEX_FILE).exists():
         cfg = replace(cfg, plugin=str(zoo))  # the ViM chain: aggregate the demo zoo for the teacher
     started = time.perf_counter()
     result = run_protocol(cfg, workdir / "transfer-cache", seeds=(seed,), log=lambda m: print(m, flush=True))

@@ -32,9 +32,9 @@ from vimw._extras import require
 from vimw.backbones.base import Backbone, Site
 from vimw.errors import FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
+from vimw.io.names import PEFT_ADAPTER_CONFIG_FILE as ADAPTER_CONFIG
+from vimw.io.names import PEFT_ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PEFT_PREFIX = "base_model.model."
 # The projection each vimw CLIP site's ``inner`` tap adds to.

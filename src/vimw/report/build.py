@@ -20,14 +20,14 @@ from typing import Any
 
 from vimw.errors import VimwError
 from vimw.io import atomic_write_text
+from vimw.io.names import GATES_PLOT_FILE, MANIFEST_FILE
+from vimw.io.names import REPORT_IMAGES_DIR as IMAGES
+from vimw.io.names import REPORT_PAGE_FILE as PAGE
+from vimw.io.names import TRAINING_LOG_FILE as LOG_NAME
 from vimw.report import plots
 from vimw.version import __version__
 
 log = logging.getLogger(__name__)
-
-PAGE = "index.html"
-IMAGES = "images"
-LOG_NAME = "log.jsonl"
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
@@ -155,7 +155,7 @@ class _Report:
                          metrics.get("val_score", metrics.get("val")),
                          metrics.get("test_score", metrics.get("test")),
                          (manifest.get("training") or {}).get("trainable", metrics.get("trainable"))])
-            gates = directory / "gates.png"
+            gates = directory / GATES_PLOT_FILE
             if gates.is_file():
                 path, src = self.image(f"model{i}-{_slug(directory.name)}-gates.png")
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +263,7 @@ def build_report(
         report.zoo(Path(zoo))
     model_dirs = [Path(m) for m in models]
     for directory in model_dirs:
-        if not (directory / "manifest.json").is_file():
+        if not (directory / MANIFEST_FILE).is_file():
             raise VimwError(f"{directory} is not a downstream model directory (no manifest.json)")
     if model_dirs:
         report.models(model_dirs)

@@ -22,9 +22,8 @@ import torch
 
 from vimw.errors import FormatError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
-
-STATE_JSON = "state.json"
-CHECKPOINT_FORMAT = 1
+from vimw.io.names import CHECKPOINT_FORMAT
+from vimw.io.names import CHECKPOINT_STATE_FILE as STATE_JSON
 
 
 @dataclass

@@ -39,13 +39,13 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from vimw.errors import FormatError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
+from vimw.io.names import ADAPTER_FORMAT as FORMAT
+from vimw.io.names import ADAPTER_FORMAT_VERSION as FORMAT_VERSION
+from vimw.io.names import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
+from vimw.io.names import MANIFEST_FILE
 from vimw.transfer.standardize import EPS, destandardize, standardize
 from vimw.version import __version__
 
-FORMAT = "vimw.transmiter-adapter"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "adapter.safetensors"
-MANIFEST_FILE = "manifest.json"
 _MATERIALISED_KEY = "materialised.W"
 _ORTHOGONAL_MAPS = ("cayley", "matrix_exp", "householder")
 

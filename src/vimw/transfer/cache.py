@@ -24,13 +24,12 @@ import torch
 
 from vimw.errors import FormatError
 from vimw.io import file_lock, load_tensors, read_json, save_tensors, write_json
+from vimw.io.names import LOGIT_CACHE_FILE as LOGITS_FILE
+from vimw.io.names import LOGIT_CACHE_FORMAT as FORMAT
+from vimw.io.names import LOGIT_CACHE_FORMAT_VERSION as FORMAT_VERSION
+from vimw.io.names import MANIFEST_FILE
 from vimw.transfer.vocab import class_list_sha256
 from vimw.version import __version__
-
-FORMAT = "vimw.logit-cache"
-FORMAT_VERSION = 1
-LOGITS_FILE = "logits.safetensors"
-MANIFEST_FILE = "manifest.json"
 
 
 class LogitCache:

@@ -17,6 +17,7 @@ import torch
 from vimw.backbones import Backbone, create_backbone
 from vimw.data import load_task
 from vimw.errors import VimwError
+from vimw.io.names import TRAINING_LOG_FILE, ZOO_WORK_DIR
 from vimw.modules import ModuleSet, config_from_dict
 from vimw.training import TaskModel, TrainConfig, evaluate, fit, head_config_for
 from vimw.training import distributed as dist_utils
@@ -25,7 +26,6 @@ from vimw.zoo.store import Zoo
 
 log = logging.getLogger(__name__)
 
-WORK_DIR = ".work"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_IMAGE_SIZE = 64
 
@@ -88,13 +88,13 @@ def train_module(
     model = TaskModel(backbone, head_config_for(backbone, data.kind, data.num_classes), plugin=module)
     model.to(next(backbone.parameters()).device)  # the module and head follow the backbone
 
-    work = zoo.root / WORK_DIR / recipe.name
+    work = zoo.root / ZOO_WORK_DIR / recipe.name
     if not resume and work.exists() and dist_utils.is_main_process():
         shutil.rmtree(work)
     dist_utils.barrier()
     work.mkdir(parents=True, exist_ok=True)
     result = fit(model, data, recipe.train, checkpoint_dir=work, resume=resume, progress=progress,
-                 log_path=work / "log.jsonl", tensorboard_dir=tensorboard_dir)
+                 log_path=work / TRAINING_LOG_FILE, tensorboard_dir=tensorboard_dir)
     test = evaluate(model, data.test, recipe.train.eval_batch_size)
     manifest = ModuleManifest(
         name=recipe.name,
@@ -113,7 +113,7 @@ def train_module(
     )
     if dist_utils.is_main_process():
         head_state = {k: v for k, v in model.head.state_dict().items()}
-        log_file = work / "log.jsonl"
+        log_file = work / TRAINING_LOG_FILE
         zoo.add(manifest, module, head_state, overwrite=overwrite,
                 training_log=log_file.read_text(encoding="utf-8") if log_file.exists() else None)
         shutil.rmtree(work, ignore_errors=True)

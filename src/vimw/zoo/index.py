@@ -11,10 +11,9 @@ from pathlib import Path
 
 from vimw.errors import FormatError, VimwError
 from vimw.io.manifest import read_json, write_json
+from vimw.io.names import ZOO_INDEX_FILE as INDEX_FILE
+from vimw.io.names import ZOO_INDEX_FORMAT as INDEX_FORMAT
 from vimw.zoo.manifest import check_module_name
-
-INDEX_FILE = "index.json"
-INDEX_FORMAT = 1
 
 
 class ZooError(VimwError):

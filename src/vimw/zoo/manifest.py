@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vimw.errors import FormatError
+from vimw.io.names import MODULE_FORMAT, MODULE_HEAD_FILE, MODULE_WEIGHTS_FILE
 from vimw.version import __version__
 
-MODULE_FORMAT = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -108,18 +108,18 @@ class ModuleManifest:
         weights = payload["weights"]
         if not isinstance(weights.get("sha256"), str) or not isinstance(weights.get("file"), str):
             raise FormatError(f"{where}: 'weights' needs string 'file' and 'sha256'")
-        if weights["file"] != "module.safetensors":
+        if weights["file"] != MODULE_WEIGHTS_FILE:
             raise FormatError(
-                f"{where}: weights file must be 'module.safetensors', found {weights['file']!r} "
+                f"{where}: weights file must be {MODULE_WEIGHTS_FILE!r}, found {weights['file']!r} "
                 "(modules are only loaded from safetensors, never from pickle files)"
             )
         if not SHA256_PATTERN.fullmatch(weights["sha256"]):
             raise FormatError(f"{where}: 'weights.sha256' must be 64 lowercase hex digits, found {weights['sha256']!r}")
         head = payload.get("head", {})
         if "file" in head or "sha256" in head:
-            if head.get("file") != "head.safetensors" or not SHA256_PATTERN.fullmatch(str(head.get("sha256"))):
+            if head.get("file") != MODULE_HEAD_FILE or not SHA256_PATTERN.fullmatch(str(head.get("sha256"))):
                 raise FormatError(
-                    f"{where}: 'head' needs file 'head.safetensors' and a 64-hex-digit 'sha256', "
+                    f"{where}: 'head' needs file {MODULE_HEAD_FILE!r} and a 64-hex-digit 'sha256', "
                     f"found file {head.get('file')!r}"
                 )
         if not isinstance(payload["backbone"].get("fingerprint"), str):

@@ -54,19 +54,20 @@ from vimw.io import (
     sha256_file,
     write_json,
 )
+from vimw.io.names import MANIFEST_FILE
+from vimw.io.names import MODULE_HEAD_FILE as HEAD_FILE
+from vimw.io.names import MODULE_WEIGHTS_FILE as WEIGHTS_FILE
+from vimw.io.names import TRAINING_LOG_FILE as LOG_FILE
+from vimw.io.names import ZOO_INDEX_FILE as INDEX_FILE
+from vimw.io.names import ZOO_LOCK_FILE as LOCK_FILE
+from vimw.io.names import ZOO_MODULES_DIR as MODULES_DIR
+from vimw.io.names import ZOO_STAGING_DIR as STAGING_DIR
+from vimw.io.names import ZOO_TRASH_DIR as TRASH_DIR
 from vimw.modules import ModuleSet, config_from_dict
-from vimw.zoo.index import INDEX_FILE, ZooError, read_index, select, write_index
+from vimw.zoo.index import ZooError, read_index, select, write_index
 from vimw.zoo.manifest import ModuleManifest, check_module_name
 
-LOCK_FILE = ".lock"
-MODULES_DIR = "modules"
-STAGING_DIR = ".staging"
-TRASH_DIR = ".trash"
 OWNER_SUFFIX = ".owner"
-WEIGHTS_FILE = "module.safetensors"
-MANIFEST_FILE = "manifest.json"
-HEAD_FILE = "head.safetensors"
-LOG_FILE = "log.jsonl"
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
