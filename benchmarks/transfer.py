@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weak", default="efficientnet_lite0@64+invert")
     parser.add_argument("--strong", default="efficientnet_lite2@224")
-    parser.add_argument("--plugin", default="convpass", help="module kind, or a zoo directory (ViM aggregation)")
+    parser.add_argument("--plugin", default=ProtocolConfig.plugin, help="module kind, or a zoo directory (ViM aggregation)")
     parser.add_argument("--base", nargs="+", default=list(FMNIST_BASE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-extract", type=int, default=600)

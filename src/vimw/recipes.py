@@ -83,13 +83,6 @@ _AGGREGATE = {
 _MODULE_CONFIG = {"hidden_dim": (int,), "rank": (int,), "first_block": _OPTIONAL_INT, "alpha": (float,),
                   "dropout": (float,)}
 
-# Defaults of the aggregation (the same as ``vimw aggregate``'s own defaults).
-AGGREGATE_DEFAULTS: dict[str, Any] = {
-    "method": "ens", "top_k": 2, "shots": None, "modules": None, "image_size": None, "backbone": None,
-    "train": {"epochs": 30, "lr": 1e-2, "batch_size": 32},
-}
-
-
 # -- reading and validating -----------------------------------------------------------------
 def load_recipe(path: str | os.PathLike) -> dict:
     """Read and validate a recipe (``.yaml``/``.yml`` via PyYAML, ``.json`` without it)."""
@@ -125,6 +118,8 @@ def validate_recipe(data: Any, *, source: str = "recipe") -> dict:
         raise FormatError(f"{source}: format {data['format']!r} is not supported (this vimw reads format {RECIPE_FORMAT})")
     zoo = data.get("zoo")
     if zoo is not None:
+        from vimw.modules import DEFAULT_MODULE_KIND
+
         _check_mapping(zoo, _ZOO, f"{source}: zoo")
         _check_image_size(zoo.get("image_size"), f"{source}: zoo.image_size")
         seen = set()
@@ -134,7 +129,7 @@ def validate_recipe(data: Any, *, source: str = "recipe") -> dict:
             if module["name"] in seen:
                 raise FormatError(f"{where}: module name {module['name']!r} appears twice")
             seen.add(module["name"])
-            _check_module_config(module.get("kind", "convpass"), module.get("module") or {}, f"{where}.module")
+            _check_module_config(module.get("kind", DEFAULT_MODULE_KIND), module.get("module") or {}, f"{where}.module")
             _check_train(module.get("train") or {}, f"{where}.train")
             for key in ("max_train", "max_test"):
                 if module.get(key) is not None and module[key] < 1:
@@ -265,7 +260,7 @@ def midstream_recipes(recipe: dict) -> tuple:
     modules = (recipe.get("zoo") or {}).get("modules") or []
     return tuple(
         MidstreamRecipe(
-            name=m["name"], task=m["task"], kind=m.get("kind", "convpass"), module=dict(m.get("module") or {}),
+            name=m["name"], task=m["task"], kind=m.get("kind", MidstreamRecipe.kind), module=dict(m.get("module") or {}),
             train=train_config(m.get("train"), f"zoo.modules[{i}].train"),
             max_train=m.get("max_train"), max_test=m.get("max_test"),
         )
@@ -335,7 +330,6 @@ def read_effective(directory: str | os.PathLike) -> dict | None:
 
 
 __all__ = [
-    "AGGREGATE_DEFAULTS",
     "RECIPE_FILE",
     "apply_overrides",
     "default_recipe",

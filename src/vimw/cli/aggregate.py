@@ -8,8 +8,10 @@ from pathlib import Path
 
 
 def register(commands) -> None:
-    from vimw.workflows.downstream import METHODS
     from vimw.cli.zoo import _add_train_args
+    from vimw.workflows.downstream import METHODS, DownstreamSettings
+
+    defaults = DownstreamSettings()
 
     parser = commands.add_parser("aggregate", help="learn per-site gates over a zoo + a head for a downstream task")
     parser.add_argument("--recipe", help="a recipe file (YAML or JSON) whose 'aggregate' section gives the settings; "
@@ -18,13 +20,13 @@ def register(commands) -> None:
     parser.add_argument("--task", help="task name, folder:DIR, npz:FILE, or an image folder / .npz path")
     parser.add_argument("--out", help="directory to write the downstream model to")
     parser.add_argument("--shots", type=int, help="training images per class (k-shot); default: all")
-    parser.add_argument("--method", choices=METHODS, help="aggregation mode or baseline (default ens)")
-    parser.add_argument("--top-k", type=int, help="modules kept per site for --method topk (default 2)")
+    parser.add_argument("--method", choices=METHODS, help=f"aggregation mode or baseline (default {defaults.method})")
+    parser.add_argument("--top-k", type=int, help=f"modules kept per site for --method topk (default {defaults.top_k})")
     parser.add_argument("--modules", help="comma-separated zoo module names (default: all on this backbone)")
     parser.add_argument("--image-size", type=int, help="input resolution (default: the zoo's)")
     parser.add_argument("--backbone", help="where the zoo's backbone is (default: what the zoo was built from)")
     parser.add_argument("--gate-lr", type=float,
-                        help=f"learning rate of the gate logits (default {DEFAULT_GATE_LR}; the head uses --lr)")
+                        help=f"learning rate of the gate logits (default {defaults.train.gate_lr}; the head uses --lr)")
     _add_train_args(parser)
     # ``None`` = not given: the recipe, then the defaults below, fill in the rest.
     parser.set_defaults(handler=run_aggregate, epochs=None, lr=None, batch_size=None, weight_decay=None, seed=None)
@@ -37,10 +39,12 @@ def register(commands) -> None:
     evaluate.set_defaults(handler=run_evaluate)
 
 
-DEFAULT_GATE_LR = 0.05
-# Flag defaults of ``vimw aggregate`` when neither the flag nor the recipe sets them.
-AGGREGATE_FLAG_DEFAULTS = {"method": "ens", "top_k": 2,
-                           "train": {"epochs": 30, "lr": 1e-2, "batch_size": 32, "gate_lr": DEFAULT_GATE_LR}}
+def _default_section() -> dict:
+    """``DownstreamSettings`` as a recipe's ``aggregate`` section: what neither a flag nor the recipe sets."""
+    from vimw.workflows.downstream import DownstreamSettings
+
+    defaults = DownstreamSettings()
+    return {"method": defaults.method, "top_k": defaults.top_k, "train": defaults.train.to_dict()}
 
 
 def effective_aggregate_recipe(args) -> dict:
@@ -51,8 +55,8 @@ def effective_aggregate_recipe(args) -> dict:
     section = dict(recipe.get("aggregate") or {})
     if "zoo" not in section and (recipe.get("zoo") or {}).get("dir"):
         section["zoo"] = recipe["zoo"]["dir"]
-    section = {**AGGREGATE_FLAG_DEFAULTS, **section,
-               "train": {**AGGREGATE_FLAG_DEFAULTS["train"], **(section.get("train") or {})}}
+    defaults = _default_section()
+    section = {**defaults, **section, "train": {**defaults["train"], **(section.get("train") or {})}}
     recipe = {**recipe, "aggregate": section}
     flags = {
         "zoo": args.zoo, "task": args.task, "out": args.out, "shots": args.shots, "method": args.method,

@@ -10,11 +10,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("linear_probe", "scratch", "full_ft", "uniform", "ens", "topk")
 
@@ -103,12 +100,9 @@ def run(args) -> int:
     print(f"\n  gate heatmap: {models_dir / 'ens' / GATES_PLOT_FILE}")
 
     if not args.skip_transfer:
-        try:
-            from vimw.cli.transfer import run_demo_step
-        except ImportError:
-            log.info("(TransMiter step not available in this build)")
-        else:
-            print("\n== 4. TransMiter: weak (Lite0 @ 64 px) -> strong (Lite2 @ 224 px) ==")
-            run_demo_step(workdir, seed=args.seed)
+        from vimw.cli.transfer import run_demo_step
+
+        print("\n== 4. TransMiter: weak (Lite0 @ 64 px) -> strong (Lite2 @ 224 px) ==")
+        run_demo_step(workdir, seed=args.seed)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; results in {workdir}")
     return 0

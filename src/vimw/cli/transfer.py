@@ -69,6 +69,7 @@ def expand_recipe_argv(argv: list[str]) -> list[str]:
 
 
 def register(commands) -> None:
+    from vimw.modules import DEFAULT_MODULE_KIND
     from vimw.transfer.pipeline import FMNIST_BASE
 
     parser = commands.add_parser("transfer", help="TransMiter: extract an adaptation and move it to a stronger model")
@@ -91,7 +92,7 @@ def register(commands) -> None:
 
     p = sub.add_parser("extract", help="fine-tune the weak model (if needed) and extract an adapter, without labels")
     p.add_argument("--weak", default="efficientnet_lite0@64+invert", help="ARCH@SIZE[+invert] or hf:<CLIP name or dir>")
-    p.add_argument("--finetuned", default="convpass",
+    p.add_argument("--finetuned", default=DEFAULT_MODULE_KIND,
                    help="a model dir from an earlier extract, a zoo dir (ViM aggregation) or a module kind")
     p.add_argument("--epochs", type=int, default=10, help="weak fine-tuning epochs (best epoch chosen on validation)")
     p.add_argument("--lr", type=float, nargs="+", default=[3e-3], help="weak fine-tuning learning rates to try")

@@ -7,6 +7,9 @@ import sys
 
 
 def register(commands) -> None:
+    from vimw.modules import list_module_kinds
+    from vimw.workflows.midstream import MidstreamRecipe
+
     parser = commands.add_parser("zoo", help="build and inspect a module zoo")
     sub = parser.add_subparsers(dest="zoo_command", metavar="ACTION")
     sub.required = True
@@ -15,7 +18,8 @@ def register(commands) -> None:
     train.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
     train.add_argument("--task", required=True, help="midstream task name (see 'vimw data list') or folder:/npz: path")
     train.add_argument("--name", help="module name in the zoo (default: the task name)")
-    train.add_argument("--kind", default="convpass", help="module kind: convpass (default), lora, adapter")
+    train.add_argument("--kind", default=MidstreamRecipe.kind,
+                       help=f"module kind: {', '.join(list_module_kinds())} (default {MidstreamRecipe.kind})")
     train.add_argument("--hidden-dim", type=int, help="convpass/adapter hidden size d")
     train.add_argument("--rank", type=int, help="lora rank")
     train.add_argument("--first-block", type=int, help="attach only to sites from this block on")

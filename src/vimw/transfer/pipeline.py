@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vimw.errors import DataError, VimwError
+from vimw.modules.registry import DEFAULT_MODULE_KIND
 from vimw.transfer.cache import LogitCache
 from vimw.transfer.extraction import ExtractionConfig, RefineConfig, extract_adapter, refine_adapter, transfer_adapter
 from vimw.transfer.protocol import (
@@ -69,7 +70,7 @@ class ProtocolConfig:
     base: tuple[str, ...] = FMNIST_BASE
     weak: str = "efficientnet_lite0@64+invert"
     strong: str = "efficientnet_lite2@224"
-    plugin: str = "convpass"  # a module kind, or a zoo directory (ViM aggregation)
+    plugin: str = DEFAULT_MODULE_KIND  # a module kind, or a zoo directory (ViM aggregation)
     shots: int = 16
     val_per_class: int = 16
     pool_per_class: int = 32
@@ -291,7 +292,7 @@ def run_seed(cfg: ProtocolConfig, shared: SharedData, seed: int, log: Callable[[
     # 6. the costly upper reference: the strong model fine-tuned the same way
     if cfg.strong_ft:
         started = time.perf_counter()
-        splugin, splugin_info = make_plugin(shared.strong.backbone, "convpass", seed=seed)
+        splugin, splugin_info = make_plugin(shared.strong.backbone, DEFAULT_MODULE_KIND, seed=seed)
         strong_ft = FineTunedZeroShot(shared.strong, shared.class_names, splugin.to(cfg.device), cfg.template).to(cfg.device)
         strong_ft, sft_info = finetune_zero_shot(
             strong_ft, shared.pool_images[train_idx], y_train, shared.pool_images[base_val], shared.pool_labels[base_val],

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimw.errors import DataError, TrainingError, VimwError
+from vimw.modules.registry import DEFAULT_MODULE_KIND
 from vimw.training.step import guarded_step
 from vimw.transfer.cache import LogitCache
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
@@ -146,8 +147,8 @@ class FineTunedZeroShot(nn.Module):
             self.train(was)
 
 
-def make_plugin(backbone: Any, plugin: str | Path = "convpass", *, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh plug-in: ``"convpass"`` (or another module kind) or a zoo directory (ViM ``ens``)."""
+def make_plugin(backbone: Any, plugin: str | Path = DEFAULT_MODULE_KIND, *, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh plug-in: a module kind (default ``DEFAULT_MODULE_KIND``) or a zoo directory (ViM ``ens``)."""
     from vimw.modules import ModuleSet, config_from_dict
 
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,12 +22,26 @@ from vimw.aggregation.aggregate import MODES, ZooAggregate
 from vimw.backbones import Backbone
 from vimw.data import TaskData
 from vimw.errors import VimwError
-from vimw.modules import ModuleSet, config_from_dict
+from vimw.modules import DEFAULT_MODULE_KIND, ModuleSet, config_from_dict
 from vimw.training import FitResult, TaskModel, TrainConfig, evaluate, fit, head_config_for
 from vimw.zoo import Zoo
 
 BASELINES = ("linear_probe", "scratch", "full_ft")
 METHODS = MODES + BASELINES
+DEFAULT_GATE_LR = 0.05
+
+
+def _aggregate_train() -> TrainConfig:
+    return TrainConfig(epochs=30, lr=1e-2, batch_size=32, gate_lr=DEFAULT_GATE_LR)
+
+
+@dataclass(frozen=True)
+class DownstreamSettings:
+    """The defaults of one downstream run (``vimw aggregate``, a recipe's ``aggregate`` section)."""
+
+    method: str = "ens"
+    top_k: int = 2  # modules kept per site by ``topk``
+    train: TrainConfig = field(default_factory=_aggregate_train)
 
 
 @dataclass
@@ -77,7 +91,7 @@ def build_model(
     if method == "linear_probe":
         return TaskModel(backbone, head), {}
     if method == "scratch":
-        kind_config = {"kind": "convpass"}
+        kind_config = {"kind": DEFAULT_MODULE_KIND}
         if zoo is not None and len(zoo):
             first = zoo.manifest(_zoo_names(zoo, names, backbone)[0]).module
             kind_config = dict(first)

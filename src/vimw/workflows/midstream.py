@@ -18,7 +18,7 @@ from vimw.backbones import Backbone, create_backbone
 from vimw.data import load_task
 from vimw.errors import VimwError
 from vimw.io.names import TRAINING_LOG_FILE, ZOO_WORK_DIR
-from vimw.modules import ModuleSet, config_from_dict
+from vimw.modules import DEFAULT_MODULE_KIND, ModuleSet, config_from_dict
 from vimw.training import TaskModel, TrainConfig, evaluate, fit, head_config_for
 from vimw.training import distributed as dist_utils
 from vimw.zoo.manifest import ModuleManifest, check_module_name
@@ -36,7 +36,7 @@ class MidstreamRecipe:
 
     name: str
     task: str
-    kind: str = "convpass"
+    kind: str = DEFAULT_MODULE_KIND
     module: dict = field(default_factory=dict)  # module config overrides (hidden_dim, rank...)
     train: TrainConfig = field(default_factory=TrainConfig)
     max_train: int | None = None
