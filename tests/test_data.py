@@ -34,7 +34,7 @@ from vimw.data import (
     select_classes,
     shard_indices,
 )
-from vimw.data import sources, tasks
+from vimw.data import sources, specs
 from vimw.errors import DataError, FormatError, MissingExtraError, RegistryError
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -113,7 +113,7 @@ def test_builtin_tasks_are_registered_and_json_serialisable():
 
 
 def test_unknown_task_and_duplicate_registration_are_refused(monkeypatch):
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(specs, "_TASKS", dict(specs._TASKS))
     with pytest.raises(RegistryError, match="no-such-task"):
         get_task_spec("no-such-task")
     with pytest.raises(RegistryError, match="no-such-task"):

@@ -1,4 +1,16 @@
-"""``vimw``: the command line. Each sub-command lives in its own file in this folder."""
+"""``vimw``: the command line. Each sub-command lives in its own file in this folder.
+
+Start-up stays light: ``vimw --help``, ``vimw zoo list`` and ``vimw data list`` import
+neither torch, transformers nor matplotlib (``tests/test_cli_startup.py`` checks). So:
+
+- a command's file imports only the standard library and light vimw modules at module
+  level; heavy imports (torch, backbones, training, data loading, plotting) go inside its
+  ``run`` functions, or inside ``register`` when an option's default must be read from a
+  config dataclass;
+- ``vimw --help`` lists the commands from ``COMMANDS`` without importing their files; only
+  the command being run builds its parser (its file's ``register``). A new top-level
+  command needs a row in ``COMMANDS``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +21,38 @@ import sys
 from vimw.errors import VimwError
 from vimw.version import __version__
 
+# command -> (its file in vimw.cli, its one-line summary in ``vimw --help``; the file's own
+# ``add_parser(..., help=...)`` is what ``vimw COMMAND --help`` shows).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the end-to-end demo (zoo, aggregation, baselines, transfer)"),
+    "backbones": ("backbones", "list backbones with their sites and parameter counts"),
+    "data": ("data", "built-in datasets and tasks"),
+    "predict": ("predict", "print the top-5 classes of images"),
+    "zoo": ("zoo", "build and inspect a module zoo"),
+    "aggregate": ("aggregate", "learn per-site gates over a zoo + a head for a downstream task"),
+    "evaluate": ("aggregate", "evaluate a downstream model on a task's test split"),
+    "transfer": ("transfer", "TransMiter: extract an adaptation and move it to a stronger model"),
+    "export": ("export", "write a downstream model as one file for deployment"),
+    "report": ("report", "write a static HTML report (tables, gate heatmaps, plots)"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    from vimw.cli import backbones, data, demo, predict, zoo
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` runs (its first word that is not an option), if it is one of ours."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: full options for the command it runs, one-line entries for the rest.
+
+    ``argv=None`` builds every command's parser (what tests and documentation tools want).
+    """
+    import importlib
+
+    wanted = None if argv is None else _command_of(argv)
     parser = argparse.ArgumentParser(
         prog="vimw",
         description="Vision Middleware: plug-in module zoos on frozen vision backbones, "
@@ -21,36 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vimw {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for command in (demo, backbones, data, predict, zoo):
-        command.register(commands)
-    _register_optional(commands)
-    return parser
-
-
-def _register_optional(commands) -> None:
-    """Commands of later layers register here when present."""
-    import importlib
-
-    for name in ("aggregate", "transfer", "export", "report"):
-        try:
-            module = importlib.import_module(f"vimw.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"vimw.cli.{name}":
-                raise
+    registered: set[str] = set()
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name in registered:
             continue
-        module.register(commands)
+        if argv is None or COMMANDS.get(wanted, ("",))[0] == module_name:
+            try:
+                module = importlib.import_module(f"vimw.cli.{module_name}")
+            except ModuleNotFoundError as exc:  # a command of a later layer, not installed
+                if exc.name != f"vimw.cli.{module_name}":
+                    raise
+                continue
+            before = set(commands.choices)
+            module.register(commands)
+            registered |= set(commands.choices) - before
+        else:
+            commands.add_parser(name, help=help_text)
+            registered.add(name)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["zoo", "list"]:
-        # Listing reads index.json only: skip the other commands' imports (torch among them).
+        # Listing reads index.json only: skip the other zoo actions' option defaults.
         from vimw.cli.zoo import list_parser
 
         parser, argv = list_parser(), argv[2:]
     else:
-        parser = build_parser()
+        parser = build_parser(argv)
     try:
         if argv[:1] == ["transfer"]:
             from vimw.cli.transfer import expand_recipe_argv

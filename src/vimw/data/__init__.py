@@ -7,32 +7,27 @@
 - loader: batches and per-rank shards, no DataLoader workers (everything is in memory).
 """
 
-from vimw.data.idx import parse_idx, read_idx
-from vimw.data.imageset import ImageSet
-from vimw.data.kinds import KINDS, ROTATION_CLASSES, SEGMENTATION_CLASSES, foreground_masks, rotate_images
-from vimw.data.loader import iterate_batches, num_batches, shard_indices
-from vimw.data.sources import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_ENV,
-    list_datasets,
-    load_dataset,
-    load_digits8x8,
-    load_fashion_mnist,
-    load_fashion_mnist_train_only,
-    load_mnist_5k,
-    register_dataset,
-)
-from vimw.data.tasks import (
-    TaskData,
-    TaskSpec,
-    get_task_spec,
-    list_tasks,
-    load_task,
-    register_task,
-    resolve_task,
-    select_classes,
-)
-from vimw.data.user_data import IMAGE_EXTENSIONS, load_image_folder, load_image_folder_split, load_npz, read_image
+from vimw._lazy import lazy_exports
+
+# Loaded on first use (PEP 562): task names and specs (``specs``) need neither numpy nor
+# torch, so ``vimw data list`` and the other light commands stay instant.
+_EXPORTS = {
+    "parse_idx": "idx", "read_idx": "idx",
+    "ImageSet": "imageset",
+    "ROTATION_CLASSES": "kinds", "SEGMENTATION_CLASSES": "kinds",
+    "foreground_masks": "kinds", "rotate_images": "kinds",
+    "iterate_batches": "loader", "num_batches": "loader", "shard_indices": "loader",
+    "FASHION_MNIST_CLASSES": "sources", "FASHION_MNIST_ENV": "sources", "list_datasets": "sources",
+    "load_dataset": "sources", "load_digits8x8": "sources", "load_fashion_mnist": "sources",
+    "load_fashion_mnist_train_only": "sources", "load_mnist_5k": "sources", "register_dataset": "sources",
+    "KINDS": "specs", "TaskSpec": "specs", "get_task_spec": "specs", "list_tasks": "specs",
+    "register_task": "specs", "resolve_task": "specs",
+    "TaskData": "tasks", "load_task": "tasks", "select_classes": "tasks",
+    "IMAGE_EXTENSIONS": "user_data", "load_image_folder": "user_data",
+    "load_image_folder_split": "user_data", "load_npz": "user_data", "read_image": "user_data",
+}  # fmt: skip
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ImageSet",

@@ -14,11 +14,9 @@ import numpy as np
 import torch
 
 from vimw.data.imageset import ImageSet
+from vimw.data.specs import DENSE_KINDS, KINDS  # noqa: F401 (re-exported; defined without torch)
 from vimw.errors import DataError
 
-KINDS = ("classification", "segmentation", "rotation")
-# Task kinds whose targets are per-pixel masks (dense heads, mIoU) rather than one label.
-DENSE_KINDS = ("segmentation",)
 SEGMENTATION_CLASSES = ("background", "digit")
 ROTATION_CLASSES = ("0", "90", "180", "270")
 # A pixel is foreground when its intensity is above half the range: > 0.5 * 255.

@@ -29,14 +29,12 @@ import torch
 
 from vimw.data.idx import read_idx
 from vimw.data.imageset import ImageSet
+from vimw.data.specs import FOLDER_PREFIX, NPZ_PREFIX
 from vimw.data.splits import make_rng, split_by_count
 from vimw.data.user_data import DEFAULT_IMAGE_SIZE, load_image_folder_split, load_npz_split
 from vimw.errors import DataError, FormatError, MissingExtraError, RegistryError
 
 DatasetLoader = Callable[[], tuple[ImageSet, ImageSet]]
-
-FOLDER_PREFIX = "folder:"
-NPZ_PREFIX = "npz:"
 
 FASHION_MNIST_ENV = "VIMW_FASHION_MNIST_DIR"
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")

