@@ -8,17 +8,16 @@ import torch
 from conftest import ZOO_MODULES
 from vimw.aggregation import (
     ZooAggregate,
-    build_model,
     load_downstream,
     merge_parameters,
     save_downstream,
     softmax_gates,
     topk_gates,
-    train_downstream,
 )
 from vimw.errors import IntegrityError
 from vimw.modules import LoRAConfig, ModuleSet
 from vimw.training import TrainConfig, fit, predict_logits
+from vimw.workflows.downstream import build_model, train_downstream
 from vimw.zoo import ModuleManifest
 
 NAMES = list(ZOO_MODULES)

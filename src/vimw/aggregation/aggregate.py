@@ -172,6 +172,17 @@ class ZooAggregate(nn.Module):
     def num_trainable(self) -> int:
         return self.gate_logits.numel() if self.gate_logits.requires_grad else 0
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser groups this plug-in asks for: the gates, by name, with no weight decay.
+
+        Adam moves a parameter by about its learning rate per step whatever the gradient's
+        size, so gate logits need their own (larger) rate to leave uniform in a few-shot run
+        (``TrainConfig.gate_lr`` sets the group named ``"gates"``); decay would pull them back.
+        """
+        if not self.gate_logits.requires_grad:
+            return []
+        return [{"name": "gates", "params": [self.gate_logits], "weight_decay": 0.0}]
+
 
 def linear_over_channels_weight(x: torch.Tensor, weight: torch.Tensor, layout: str) -> torch.Tensor:
     """Apply an ``out x in`` matrix over the channel axis (dim 1 of feature maps, last of tokens)."""

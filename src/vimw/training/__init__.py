@@ -1,6 +1,7 @@
 """Training: heads, the task model, the loop (single process or torchrun/DDP), checkpoints."""
 
-from vimw.training.config import TrainConfig, cosine_lr
+from vimw.training.config import TrainConfig
+from vimw.training.engine import cosine_lr, run_fit
 from vimw.training.heads import HeadConfig, build_head, head_config_for
 from vimw.evaluation import evaluate, predict_logits  # re-exported: training and scoring go together
 from vimw.training.loop import FitResult, fit
@@ -17,4 +18,5 @@ __all__ = [
     "fit",
     "head_config_for",
     "predict_logits",
+    "run_fit",
 ]

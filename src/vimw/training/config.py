@@ -45,12 +45,3 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig(**{**self.to_dict(), **changes})
-
-
-def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
-    """Linear warmup then cosine decay to zero; a pure function of the step."""
-    warmup = max(1, int(round(total_steps * warmup_fraction))) if warmup_fraction > 0 else 0
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

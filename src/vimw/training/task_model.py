@@ -79,6 +79,16 @@ class TaskModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def parameter_groups(self, lr: float, group_lrs: dict[str, float] | None = None) -> list[dict]:
+        """AdamW groups: those the plug-in names (rate from ``group_lrs`` by name, else ``lr``)
+        and one ``"main"`` group with every other trainable parameter at ``lr``."""
+        group_lrs = group_lrs or {}
+        named = self.plugin.parameter_groups() if hasattr(self.plugin, "parameter_groups") else []
+        groups = [{**g, "lr": group_lrs.get(g["name"]) or lr} for g in named]
+        taken = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.trainable_parameters() if id(p) not in taken]
+        return ([{"name": "main", "params": rest, "lr": lr}] if rest else []) + groups
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The tensors that training changes (what a checkpoint must hold)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from vimw.errors import DataError
-from vimw.training.config import cosine_lr
+from vimw.training.engine import cosine_lr
 from vimw.training.step import guarded_step
 from vimw.transfer.adapter import TransMiterAdapter
 from vimw.transfer.procrustes import DEFAULT_LAMBDA_PER_IMAGE, normalised_lambda, orthogonal_alignment
