@@ -6,7 +6,8 @@ output. The gate-weighted sum over a zoo, ``sum_i g_i s_i B_i A_i z``, is linear
 the projection itself (SPEC 1.5): the result is a *plain* backbone (no bypass), with
 the same outputs in eval mode and exactly the backbone's cost.
 
-- HF CLIP: the inner taps add to ``out_proj`` / ``fc2`` outputs, so ``W += D``.
+- HF vision transformers (CLIP, ViT, DINOv2, SigLIP): the inner taps add to the
+  attention output projection / the MLP's output linear, so ``W += D``.
 - EfficientNet-Lite: the inner tap adds to ``BN2(project_conv(z))``. In eval mode
   ``BN2(y) = c * y + b`` per channel, so ``BN2(W z) + D z = BN2((W + D / c) z)``:
   the update is divided by BN2's scale and added to ``project_conv``. This keeps the
@@ -103,13 +104,12 @@ def _add_to_projection(backbone: Backbone, site, delta: torch.Tensor) -> None:
             raise VimwError(f"site {site.name}: BN2 has a zero scale; the LoRA update cannot be folded before it")
         conv.weight += (delta / scale[:, None]).to(conv.weight.dtype)[:, :, None, None]
         return
-    try:
-        from vimw.backbones.hf_clip import HFCLIPVisionBackbone
-    except ImportError:  # pragma: no cover - hf_clip imports transformers lazily
-        HFCLIPVisionBackbone = ()  # type: ignore[assignment]
-    if isinstance(backbone, HFCLIPVisionBackbone):
-        layer = backbone.tower.encoder.layers[site.block]
-        proj = layer.self_attn.out_proj if site.kind == "attn" else layer.mlp.fc2
+    from vimw.backbones.hf_vit import HFVisionBackbone  # imports transformers only when building one
+
+    if isinstance(backbone, HFVisionBackbone):
+        # CLIP, ViT, DINOv2, SigLIP: the inner tap adds to the attention output projection
+        # resp. the MLP's output linear, before DINOv2's layer scale, so ``W += D`` is exact.
+        proj = backbone.projection(site)
         proj.weight += delta.to(proj.weight.dtype)
         return
     raise VimwError(f"folding LoRA into backbone {backbone.arch} ({type(backbone).__name__}) is not supported")
@@ -169,7 +169,8 @@ def _backbone_config(backbone: Backbone) -> dict | None:
     tower = getattr(backbone, "tower", None)
     if tower is None:
         return None
-    return {"vision_config": tower.config.to_dict(), "has_projection": backbone.visual_projection is not None}
+    return {"vision_config": tower.config.to_dict(), "family": backbone.family.name,
+            "has_projection": getattr(backbone, "visual_projection", None) is not None}
 
 
 def read_export_manifest(path: str | os.PathLike) -> dict:
@@ -200,16 +201,9 @@ def load_exported(path: str | os.PathLike):
     tensors = load_tensors(path)
     arch = payload["arch"]
     if payload.get("backbone_config"):
-        import transformers
+        from vimw.backbones.hf_vit import backbone_from_config
 
-        from vimw.backbones.hf_clip import create_hf_clip_backbone
-
-        config = transformers.CLIPVisionConfig(**payload["backbone_config"]["vision_config"])
-        backbone = create_hf_clip_backbone(arch[len("hf:"):], config=config)
-        backbone.arch = arch
-        if not payload["backbone_config"].get("has_projection"):
-            backbone.visual_projection = None
-        backbone.freeze()
+        backbone = backbone_from_config(arch, payload["backbone_config"])
     else:
         backbone = create_backbone(arch, image_size=payload["image_size"], pretrained=False)
     pre = payload["preprocess"]

@@ -1,7 +1,8 @@
 """Backbones registered by name: ``create_backbone("efficientnet_lite0", image_size=64)``.
 
-Names starting with ``hf:`` are HF transformers CLIP vision towers (``hf:openai/clip-vit-base-patch16``
-or ``hf:/path/to/local/dir``), built by the ``hf_clip`` factory.
+Names starting with ``hf:`` are HF transformers vision transformers (CLIP, ViT, DINOv2, SigLIP:
+``hf:openai/clip-vit-base-patch16`` or ``hf:/path/to/local/dir``), built by the ``hf_vit`` factory,
+which reads the family from the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ def list_backbones() -> list[BackboneEntry]:
 def create_backbone(name: str, *, image_size: int | None = None, freeze: bool = True, **kwargs) -> Backbone:
     """Build a backbone by registry name (pretrained weights, frozen by default)."""
     if name.startswith(HF_PREFIX):
-        from vimw.backbones.hf_clip import create_hf_clip_backbone
+        from vimw.backbones.hf_vit import create_hf_backbone
 
-        model = create_hf_clip_backbone(name[len(HF_PREFIX):], image_size=image_size, **kwargs)
+        model = create_hf_backbone(name[len(HF_PREFIX):], image_size=image_size, **kwargs)
     else:
         if name not in _REGISTRY:
             known = ", ".join(sorted(_REGISTRY)) or "none"
             raise RegistryError(
-                f"unknown backbone {name!r}; registered: {known} (or 'hf:<name or dir>' for CLIP)"
+                f"unknown backbone {name!r}; registered: {known} (or 'hf:<name or dir>' for an HF CLIP, ViT, DINOv2 or SigLIP model)"
             )
         model = _REGISTRY[name].factory(image_size=image_size, **kwargs)
     return model.freeze() if freeze else model

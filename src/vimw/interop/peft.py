@@ -1,17 +1,20 @@
-"""PEFT LoRA adapters <-> vimw ``lora`` zoo modules on HF CLIP vision backbones.
+"""PEFT LoRA adapters <-> vimw ``lora`` zoo modules on HF vision backbones (CLIP, ViT, DINOv2, SigLIP).
 
 A vimw ``lora`` module at site ``layer{i}_attn`` resp. ``layer{i}_mlp`` adds
-``(alpha / rank) * B A z`` to the output of that block's ``self_attn.out_proj`` resp.
-``mlp.fc2``, where ``z`` is the projection's input: exactly what PEFT's LoRA layer
-computes on the same ``nn.Linear`` (``scaling = lora_alpha / r``). So the weights map one
-to one::
+``(alpha / rank) * B A z`` to the output of that block's attention output projection
+resp. MLP output linear (CLIP and SigLIP: ``self_attn.out_proj`` / ``mlp.fc2``; ViT and
+DINOv2: ``attention.o_proj`` / ``mlp.fc2``, in transformers 5), where ``z`` is the
+projection's input: exactly what PEFT's LoRA layer computes on the same ``nn.Linear``
+(``scaling = lora_alpha / r``). So the weights map one to one::
 
     vimw  layer03_attn.lora_A.weight  <->  PEFT  base_model.model.<prefix>encoder.layers.3.self_attn.out_proj.lora_A.weight
     vimw  layer03_mlp.lora_B.weight   <->  PEFT  base_model.model.<prefix>encoder.layers.3.mlp.fc2.lora_B.weight
 
-``<prefix>`` is where ``transformers.CLIPVisionModel`` (of the installed transformers)
-keeps its encoder: ``vision_model.`` in transformers 4, nothing in transformers 5. The
-exported adapter loads with ``peft.PeftModel.from_pretrained(CLIPVisionModel.from_pretrained(dir), out_dir)``.
+The paths come from the backbone (``HFVisionBackbone.projection_path``); ``<prefix>`` is
+where the family's model class (``CLIPVisionModel``, ``ViTModel``, ``Dinov2Model``,
+``SiglipVisionModel``) of the installed transformers keeps its encoder: ``vision_model.``
+for CLIP and SigLIP in transformers 4, nothing in transformers 5. The exported adapter
+loads with ``peft.PeftModel.from_pretrained(<ModelClass>.from_pretrained(dir), out_dir)``.
 
 Only safetensors are read and written; a pickled ``adapter_model.bin`` is refused.
 PEFT (the ``peft`` extra) is imported only when a function is called.
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 
 from vimw._extras import require
-from vimw.backbones.base import Backbone, Site
+from vimw.backbones.base import Backbone
 from vimw.errors import FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
 from vimw.io.names import PEFT_ADAPTER_CONFIG_FILE as ADAPTER_CONFIG
@@ -37,58 +40,50 @@ from vimw.io.names import PEFT_ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PEFT_PREFIX = "base_model.model."
-# The projection each vimw CLIP site's ``inner`` tap adds to.
-PROJECTIONS = {"attn": "self_attn.out_proj", "mlp": "mlp.fc2"}
-_SITE_NAME = re.compile(r"^layer(?P<layer>\d+)_(?P<part>attn|mlp)$")
-_ADAPTER_KEY = re.compile(
-    r"^base_model\.model\.(?:vision_model\.)?encoder\.layers\.(?P<layer>\d+)\."
-    r"(?P<proj>self_attn\.out_proj|mlp\.fc2)\.lora_(?P<ab>[AB])\.weight$"
-)
-_TOWER_LINEAR = re.compile(r"^encoder\.layers\.(?P<layer>\d+)\.(?P<proj>.+)$")
+_ADAPTER_KEY = re.compile(r"^base_model\.model\.(?:vision_model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
 def _peft() -> ModuleType:
     return require("peft", "peft", "Exporting or importing PEFT LoRA adapters")
 
 
-def _clip_backbone(backbone: Backbone) -> Any:
-    from vimw.backbones.hf_clip import HFCLIPVisionBackbone
+def _hf_backbone(backbone: Backbone) -> Any:
+    from vimw.backbones.hf_vit import HFVisionBackbone
 
-    if not isinstance(backbone, HFCLIPVisionBackbone):
+    if not isinstance(backbone, HFVisionBackbone):
         raise VimwError(
-            f"PEFT LoRA interop needs an HF CLIP backbone ('hf:<name or dir>'); "
-            f"{getattr(backbone, 'arch', type(backbone).__name__)} is not one"
+            "PEFT LoRA interop needs an HF transformers backbone ('hf:<name or dir>': an HF CLIP backbone, "
+            f"or a ViT, DINOv2 or SigLIP one); {getattr(backbone, 'arch', type(backbone).__name__)} is not one"
         )
     return backbone
 
 
-def _projection_path(site: Site) -> str:
-    """``encoder.layers.{i}.self_attn.out_proj`` / ``...mlp.fc2``: the site's projection in the tower."""
-    match = _SITE_NAME.match(site.name)
-    if match is None:
-        raise VimwError(f"site {site.name!r} is not a CLIP block site (layerNN_attn / layerNN_mlp)")
-    return f"encoder.layers.{site.block}.{PROJECTIONS[match['part']]}"
+def _projection_paths(backbone: Any) -> dict[str, str]:
+    """Site name -> its output projection's path in the tower (``encoder.layers.3.mlp.fc2``)."""
+    return {site.name: backbone.projection_path(site) for site in backbone.sites}
 
 
-def _site_name(layer: int, proj: str) -> str:
-    return f"layer{layer:02d}_{'attn' if proj == PROJECTIONS['attn'] else 'mlp'}"
+def _projection_names(backbone: Any) -> str:
+    first = _projection_paths(backbone)
+    return " / ".join(p.replace(".0.", ".N.", 1) for p in list(first.values())[:2])
 
 
 def _model_prefix(backbone: Any) -> str:
-    """Where ``transformers.CLIPVisionModel`` keeps the encoder (built on the meta device, no weights)."""
-    transformers = require("transformers", "clip", "The CLIP backbone")
+    """Where the family's model class keeps the encoder (built on the meta device, no weights)."""
+    transformers = require("transformers", "clip", "HF vision backbones")
+    class_name = backbone.family.model_class
     with torch.device("meta"):
         # A copy: building a model may set attributes on its config, which the live tower shares.
-        model = transformers.CLIPVisionModel(copy.deepcopy(backbone.tower.config))
-    suffix = "encoder.layers.0.self_attn.out_proj"
+        model = getattr(transformers, class_name)(copy.deepcopy(backbone.tower.config))
+    suffix = backbone.projection_path(backbone.sites[0])
     for name, _ in model.named_modules():
         if name == suffix or name.endswith("." + suffix):
             return name[: len(name) - len(suffix)]
-    raise VimwError(f"transformers {transformers.__version__}: CLIPVisionModel has no {suffix}; cannot name PEFT targets")
+    raise VimwError(f"transformers {transformers.__version__}: {class_name} has no {suffix}; cannot name PEFT targets")
 
 
 def _peft_source(backbone: Any) -> str:
-    source = str(getattr(backbone, "source", backbone.arch))
+    source = backbone.record().source
     return source[3:] if source.startswith("hf:") else source
 
 
@@ -96,13 +91,13 @@ def _peft_source(backbone: Any) -> str:
 def export_peft_lora(zoo: Any, name: str, backbone: Backbone, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write zoo module ``name`` (kind ``lora``) as a PEFT LoRA adapter directory.
 
-    ``backbone`` must be the HF CLIP backbone the module was trained on (its fingerprint
+    ``backbone`` must be the HF backbone the module was trained on (its fingerprint
     is checked). ``out_dir`` receives ``adapter_config.json`` and
     ``adapter_model.safetensors``, each written atomically; existing adapter files are
     only replaced with ``overwrite``. Returns ``out_dir``.
     """
     peft = _peft()
-    clip = _clip_backbone(backbone)
+    clip = _hf_backbone(backbone)
     manifest = zoo.manifest(name)
     if manifest.kind != "lora":
         raise VimwError(
@@ -118,7 +113,8 @@ def export_peft_lora(zoo: Any, name: str, backbone: Backbone, out_dir: str | Pat
         raise VimwError(f"{out_dir} already holds a PEFT adapter ({', '.join(existing)}); pass overwrite=True / --overwrite")
 
     prefix = _model_prefix(clip)
-    paths = {site.name: _projection_path(site) for site in module.sites}
+    every = _projection_paths(clip)
+    paths = {site.name: every[site.name] for site in module.sites}
     # An anchored regex over the covered projections only (no other layer, no text tower
     # of a full CLIPModel); the optional ``vision_model.`` also matches transformers 4.
     target = r"^(?:vision_model\.)?(?:" + "|".join(re.escape(p) for p in paths.values()) + r")$"
@@ -221,6 +217,7 @@ def _config_sites(raw: dict, backbone: Any, where: str) -> set[str]:
     """The vimw sites the config's targets select; a target without a vimw site is refused."""
     if not raw.get("target_modules"):
         raise FormatError(f"{where}: no 'target_modules'")
+    by_path = {path: site for site, path in _projection_paths(backbone).items()}
     sites: set[str] = set()
     others: list[str] = []
     for name, child in backbone.tower.named_modules():
@@ -228,15 +225,14 @@ def _config_sites(raw: dict, backbone: Any, where: str) -> set[str]:
             continue
         if not any(_targeted(raw, prefix + name) for prefix in ("", "vision_model.")):
             continue
-        match = _TOWER_LINEAR.match(name)
-        if match and match["proj"] in PROJECTIONS.values():
-            sites.add(_site_name(int(match["layer"]), match["proj"]))
+        if name in by_path:
+            sites.add(by_path[name])
         else:
             others.append(name)
     if others:
         raise VimwError(
             f"{where}: the adapter targets {others[:5]}{' ...' if len(others) > 5 else ''}; vimw lora sites are "
-            "only each block's self_attn.out_proj and mlp.fc2"
+            f"only each block's attention output projection and MLP output linear ({_projection_names(backbone)})"
         )
     return sites
 
@@ -249,10 +245,10 @@ def import_peft_lora(
     *,
     overwrite: bool = False,
 ) -> Any:
-    """Add a PEFT LoRA adapter (safetensors) on a CLIP vision model to ``zoo`` as lora module ``name``.
+    """Add a PEFT LoRA adapter (safetensors) on an HF vision model to ``zoo`` as lora module ``name``.
 
-    The adapter must target only ``self_attn.out_proj`` / ``mlp.fc2`` of the encoder
-    layers, with one rank and alpha, no bias and no DoRA; every tensor must fit
+    The adapter must target only the encoder layers' attention output projections and
+    MLP output linears (CLIP: ``self_attn.out_proj`` / ``mlp.fc2``), with one rank and alpha, no bias and no DoRA; every tensor must fit
     ``backbone``. rsLoRA (``scale = alpha / sqrt(r)``) is stored as the equivalent vimw
     alpha. Returns the new module's manifest.
     """
@@ -261,7 +257,8 @@ def import_peft_lora(
 
     _peft()
     check_module_name(name)
-    clip = _clip_backbone(backbone)
+    clip = _hf_backbone(backbone)
+    by_path = {path: site for site, path in _projection_paths(clip).items()}
     adapter_dir = Path(adapter_dir).expanduser().resolve()
     where = str(adapter_dir / ADAPTER_CONFIG)
     raw, tensors = _read_adapter(adapter_dir)
@@ -278,16 +275,16 @@ def import_peft_lora(
     unknown = []
     for key, value in tensors.items():
         match = _ADAPTER_KEY.match(key)
-        if match is None:
+        if match is None or match["path"] not in by_path:
             unknown.append(key)
             continue
-        pairs.setdefault(_site_name(int(match["layer"]), match["proj"]), {})[match["ab"]] = value
+        pairs.setdefault(by_path[match["path"]], {})[match["ab"]] = value
     weights_file = adapter_dir / ADAPTER_WEIGHTS
     if unknown:
         raise VimwError(
             f"{weights_file}: tensors with no vimw lora site: {sorted(unknown)[:5]}"
-            f"{' ...' if len(unknown) > 5 else ''} (vimw maps only encoder.layers.N.self_attn.out_proj / mlp.fc2 "
-            "lora_A / lora_B of a CLIP vision model)"
+            f"{' ...' if len(unknown) > 5 else ''} (vimw maps only {_projection_names(clip)} "
+            "lora_A / lora_B of this backbone's encoder layers)"
         )
     if not pairs:
         raise FormatError(f"{weights_file}: holds no LoRA weights")
@@ -320,8 +317,7 @@ def import_peft_lora(
     manifest = ModuleManifest(
         name=name,
         module=config.to_dict(),
-        backbone={"arch": clip.arch, "source": getattr(clip, "source", clip.arch),
-                  "fingerprint": clip.fingerprint(), "image_size": clip.preprocess.size},
+        backbone=clip.record().to_dict(),
         task={"name": "peft-import", "dataset": adapter_dir.name, "source": str(adapter_dir),
               "base_model_name_or_path": raw.get("base_model_name_or_path"),
               "peft_version": raw.get("peft_version")},
