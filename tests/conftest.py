@@ -1,4 +1,4 @@
-"""Shared fixtures: a real EfficientNet-Lite0 at 32 px, tiny synthetic tasks, a tiny trained zoo.
+"""Shared fixtures: a real EfficientNet-Lite0 at 40 px (``IMAGE_SIZE``), tiny synthetic tasks, a tiny trained zoo.
 
 Everything here is sized for a shared 2-core machine: one intra-op thread (two threads
 fighting other processes for two cores is ~10x slower than one), images of 16x16, tasks
@@ -129,7 +129,7 @@ def write_image_folder(root: Path, per_class: int = 8, classes: int = 3, pattern
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def lite0() -> Backbone:
-    """The real, pretrained, frozen EfficientNet-Lite0 at 32 px. Shared: never unfreeze it."""
+    """The real, pretrained, frozen EfficientNet-Lite0 at ``IMAGE_SIZE`` px. Shared: never unfreeze it."""
     backbone = create_backbone("efficientnet_lite0", image_size=IMAGE_SIZE)
     backbone.fingerprint()
     return backbone

@@ -268,12 +268,6 @@ def midstream_recipes(recipe: dict) -> tuple:
     )
 
 
-def module_entry(recipe) -> dict:
-    """A ``MidstreamRecipe`` as a recipe's ``zoo.modules`` entry (the full training settings)."""
-    return {"name": recipe.name, "task": recipe.task, "kind": recipe.kind, "module": dict(recipe.module),
-            "train": recipe.train.to_dict(), "max_train": recipe.max_train, "max_test": recipe.max_test}
-
-
 def default_recipe() -> dict:
     """The built-in default: the demo zoo (``DEFAULT_RECIPE``) and the demo's ViM aggregation."""
     from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
@@ -281,7 +275,7 @@ def default_recipe() -> dict:
     return {
         "format": RECIPE_FORMAT,
         "zoo": {"dir": "runs/demo/zoo", "backbone": DEFAULT_BACKBONE, "image_size": DEFAULT_IMAGE_SIZE,
-                "modules": [module_entry(r) for r in DEFAULT_RECIPE]},
+                "modules": [r.to_dict() for r in DEFAULT_RECIPE]},
         "aggregate": {"zoo": "runs/demo/zoo", "task": "fmnist-footwear-bags", "shots": 10, "method": "ens",
                       "top_k": 2, "out": "runs/demo/models/ens-recipe",
                       "train": {"epochs": 30, "lr": 3e-2, "gate_lr": 0.05, "batch_size": 32}},
@@ -335,7 +329,6 @@ __all__ = [
     "default_recipe",
     "load_recipe",
     "midstream_recipes",
-    "module_entry",
     "read_effective",
     "save_effective",
     "train_config",

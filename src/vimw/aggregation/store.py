@@ -47,13 +47,7 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
         "vimw_version": __version__,
         "head": model.head_config.to_dict(),
         "weights": {"file": TENSORS_FILE, "sha256": digest},
-        "backbone": {
-            "arch": model.backbone.arch,
-            "fingerprint": model.backbone.fingerprint(),
-            "image_size": model.backbone.preprocess.size,
-            # What rebuilds it (an HF CLIP directory's absolute path; ``arch`` is its base name).
-            "source": getattr(model.backbone, "source", model.backbone.arch),
-        },
+        "backbone": model.backbone.record().to_dict(),
     }
     write_json(directory / MANIFEST_FILE, payload)
     return payload

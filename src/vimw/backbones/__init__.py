@@ -2,11 +2,12 @@
 
 from vimw.backbones import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers)
 from vimw.backbones._registry import HF_PREFIX, create_backbone, list_backbones, register_backbone
-from vimw.backbones.base import Backbone, Bypass, Preprocess, Site
+from vimw.backbones.base import Backbone, BackboneRecord, Bypass, Preprocess, Site
 from vimw.backbones.imagenet import imagenet_class_names
 
 __all__ = [
     "Backbone",
+    "BackboneRecord",
     "Bypass",
     "HF_PREFIX",
     "Preprocess",

@@ -15,13 +15,32 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from vimw.errors import DataError, VimwError
 from vimw.sites import Bypass, Site
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """What a saved module or model records about its backbone: enough to check it and rebuild it.
+
+    ``arch`` is the display name, ``source`` what ``create_backbone(source)`` rebuilds it
+    from (the registry name, or ``hf:`` + a hub id or an absolute directory),
+    ``fingerprint`` the sha256 of its weights, ``image_size`` the input resolution.
+    """
+
+    arch: str
+    source: str
+    fingerprint: str
+    image_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -91,6 +110,7 @@ class Backbone(nn.Module):
     """
 
     arch: str = "backbone"
+    source: str | None = None  # what rebuilds it (``create_backbone(source)``); None: ``arch``
     sites: tuple[Site, ...] = ()
     feature_dim: int = 0
     num_blocks: int = 0
@@ -180,7 +200,13 @@ class Backbone(nn.Module):
             self._fingerprint = hash_state_dict(self.arch, self.state_dict())
         return self._fingerprint
 
+    def record(self) -> BackboneRecord:
+        """Arch, source, fingerprint and image size, as saved with every module and model."""
+        return BackboneRecord(arch=self.arch, source=self.source or self.arch,
+                              fingerprint=self.fingerprint(), image_size=self.preprocess.size)
+
     def num_parameters(self) -> int:
+        """The number of weights (frozen ones included)."""
         return sum(p.numel() for p in self.parameters())
 
     # -- freezing -------------------------------------------------------------------

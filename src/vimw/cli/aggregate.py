@@ -75,30 +75,6 @@ def effective_aggregate_recipe(args) -> dict:
     return recipe
 
 
-def zoo_backbone_source(zoo, manifest) -> str:
-    """What rebuilds the zoo's backbone: the module's recorded source, the zoo's recipe, its arch."""
-    from vimw.recipes import read_effective
-
-    recorded = manifest.backbone
-    if isinstance(recorded.get("source"), str) and recorded["source"]:
-        return recorded["source"]
-    try:
-        zoo_recipe = read_effective(zoo.root) or {}
-    except Exception:  # a damaged recipe.json must not block aggregation
-        zoo_recipe = {}
-    built_on = (zoo_recipe.get("zoo") or {}).get("backbone")
-    arch = recorded["arch"]
-    if isinstance(built_on, str) and built_on.startswith("hf:") and arch.startswith("hf:"):
-        if Path(built_on[3:]).name == arch[3:] or built_on == arch:
-            return built_on
-    return arch
-
-
-def _zoo_image_size(zoo) -> int | None:
-    rows = zoo.list()
-    return zoo.manifest(rows[0][0]).backbone.get("image_size") if rows else None
-
-
 def run_aggregate(args) -> int:
     from vimw.aggregation import ZooAggregate, save_downstream
     from vimw.workflows.downstream import train_downstream
@@ -108,9 +84,9 @@ def run_aggregate(args) -> int:
     from vimw.errors import VimwError
     from vimw.io.names import GATES_PLOT_FILE
     from vimw.training import evaluate
-    from vimw.zoo import Zoo
-
     from vimw.recipes import read_effective, save_effective, train_config
+    from vimw.zoo import Zoo
+    from vimw.zoo.recipe import backbone_source
 
     recipe = effective_aggregate_recipe(args)
     settings = recipe["aggregate"]
@@ -125,7 +101,7 @@ def run_aggregate(args) -> int:
         raise VimwError(f"the zoo {settings['zoo']} is empty; build one with 'vimw zoo build --zoo {settings['zoo']}'")
     names = settings.get("modules")
     first = zoo.manifest((names or [rows[0][0]])[0])
-    source = settings.get("backbone") or zoo_backbone_source(zoo, first)
+    source = settings.get("backbone") or backbone_source(zoo.root, first.backbone)
     backbone = create_backbone(source, image_size=settings.get("image_size") or first.backbone.get("image_size"))
     config = train_config(settings["train"], "aggregate.train")
     shots = settings.get("shots")

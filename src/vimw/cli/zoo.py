@@ -147,39 +147,9 @@ def run_train(args) -> int:
         tensorboard_dir=args.tensorboard,
     )
     if dist_utils.is_main_process():
-        record_zoo_recipe(args.zoo, args.backbone, args.image_size, [recipe])
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items() if isinstance(v, float))
         print(f"added {manifest.name} ({manifest.kind}, {manifest.num_parameters} parameters): {metrics}")
     return 0
-
-
-def record_zoo_recipe(zoo_dir, backbone, image_size, recipes) -> None:
-    """Keep ``ZOO/recipe.json``: how each module of the zoo was trained (the effective recipe).
-
-    Modules already recorded keep their entry (a build skips modules present), new ones are
-    appended; the backbone is what this run was given (an HF directory as an absolute path).
-    """
-    from pathlib import Path
-
-    from vimw.errors import VimwError
-    from vimw.io import file_lock
-    from vimw.recipes import module_entry, read_effective, save_effective
-    from vimw.zoo.store import LOCK_FILE
-
-    if isinstance(backbone, str) and backbone.startswith("hf:") and Path(backbone[3:]).expanduser().is_dir():
-        backbone = "hf:" + str(Path(backbone[3:]).expanduser().resolve())
-    with file_lock(Path(zoo_dir) / LOCK_FILE):  # the zoo's own lock: concurrent trainers append safely
-        try:
-            previous = read_effective(zoo_dir) or {}
-        except VimwError:
-            previous = {}
-        modules = {m["name"]: m for m in (previous.get("zoo") or {}).get("modules") or []}
-        for recipe in recipes:
-            if recipe.name not in modules:
-                modules[recipe.name] = module_entry(recipe)
-        zoo_section = {"dir": str(zoo_dir), "backbone": backbone, "image_size": image_size or 0,
-                       "modules": list(modules.values())}
-        save_effective(zoo_dir, {**{k: v for k, v in previous.items() if k != "zoo"}, "zoo": zoo_section})
 
 
 def effective_zoo_recipe(args) -> dict:
@@ -203,7 +173,6 @@ def effective_zoo_recipe(args) -> dict:
 
 def run_build(args) -> int:
     from vimw.recipes import midstream_recipes
-    from vimw.training import distributed as dist_utils
     from vimw.zoo import verify_or_raise
     from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
 
@@ -214,8 +183,6 @@ def run_build(args) -> int:
     modules = midstream_recipes(recipe)
     zoo = build_zoo(section["dir"], modules, backbone_name=backbone, image_size=image_size or None,
                     progress=False if args.no_progress else None)
-    if dist_utils.is_main_process():
-        record_zoo_recipe(section["dir"], backbone, image_size, modules)
     verify_or_raise(zoo)
     print_modules(zoo.list())
     return 0

@@ -22,6 +22,7 @@ from vimw.modules import DEFAULT_MODULE_KIND, ModuleSet, config_from_dict
 from vimw.training import TaskModel, TrainConfig, evaluate, fit, head_config_for
 from vimw.training import distributed as dist_utils
 from vimw.zoo.manifest import ModuleManifest, check_module_name
+from vimw.zoo.recipe import record_modules
 from vimw.zoo.store import Zoo
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class MidstreamRecipe:
         return config_from_dict({"kind": self.kind, **self.module})
 
     def to_dict(self) -> dict:
+        """This module as a recipe's ``zoo.modules`` entry (every training setting)."""
         return {**asdict(self), "train": self.train.to_dict()}
 
 
@@ -99,8 +101,7 @@ def train_module(
     manifest = ModuleManifest(
         name=recipe.name,
         module=module.config.to_dict(),
-        backbone={"arch": backbone.arch, "source": getattr(backbone, "source", backbone.arch),
-                  "fingerprint": backbone.fingerprint(), "image_size": backbone.preprocess.size},
+        backbone=backbone.record().to_dict(),
         task={**data.spec.to_dict(), "num_classes": data.num_classes, "class_names": list(data.class_names),
               "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test)},
         weights={},
@@ -116,6 +117,8 @@ def train_module(
         log_file = work / TRAINING_LOG_FILE
         zoo.add(manifest, module, head_state, overwrite=overwrite,
                 training_log=log_file.read_text(encoding="utf-8") if log_file.exists() else None)
+        record_modules(zoo.root, [recipe.to_dict()], backbone=backbone.record().source,
+                       image_size=backbone.preprocess.size)  # ZOO/recipe.json: how it was trained
         shutil.rmtree(work, ignore_errors=True)
     dist_utils.barrier()
     return manifest
