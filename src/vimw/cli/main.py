@@ -66,12 +66,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if name in registered:
             continue
         if argv is None or COMMANDS.get(wanted, ("",))[0] == module_name:
-            try:
-                module = importlib.import_module(f"vimw.cli.{module_name}")
-            except ModuleNotFoundError as exc:  # a command of a later layer, not installed
-                if exc.name != f"vimw.cli.{module_name}":
-                    raise
-                continue
+            module = importlib.import_module(f"vimw.cli.{module_name}")
             before = set(commands.choices)
             module.register(commands)
             registered |= set(commands.choices) - before
