@@ -28,10 +28,13 @@ def test_real_imagenet_weights_give_the_right_top1(native, image, expected):
     assert native.class_names[expected] in ("Egyptian Mau", "espresso")
 
 
-def test_every_registered_backbone_builds_and_names_its_sites():
+def test_the_efficientnet_lites_are_registered_and_name_one_site_per_block():
+    # Other registered backbones run the shared contract in test_contracts.py; this list
+    # is not pinned, so registering a new backbone does not break this test.
     names = [entry.name for entry in list_backbones()]
-    assert names == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-    for name in names:
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(names)
+    assert names == sorted(names)
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         backbone = create_backbone(name, image_size=64)
         assert len(backbone.sites) == backbone.num_blocks and backbone.frozen
         assert [s.block for s in backbone.sites] == list(range(backbone.num_blocks))
