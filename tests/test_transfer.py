@@ -188,13 +188,12 @@ def test_extraction_cannot_take_labels():
     y = _teacher(z)
     with pytest.raises(TypeError):
         extract_adapter(z, y, labels=torch.zeros(256, dtype=torch.long))  # type: ignore[call-arg]
-    # the result depends only on the logits and the seed, whatever labels exist alongside
+    # the result is a function of the logits and the seed alone: two runs agree, another seed differs
     cfg = ExtractionConfig(epochs=1, seed=1, progress=False)
-    labels_a = torch.randint(0, C, (256,), generator=torch.Generator().manual_seed(0))
-    labels_b = torch.randint(0, C, (256,), generator=torch.Generator().manual_seed(1))
-    assert not torch.equal(labels_a, labels_b)
-    runs = [extract_adapter(z, y, config=cfg)[0] for _ in (labels_a, labels_b)]
+    runs = [extract_adapter(z, y, config=cfg)[0] for _ in range(2)]
     assert all(torch.equal(runs[0].state_dict()[k], runs[1].state_dict()[k]) for k in runs[0].state_dict())
+    other = extract_adapter(z, y, config=ExtractionConfig(epochs=1, seed=2, progress=False))[0]
+    assert any(not torch.equal(runs[0].state_dict()[k], other.state_dict()[k]) for k in runs[0].state_dict())
 
 
 def test_extraction_raises_on_nan_loss():

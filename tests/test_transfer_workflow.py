@@ -126,7 +126,7 @@ def test_finetune_changes_the_plugin_weights():
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     loss = F.cross_entropy(model(images)[:, :2], torch.tensor([0, 1] * 4))
     loss.backward()
-    assert model.rows.grad is None if hasattr(model.rows, "grad") else True
+    assert not model.rows.requires_grad and model.rows.grad is None  # the text rows get no gradient
     torch.optim.SGD(params, lr=1.0).step()
     assert any(not torch.equal(v, before[k]) for k, v in plugin.state_dict().items())
 
