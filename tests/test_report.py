@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +69,6 @@ def test_report_refuses_missing_inputs(tmp_path, capsys):
 
 @pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
 def test_report_in_headless_chromium_loads_every_image_and_fills_the_tables(report_inputs, tmp_path):
-    started = time.perf_counter()
     out = tmp_path / "report"
     shot = tmp_path / "report.png"
     assert main(["report", "--out", str(out), "--zoo", str(report_inputs["zoo"]), "--models", str(report_inputs["model"]),
@@ -85,7 +83,6 @@ def test_report_in_headless_chromium_loads_every_image_and_fills_the_tables(repo
     assert tables["downstream-table"]["rows"] == 12 and tables["transfer-table"]["rows"] == 3
     assert all(t["filled_cells"] >= t["rows"] * 6 for t in tables.values())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    assert time.perf_counter() - started < 30
     assert not list(out.glob(".vimw-check-*"))  # the check's copy of the page is gone
 
 
