@@ -1,0 +1,62 @@
+"""The comparison harness behind the README's downstream numbers, at a tiny size."""
+
+from __future__ import annotations
+
+import pytest
+
+from vimw.evaluation import evaluate
+from vimw.workflows.compare import compare_methods, format_table, summarise
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_zoo, lite0):
+    from conftest import synthetic_task
+
+    data = synthetic_task(n_train=24, n_val=24, n_test=24, seed=3)
+    kept = {}
+    grid = {
+        # A learning rate too small to move the head: validation must reject it.
+        "linear_probe": ({"lr": 1e-9}, {"lr": 3e-2}),
+        "ens": ({"lr": 3e-2, "gate_lr": 0.05},),
+    }
+    rows = compare_methods(lite0, data, ["linear_probe", "ens"], zoo=tiny_zoo, seed=0, shots=8, target_steps=4,
+                           grid=grid, on_result=lambda row, result: kept.setdefault(row.method, result))
+    return data, rows, kept
+
+
+def test_one_row_per_method_in_order_with_its_settings(compared):
+    data, rows, _ = compared
+    assert [r.method for r in rows] == ["linear_probe", "ens"]
+    assert all(r.task == data.spec.name and r.shots == 8 and r.seed == 0 for r in rows)
+    assert rows[1].gate_lr == 0.05
+    # ens trains the head and one gate per site and zoo module on top of what the probe trains
+    assert rows[1].trainable > rows[0].trainable > 0
+
+
+def test_the_setting_is_chosen_on_validation(compared):
+    _, rows, _ = compared
+    assert rows[0].lr == 3e-2  # the useless learning rate loses on validation
+
+
+def test_row_scores_are_the_kept_models_scores(compared):
+    data, rows, kept = compared
+    for row in rows:
+        model = kept[row.method].model
+        assert row.val == pytest.approx(evaluate(model, data.val)["score"])
+        assert row.test == pytest.approx(evaluate(model, data.test)["score"])
+        assert 0.0 <= row.test <= 1.0
+
+
+def test_summary_table_names_every_method(compared):
+    _, rows, _ = compared
+    table = format_table(summarise(rows))
+    assert "linear_probe" in table and "ens" in table
+
+
+def test_an_unknown_method_is_refused_before_training(lite0):
+    from conftest import synthetic_task
+
+    from vimw.errors import VimwError
+
+    with pytest.raises(VimwError, match="unknown method"):
+        compare_methods(lite0, synthetic_task(), ["best"], zoo=None, seed=0, shots=None)
