@@ -71,7 +71,7 @@ def test_standardize_round_trip():
 def test_new_adapter_is_identity_at_default_size():
     adapter = TransMiterAdapter(num_classes=100, seed=3)
     assert adapter.num_logits == 1024
-    assert 9.0e6 < sum(p.numel() for p in adapter.parameters()) < 9.6e6  # SPEC: about 9.4 M
+    assert 9.0e6 < sum(p.numel() for p in adapter.parameters()) < 9.6e6  # about 9.4 M, as in TransMiter (Park et al. 2025)
     # float32 with K = 1024: the error is ~4e-6 on unit-scale logits and scales with std(z)
     z = torch.randn(6, 1024, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""ViM aggregation: per-site softmax gates over N frozen zoo modules (SPEC 1.4).
+"""ViM aggregation: per-site softmax gates over N frozen zoo modules (Feng et al. 2023, "Ens-MoE").
 
 For a downstream task each site ``s`` has its own logit vector ``a_s`` over the N zoo
 modules (input-independent); the plug-in at ``s`` is ``sum_i softmax(a_s)_i E_{i,s}(h)``.

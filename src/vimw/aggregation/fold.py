@@ -3,7 +3,7 @@
 LoRA taps the input ``z`` of a site's final projection and adds ``s B A z`` to its
 output. The gate-weighted sum over a zoo, ``sum_i g_i s_i B_i A_i z``, is linear in
 ``z``, so it is one dense ``out x inner`` matrix ``D`` per site that can be added to
-the projection itself (SPEC 1.5): the result is a *plain* backbone (no bypass), with
+the projection itself (LoRA's merge, Hu et al. 2021): the result is a *plain* backbone (no bypass), with
 the same outputs in eval mode and exactly the backbone's cost.
 
 - HF vision transformers (CLIP, ViT, DINOv2, SigLIP): the inner taps add to the

@@ -2,7 +2,7 @@
 
 A backbone runs as ``stem -> block 0 .. block B-1 -> pool [-> classify]``. Each block
 holds one or more sites. At a site the backbone computes ``y = sublayer(h) + m(h)`` for
-the plug-in ``m`` passed in the ``bypass`` mapping (SPEC 1.1), or, for modules that
+the plug-in ``m`` passed in the ``bypass`` mapping (ViM, Feng et al. 2023), or, for modules that
 declare ``tap = "inner"``, adds ``m(z)`` to the output of the sublayer's final linear
 projection, where ``z`` is that projection's input (a LoRA-style update that can be
 folded into the weights).

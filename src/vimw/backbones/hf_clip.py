@@ -1,4 +1,4 @@
-"""CLIP ViT image encoders from HF transformers, with ViM's two sites per block (SPEC 1.1).
+"""CLIP ViT image encoders from HF transformers, with ViM's two sites per block (Feng et al. 2023).
 
 The HF model only supplies the weights: the encoder loop is re-implemented here so a
 plug-in module can sit parallel to each sublayer::

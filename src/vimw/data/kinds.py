@@ -1,6 +1,6 @@
 """Turn a classification ImageSet into the targets of another task kind.
 
-Midstream tasks should be diverse (SPEC 1): besides classification, a dense task
+Midstream tasks should be diverse (ViM, Feng et al. 2023): besides classification, a dense task
 (foreground segmentation) and a self-supervised one (rotation prediction) are built
 from the same labelled images. Each function also returns the per-image *strata* the
 task's splits and shots are stratified on, with their names for error messages.

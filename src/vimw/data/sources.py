@@ -1,6 +1,6 @@
 """Datasets by name: each loader returns a (train, test) pair of ``ImageSet``.
 
-Built-in datasets are real data that install offline (SPEC 3) and are cached per process,
+Built-in datasets are real data that install offline (Debian and PyPI packages) and are cached per process,
 since tasks over the same source (``fmnist``, ``fmnist-apparel``...) share one decode:
 
 - ``fashion-mnist``: the Debian package ``dataset-fashion-mnist``, 60,000 / 10,000.

@@ -87,7 +87,7 @@ class ModuleConfig:
 
 @dataclass
 class ConvpassConfig(ModuleConfig):
-    """Convpass bypass (SPEC 1.2): 1x1 down, 3x3 conv, 1x1 up; d = 8 as in Convpass."""
+    """Convpass bypass (Jie & Deng 2022): 1x1 down, 3x3 conv, 1x1 up; d = 8 as in Convpass."""
 
     kind: ClassVar[str] = "convpass"
 

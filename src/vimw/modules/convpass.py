@@ -1,4 +1,4 @@
-"""Convpass, ViM's module (SPEC 1.2): a convolutional bypass parallel to each sublayer.
+"""Convpass (Jie & Deng 2022), the module ViM uses (Feng et al. 2023): a convolutional bypass parallel to each sublayer.
 
     out = W_up QuickGELU(Conv3x3(QuickGELU(W_down h + b_down))) + b_up
 

@@ -3,7 +3,7 @@
     delta(z) = (alpha / rank) * B A dropout(z)
 
 It is linear in ``z``, so without dropout it equals multiplying by ``delta_weight()``
-and can be folded exactly into the projection's weights (SPEC 1.5). A is
+and can be folded exactly into the projection's weights (Hu et al. 2021). A is
 Kaiming-uniform and B zero, as in PEFT, so a new module adds exactly zero.
 """
 

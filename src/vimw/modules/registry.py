@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from vimw.modules.base import SiteModule
     from vimw.modules.config import ModuleConfig
 
-DEFAULT_MODULE_KIND = "convpass"  # SPEC 1.2: ViM's own module
+DEFAULT_MODULE_KIND = "convpass"  # the module kind ViM itself uses (Feng et al. 2023)
 
 
 @dataclass(frozen=True)
