@@ -45,4 +45,5 @@ class Site:
     kind: str = "block"  # what the sublayer is: "block" (CNN), "attn" or "mlp" (ViT)
 
     def to_dict(self) -> dict:
+        """The site as a JSON object."""
         return asdict(self)

@@ -56,6 +56,8 @@ class GatedSite(nn.Module):
 
 
 class ZooAggregate(nn.Module):
+    """The plug-in of a downstream model: the zoo's frozen modules mixed by learned per-site gates."""
+
     def __init__(
         self,
         experts: Sequence[ModuleSet],
@@ -112,6 +114,7 @@ class ZooAggregate(nn.Module):
 
     @property
     def bypass(self) -> dict[str, nn.Module]:
+        """The mapping to pass as ``backbone.forward_features(pixels, bypass=...)``."""
         return dict(self._sites.items())
 
     def gates(self) -> torch.Tensor:
@@ -125,6 +128,7 @@ class ZooAggregate(nn.Module):
         return self.batched and self._groups[site][1] is not None
 
     def run_site(self, index: int, site: str, h: torch.Tensor) -> torch.Tensor:
+        """The gated mixture of the zoo's modules at one site, applied to ``h``."""
         weights = self.gates()[index]
         if self.is_batched(site):
             return self._run_batched(weights, site, h)
@@ -170,6 +174,7 @@ class ZooAggregate(nn.Module):
         return functional_call(holders[0], merged, (h,))
 
     def num_trainable(self) -> int:
+        """The number of trained scalars: the gate logits when they learn, else 0."""
         return self.gate_logits.numel() if self.gate_logits.requires_grad else 0
 
     def parameter_groups(self) -> list[dict]:
@@ -192,6 +197,7 @@ def linear_over_channels_weight(x: torch.Tensor, weight: torch.Tensor, layout: s
 
 
 def json_key(payload: dict) -> str:
+    """A canonical JSON string of a module config (version stamp left out), to compare configs."""
     import json
 
     return json.dumps({k: v for k, v in payload.items() if k != "vimw_version"}, sort_keys=True)

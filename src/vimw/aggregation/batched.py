@@ -58,6 +58,7 @@ class StackedModules:
         return [named[name] for name in self.names]
 
     def stacks(self) -> dict[str, torch.Tensor]:
+        """Every parameter of the stacked modules as one tensor with a leading module axis."""
         params = [p for m in self.modules for p in self._params(m)]
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
         if key != self._key:
@@ -141,6 +142,8 @@ def _cat_scaled(weight: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
 
 
 class StackedConvpass(StackedModules):
+    """Convpass modules of one site run as one grouped convolution."""
+
     names = ("down.weight", "down.bias", "conv.weight", "conv.bias", "up.weight", "up.bias")
 
     def run(self, w: dict[str, torch.Tensor], h: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -178,6 +181,8 @@ class StackedConvpass(StackedModules):
 
 
 class StackedLoRA(StackedModules):
+    """LoRA modules of one site run as one low-rank product (or one merged dense update)."""
+
     names = ("lora_A.weight", "lora_B.weight")
 
     def __init__(self, modules: Sequence[SiteModule]) -> None:
@@ -204,6 +209,8 @@ class StackedLoRA(StackedModules):
 
 
 class StackedAdapter(StackedModules):
+    """Bottleneck adapters of one site run as one batched pair of projections."""
+
     names = ("down.weight", "down.bias", "up.weight", "up.bias")
 
     def run(self, w: dict[str, torch.Tensor], h: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,7 @@ def _backbone_config(backbone: Backbone) -> dict | None:
 
 
 def read_export_manifest(path: str | os.PathLike) -> dict:
+    """The metadata of a folded export file, checked for a format this vimw reads."""
     from safetensors import safe_open
 
     try:

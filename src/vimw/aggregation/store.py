@@ -54,6 +54,7 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
+    """A downstream model's manifest.json, checked for its format version and required keys."""
     path = Path(directory) / MANIFEST_FILE
     manifest = read_json(path)
     for key in ("format", "method", "backbone", "head", "weights"):

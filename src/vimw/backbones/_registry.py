@@ -18,6 +18,8 @@ HF_PREFIX = "hf:"
 
 @dataclass(frozen=True)
 class BackboneEntry:
+    """One registered backbone: its name, factory, one-line description and native input size."""
+
     name: str
     factory: Callable[..., Backbone]
     description: str
@@ -28,6 +30,7 @@ _REGISTRY: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(name: str, description: str, default_size: int):
+    """Decorator registering a backbone factory ``factory(image_size=None, **kwargs)`` under ``name``."""
     def decorator(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
             raise RegistryError(f"backbone {name!r} is registered twice")
@@ -38,6 +41,7 @@ def register_backbone(name: str, description: str, default_size: int):
 
 
 def list_backbones() -> list[BackboneEntry]:
+    """Every registered backbone, sorted by name."""
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 

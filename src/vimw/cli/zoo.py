@@ -100,6 +100,7 @@ def _add_train_args(parser) -> None:
 
 
 def train_config_from_args(args):
+    """The ``TrainConfig`` the training flags describe."""
     from vimw.training import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -234,6 +235,7 @@ def run_list(args) -> int:
 
 
 def print_modules(rows, *, as_json: bool = False, zoo_dir: str = "") -> None:
+    """Print index rows as a table, or as JSON with ``as_json``."""
     if as_json:
         json.dump({name: entry for name, entry in rows}, sys.stdout, indent=2)
         print()

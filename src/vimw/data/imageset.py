@@ -49,6 +49,7 @@ class ImageSet:
 
     @property
     def num_classes(self) -> int:
+        """The number of class names (for dense kinds: of pixel classes)."""
         return len(self.class_names)
 
     @property

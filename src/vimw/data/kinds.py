@@ -31,10 +31,12 @@ class Pool(NamedTuple):
     strata_names: tuple[str, ...]
 
     def take(self, indices: np.ndarray, name: str) -> "Pool":
+        """The pool restricted to ``indices``, its images named ``name``."""
         return Pool(self.images.subset(indices, name=name), self.strata[indices], self.strata_names)
 
 
 def classification_pool(imageset: ImageSet) -> Pool:
+    """A classification set as a pool whose strata are its labels."""
     return Pool(imageset, imageset.targets.numpy().copy(), imageset.class_names)
 
 

@@ -189,6 +189,7 @@ def register_dataset(name: str, loader: DatasetLoader, *, overwrite: bool = Fals
 
 
 def list_datasets() -> tuple[str, ...]:
+    """The names of the built-in datasets."""
     return tuple(sorted(_DATASETS))
 
 

@@ -45,14 +45,17 @@ class TaskData:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes the task's head predicts."""
         return self.train.num_classes
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The task's class names, in label order."""
         return self.train.class_names
 
     @property
     def kind(self) -> str:
+        """The task kind (classification, segmentation, rotation...)."""
         return self.spec.kind
 
 

@@ -30,11 +30,13 @@ def dumps_json(payload: dict[str, Any], where: str = "JSON") -> str:
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically; refuses values JSON cannot hold."""
     # Serialise first: a payload that cannot be written leaves the old file untouched.
     atomic_write_text(path, dumps_json(payload, where=str(path)))
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object; a missing, unreadable or invalid file raises ``FormatError``."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

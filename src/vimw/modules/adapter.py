@@ -21,6 +21,8 @@ from vimw.modules.registry import register_module_kind
 
 @register_module_kind("adapter", AdapterConfig)
 class AdapterModule(SiteModule):
+    """A bottleneck adapter at one site (down, GELU, up; up starts at zero)."""
+
     tap = "input"
 
     def __init__(self, site: Site, config: AdapterConfig) -> None:
@@ -36,6 +38,7 @@ class AdapterModule(SiteModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Xavier down-projection, zero up-projection: a new adapter adds nothing."""
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)

@@ -33,6 +33,7 @@ class SiteModule(nn.Module):
         self.site = site
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What the module adds to the site's output, given what it taps."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -58,14 +59,17 @@ class ModuleSet(nn.ModuleDict):
 
     @property
     def kind(self) -> str:
+        """The module kind (``convpass``, ``lora``, ...)."""
         return self.config.kind
 
     @property
     def site_names(self) -> list[str]:
+        """The names of the sites the module attaches to, in backbone order."""
         return list(self.keys())
 
     @property
     def sites(self) -> tuple[Site, ...]:
+        """The sites the module attaches to."""
         return tuple(module.site for module in self.values())
 
     @property
@@ -74,6 +78,7 @@ class ModuleSet(nn.ModuleDict):
         return dict(self.items())
 
     def num_parameters(self) -> int:
+        """The number of the module's weights over all its sites."""
         return sum(p.numel() for p in self.parameters())
 
     def load_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -117,6 +117,7 @@ class LoRAConfig(ModuleConfig):
 
     @property
     def scale(self) -> float:
+        """The LoRA scaling ``alpha / rank``."""
         return self.alpha / self.rank
 
 

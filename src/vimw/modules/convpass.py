@@ -29,6 +29,8 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class QuickGELU(nn.Module):
+    """CLIP's GELU approximation as a module."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quick_gelu(x)
 
@@ -44,6 +46,8 @@ def _identity_centre_(conv: nn.Conv2d) -> None:
 
 @register_module_kind("convpass", ConvpassConfig)
 class ConvpassModule(SiteModule):
+    """Convpass at one site: 1x1 down, 3x3 conv (the site's stride), 1x1 up."""
+
     tap = "input"
 
     def __init__(self, site: Site, config: ConvpassConfig) -> None:
@@ -58,6 +62,7 @@ class ConvpassModule(SiteModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Convpass' initialisation: Xavier down, identity-centre conv, zero up (a no-op)."""
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
         _identity_centre_(self.conv)
@@ -79,6 +84,7 @@ class ConvpassModule(SiteModule):
         return torch.cat([self.conv_grid(cls), self.conv_grid(patches)], dim=1)
 
     def conv_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The 3x3 conv on tokens laid out as their square grid."""
         batch, length, channels = tokens.shape
         side = _grid_side(length, self.site)
         grid = tokens.transpose(1, 2).reshape(batch, channels, side, side)

@@ -23,6 +23,8 @@ from vimw.modules.registry import register_module_kind
 
 @register_module_kind("lora", LoRAConfig)
 class LoRAModule(SiteModule):
+    """LoRA on one site's final projection: ``scale * B A z`` added to its output."""
+
     tap = "inner"
 
     def __init__(self, site: Site, config: LoRAConfig) -> None:
@@ -34,6 +36,7 @@ class LoRAModule(SiteModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """PEFT's initialisation: Kaiming-uniform A, zero B (a new module adds nothing)."""
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 

@@ -26,6 +26,8 @@ DEFAULT_MODULE_KIND = "convpass"  # the module kind ViM itself uses (Feng et al.
 
 @dataclass(frozen=True)
 class ModuleKind:
+    """One registered module kind: its name, config class and per-site module class."""
+
     name: str
     config_cls: type[ModuleConfig]
     module_cls: type[SiteModule]
@@ -52,10 +54,12 @@ def register_module_kind(
 
 
 def lookup_module_kind(name: str) -> ModuleKind | None:
+    """The registered kind ``name``, or ``None``."""
     return _REGISTRY.get(name)
 
 
 def get_module_kind(name: str) -> ModuleKind:
+    """The registered kind ``name``; a ``RegistryError`` listing the known ones otherwise."""
     entry = _REGISTRY.get(name)
     if entry is None:
         raise RegistryError(f"unknown module kind {name!r}; registered: {', '.join(list_module_kinds()) or 'none'}")
@@ -63,4 +67,5 @@ def get_module_kind(name: str) -> ModuleKind:
 
 
 def list_module_kinds() -> list[str]:
+    """The names of the registered module kinds, sorted."""
     return sorted(_REGISTRY)

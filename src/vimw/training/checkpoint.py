@@ -28,6 +28,8 @@ from vimw.io.names import CHECKPOINT_STATE_FILE as STATE_JSON
 
 @dataclass
 class TrainingState:
+    """What a checkpoint holds: progress, best epoch, model and optimiser state, RNG, settings."""
+
     epoch: int = 0  # epochs completed
     step: int = 0
     best_score: float = float("-inf")
@@ -64,6 +66,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> None:
+    """Write ``state`` to ``directory`` (tensors in safetensors, the rest in JSON), atomically."""
     directory = Path(directory)
     optim_tensors, optim_meta = _flatten_optimizer(state.optimizer)
     tensors = {f"model.{k}": v for k, v in state.model.items()}
@@ -98,10 +101,12 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> None:
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a checkpoint."""
     return (Path(directory) / STATE_JSON).is_file()
 
 
 def load_checkpoint(directory: str | os.PathLike) -> TrainingState:
+    """Read a checkpoint written by ``save_checkpoint``, checking its format."""
     directory = Path(directory)
     meta = read_json(directory / STATE_JSON)
     if meta.get("format") != CHECKPOINT_FORMAT:

@@ -20,18 +20,22 @@ def init_from_env() -> bool:
 
 
 def world_size() -> int:
+    """The number of processes in the run (1 without torchrun)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 without torchrun)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:
+    """Whether this process writes files and prints (rank 0)."""
     return rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every process (a no-op without torchrun)."""
     if world_size() > 1:
         dist.barrier()
 
@@ -46,6 +50,7 @@ def shard(indices: torch.Tensor, rank_: int, world: int) -> torch.Tensor:
 
 
 def average(value: float) -> float:
+    """The mean of a number over the processes (the number itself without torchrun)."""
     if world_size() <= 1:
         return value
     tensor = torch.tensor([value], dtype=torch.float64)

@@ -32,10 +32,12 @@ class HeadConfig:
     width: int = 64
 
     def to_dict(self) -> dict:
+        """The config as a JSON object."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, payload: dict) -> "HeadConfig":
+        """A config from ``to_dict``'s output."""
         try:
             return cls(
                 kind=str(payload["kind"]),
@@ -121,6 +123,7 @@ def dense_blocks(backbone: Backbone) -> tuple[tuple[int, ...], tuple[int, ...], 
 
 
 def head_config_for(backbone: Backbone, kind: str, num_classes: int) -> HeadConfig:
+    """The head a task of ``kind`` with ``num_classes`` needs on ``backbone``."""
     if kind in IMAGE_KINDS:
         return HeadConfig(kind=kind, num_classes=num_classes, in_dim=backbone.feature_dim)
     if kind in DENSE_KINDS:
@@ -130,4 +133,5 @@ def head_config_for(backbone: Backbone, kind: str, num_classes: int) -> HeadConf
 
 
 def build_head(config: HeadConfig) -> nn.Module:
+    """The head module ``config`` describes."""
     return DenseHead(config) if config.kind in DENSE_KINDS else LinearHead(config)

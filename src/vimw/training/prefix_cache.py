@@ -56,9 +56,11 @@ class PrefixCache:
     # -- bookkeeping --------------------------------------------------------------------
     @property
     def bytes_used(self) -> int:
+        """The memory the cached hidden states take."""
         return sum(s.storage.numel() * s.storage.element_size() for s in self._slots.values() if s.storage is not None)
 
     def clear(self) -> None:
+        """Forget every cached hidden state (and the hit counts)."""
         self._slots.clear()
         self.hits = self.misses = 0
 

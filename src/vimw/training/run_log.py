@@ -16,6 +16,8 @@ from vimw._extras import require
 
 
 class RunLog:
+    """The run log: one JSON line per epoch, and TensorBoard scalars when asked for."""
+
     def __init__(self, jsonl_path: str | os.PathLike | None = None,
                  tensorboard_dir: str | os.PathLike | None = None) -> None:
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
@@ -27,6 +29,7 @@ class RunLog:
             self._writer = SummaryWriter(log_dir=os.fspath(tensorboard_dir))
 
     def write(self, record: dict) -> None:
+        """Append one record (an epoch's numbers) to the log."""
         if self.jsonl_path is not None:
             with open(self.jsonl_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -38,6 +41,7 @@ class RunLog:
             self._writer.flush()
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -21,6 +21,8 @@ from vimw.training.heads import HeadConfig, build_head
 
 
 class TaskModel(nn.Module):
+    """A frozen backbone, an optional plug-in (a module or a zoo aggregate) and a task head."""
+
     def __init__(self, backbone: Backbone, head_config: HeadConfig, plugin: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
@@ -42,6 +44,7 @@ class TaskModel(nn.Module):
         return self.prefix_cache
 
     def can_use_prefix_cache(self) -> bool:
+        """Whether the prefix cache is on and valid for this forward pass."""
         cache = self.prefix_cache
         return (
             cache is not None
@@ -65,9 +68,11 @@ class TaskModel(nn.Module):
 
     @property
     def kind(self) -> str:
+        """The task kind the head predicts."""
         return self.head_config.kind
 
     def bypass(self):
+        """The plug-in's site mapping for the backbone (``None`` without a plug-in)."""
         return self.plugin.bypass if self.plugin is not None else None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -77,6 +82,7 @@ class TaskModel(nn.Module):
         return self.head(self.backbone.forward_features(pixels, self.bypass()))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train (head, plug-in; the backbone when unfrozen)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def parameter_groups(self, lr: float, group_lrs: dict[str, float] | None = None) -> list[dict]:
@@ -95,4 +101,5 @@ class TaskModel(nn.Module):
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
     def num_trainable(self) -> int:
+        """The number of trainable weights."""
         return sum(p.numel() for p in self.trainable_parameters())

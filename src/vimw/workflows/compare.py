@@ -38,6 +38,8 @@ SEARCH_GRID: dict[str, tuple[dict, ...]] = {
 
 @dataclass
 class MethodRow:
+    """One method's result on one task, shot count and seed: chosen settings, scores, cost."""
+
     task: str
     shots: int | None
     seed: int

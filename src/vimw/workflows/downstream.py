@@ -46,6 +46,8 @@ class DownstreamSettings:
 
 @dataclass
 class DownstreamResult:
+    """One trained downstream method: its model, fit result, validation score and cost."""
+
     method: str
     model: TaskModel
     fit: FitResult

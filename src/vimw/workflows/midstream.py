@@ -44,6 +44,7 @@ class MidstreamRecipe:
     max_test: int | None = None
 
     def module_config(self):
+        """The module config this recipe builds (kind plus overrides)."""
         return config_from_dict({"kind": self.kind, **self.module})
 
     def to_dict(self) -> dict:

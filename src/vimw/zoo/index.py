@@ -43,6 +43,7 @@ def read_index(root: str | os.PathLike) -> dict[str, dict]:
 
 
 def write_index(root: str | os.PathLike, modules: dict[str, dict]) -> None:
+    """Write the zoo's index.json (callers hold the zoo lock)."""
     write_json(Path(root) / INDEX_FILE, {"format": INDEX_FORMAT, "modules": modules})
 
 

@@ -33,11 +33,14 @@ def check_module_name(name: str) -> str:
 
 
 def utc_now() -> str:
+    """The current time in UTC, ISO 8601, to the second."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 @dataclass
 class ModuleManifest:
+    """What a zoo module is: kind and config, backbone record, task, weights, metrics, training."""
+
     name: str
     module: dict  # the module kind's config (``ModuleConfig.to_dict``)
     backbone: dict  # arch, fingerprint, image_size
@@ -53,10 +56,12 @@ class ModuleManifest:
 
     @property
     def kind(self) -> str:
+        """The module kind."""
         return str(self.module.get("kind", "?"))
 
     @property
     def fingerprint(self) -> str:
+        """The fingerprint of the backbone the module was trained on."""
         return str(self.backbone.get("fingerprint", ""))
 
     def to_dict(self) -> dict[str, Any]:

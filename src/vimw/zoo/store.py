@@ -77,11 +77,14 @@ def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 class Zoo:
+    """A module zoo on disk: add, list, load, verify and repair modules trained on one backbone."""
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
     # -- paths -------------------------------------------------------------------------
     def module_dir(self, name: str) -> Path:
+        """The directory of module ``name`` (the name is checked first)."""
         return self.root / MODULES_DIR / check_module_name(name)
 
     @contextmanager
@@ -121,12 +124,14 @@ class Zoo:
 
     # -- the index ---------------------------------------------------------------------
     def read_index(self) -> dict[str, dict]:
+        """Module name -> index summary (index.json)."""
         return read_index(self.root)
 
     def _write_index(self, modules: dict[str, dict]) -> None:
         write_index(self.root, modules)
 
     def names(self) -> list[str]:
+        """The modules' names, sorted."""
         return sorted(self.read_index())
 
     def __contains__(self, name: str) -> bool:
@@ -204,6 +209,7 @@ class Zoo:
         shutil.rmtree(self._to_trash(directory, directory.name), ignore_errors=True)
 
     def remove(self, name: str) -> None:
+        """Remove one module and its index entry, under the zoo lock."""
         if not (self.root / INDEX_FILE).is_file():
             raise ZooError(f"{self.root} is not a zoo (no {INDEX_FILE})")
         with self._locked():
@@ -219,6 +225,7 @@ class Zoo:
 
     # -- reading -----------------------------------------------------------------------
     def manifest(self, name: str) -> ModuleManifest:
+        """Module ``name``'s manifest, checked against its directory."""
         directory = self.module_dir(name)
         if name not in self.read_index() or not directory.is_dir():
             raise ZooError(f"no module named {name!r} in the zoo {self.root}")
@@ -249,6 +256,7 @@ class Zoo:
         return module.eval().requires_grad_(False)  # zoo modules are frozen where they are used
 
     def load_head(self, name: str) -> dict[str, torch.Tensor]:
+        """The midstream head saved with module ``name``."""
         manifest = self.manifest(name)
         if not manifest.head.get("file"):
             raise ZooError(f"module {name!r} ({self.module_dir(name)}) was saved without its head")
@@ -426,6 +434,7 @@ def _check_shapes(config, backbone: Backbone, tensors: dict[str, torch.Tensor], 
 
 
 def check_backbone(manifest: ModuleManifest, backbone: Backbone) -> None:
+    """Refuse a backbone whose fingerprint differs from the one the module was trained on."""
     if manifest.fingerprint != backbone.fingerprint():
         raise BackboneMismatchError(
             f"module {manifest.name!r} was trained on backbone {manifest.backbone.get('arch')!r} "
@@ -435,6 +444,7 @@ def check_backbone(manifest: ModuleManifest, backbone: Backbone) -> None:
 
 
 def verify_or_raise(zoo: Zoo) -> None:
+    """Raise ``IntegrityError`` listing every problem ``zoo.verify()`` finds."""
     problems = zoo.verify()
     if problems:
         raise IntegrityError(f"zoo {zoo.root} failed verification:\n  " + "\n  ".join(problems))
