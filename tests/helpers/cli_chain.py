@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import write_image_folder, write_npz
+
 from vimw.cli.main import main
 
 TRAIN = ["--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--no-progress"]
@@ -66,7 +67,7 @@ def zoo_aggregate_evaluate(
     metrics = json.loads(out)
     assert 0.0 <= metrics["accuracy"] <= 1.0
 
-    image = sorted((Path(folder) / "kind1").glob("*.png"))[0]
+    image = min((Path(folder) / "kind1").glob("*.png"))
     code, out, err = run(capsys, "predict", "--model", model_dir, image)
     assert code == 0, err
     lines = out.splitlines()

@@ -1,4 +1,4 @@
-"""``vimw export``: fold a LoRA downstream model into a plain backbone and write one file."""
+"""``vimw export``: a downstream model as one file, folded (safetensors) or for other runtimes (ONNX)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,36 @@ import json
 def register(commands) -> None:
     parser = commands.add_parser(
         "export",
-        help="fold a lora downstream model into the backbone's weights and write it as one safetensors file",
+        help="write a downstream model as one file: lora folded into the backbone (safetensors) or ONNX",
     )
     parser.add_argument("--model", required=True, help="downstream model directory (from 'vimw aggregate')")
-    parser.add_argument("--out", required=True, help="file to write (.safetensors); a FILE.json manifest goes next to it")
+    parser.add_argument("--out", required=True,
+                        help="file to write (.safetensors or .onnx); a FILE.json manifest goes next to it")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                        help="safetensors: a lora model folded into the backbone's weights (vimw loads it); "
+                             "onnx: backbone + plug-in + head for onnxruntime and other runtimes, lora folded, "
+                             "other plug-ins exported as the gated graph (default: safetensors)")
+    parser.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
+                        help="ONNX exporter of torch (default auto: the TorchScript tracer, else torch.export)")
     parser.add_argument("--zoo", help="zoo directory, if it moved since training")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    if args.format == "onnx":
+        from vimw.deploy.onnx import export_onnx
+
+        payload = export_onnx(args.model, args.out, zoo_dir=args.zoo, exporter=args.exporter)
+        if args.json:
+            print(json.dumps(payload, indent=2))
+        else:
+            size = payload["preprocess"]["size"]
+            print(f"wrote {args.out}: {payload['arch']} ({payload['kind']}) as ONNX via {payload['exporter']}; "
+                  f"input 'images' N x 3 x {size} x {size} RGB in [0, 1], output 'logits'; "
+                  f"onnxruntime matches vimw to {payload['max_abs_diff']:.1e}")
+        return 0
+
     from vimw.aggregation.fold import export_folded
 
     payload = export_folded(args.model, args.out, zoo_dir=args.zoo)
