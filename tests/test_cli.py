@@ -75,7 +75,7 @@ def test_predict_with_the_backbone_head_recognises_chelsea(capsys, tmp_path):
     lines = out.splitlines()
     assert lines[0] == str(path) and len(lines) == 6
     top = lines[1].split()
-    assert top[1] == "285" and " ".join(top[2:]) == "Egyptian Mau"
+    assert top[1] == "285" and " ".join(top[2:]) == "Egyptian cat"  # the standard ImageNet-1k name
 
 
 # -- the zoo commands ----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from vimw.backbones import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers)
 from vimw.backbones._registry import HF_PREFIX, create_backbone, list_backbones, register_backbone
 from vimw.backbones.base import Backbone, BackboneRecord, Bypass, Preprocess, Site
-from vimw.backbones.imagenet import imagenet_class_names
+from vimw.backbones.imagenet import imagenet_class_names, imagenet_standard_names
 
 __all__ = [
     "Backbone",
@@ -14,6 +14,7 @@ __all__ = [
     "Site",
     "create_backbone",
     "imagenet_class_names",
+    "imagenet_standard_names",
     "list_backbones",
     "register_backbone",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 
 from vimw.backbones._registry import register_backbone
 from vimw.backbones.base import Backbone, Bypass, Preprocess, Site
-from vimw.backbones.imagenet import imagenet_class_names
+from vimw.backbones.imagenet import imagenet_standard_names
 from vimw.errors import MissingExtraError, VimwError
 
 BN_EPS = 1e-3
@@ -142,7 +142,7 @@ class EfficientNetLite(Backbone):
         )
         # (x*255 - 127) / 128 == (x - 127/255) / (128/255) on the 0..1 scale.
         self.preprocess = Preprocess(image_size, (127 / 255,) * 3, (128 / 255,) * 3)
-        self.class_names = imagenet_class_names() if num_classes == 1000 else None
+        self.class_names = imagenet_standard_names() if num_classes == 1000 else None
 
     def stem(self, pixels: torch.Tensor) -> torch.Tensor:
         return nn.functional.relu6(self._bn0(self._conv_stem(pixels)))
