@@ -57,6 +57,14 @@ def _counted(kind: str = "corrupt inputs (hypothesis)") -> None:
     COUNTS[kind] += 1
 
 
+def _random_file(tmp_path_factory, name: str, data: bytes) -> Path:
+    """Count one generated example and write its bytes to a fresh file called ``name``."""
+    _counted()
+    path = tmp_path_factory.mktemp("random") / name
+    path.write_bytes(data)
+    return path
+
+
 def _expect_vimw_error(call, where: str, allowed=(VimwError,)):
     """Run ``call``: it may succeed, or raise a VimwError whose message names ``where``."""
     try:
@@ -70,9 +78,7 @@ def _expect_vimw_error(call, where: str, allowed=(VimwError,)):
 @SETTINGS
 @given(data=st.binary(max_size=300))
 def test_random_bytes_are_never_loaded_as_tensors(tmp_path_factory, data):
-    _counted()
-    path = tmp_path_factory.mktemp("b") / "w.safetensors"
-    path.write_bytes(data)
+    path = _random_file(tmp_path_factory, "w.safetensors", data)
     before = listing(path.parent)
     with pytest.raises(FormatError) as info:
         load_tensors(path)
@@ -186,9 +192,7 @@ JSON = st.recursive(
 @SETTINGS
 @given(data=st.binary(max_size=200))
 def test_random_bytes_as_json(tmp_path_factory, data):
-    _counted()
-    path = tmp_path_factory.mktemp("j") / "manifest.json"
-    path.write_bytes(data)
+    path = _random_file(tmp_path_factory, "manifest.json", data)
     _expect_vimw_error(lambda: read_json(path), str(path), allowed=(FormatError,))
 
 

@@ -86,10 +86,8 @@ class ModuleConfig:
 
 
 @dataclass
-class ConvpassConfig(ModuleConfig):
-    """Convpass bypass (Jie & Deng 2022): 1x1 down, 3x3 conv, 1x1 up; d = 8 as in Convpass."""
-
-    kind: ClassVar[str] = "convpass"
+class BottleneckConfig(ModuleConfig):
+    """What the bottleneck kinds share: a positive hidden size ``hidden_dim``, dropout 0.1."""
 
     hidden_dim: int = 8
     dropout: float = 0.1
@@ -97,6 +95,13 @@ class ConvpassConfig(ModuleConfig):
     def validate(self) -> None:
         super().validate()
         _require_positive(self, "hidden_dim")
+
+
+@dataclass
+class ConvpassConfig(BottleneckConfig):
+    """Convpass bypass (Jie & Deng 2022): 1x1 down, 3x3 conv, 1x1 up; d = 8 as in Convpass."""
+
+    kind: ClassVar[str] = "convpass"
 
 
 @dataclass
@@ -122,17 +127,12 @@ class LoRAConfig(ModuleConfig):
 
 
 @dataclass
-class AdapterConfig(ModuleConfig):
+class AdapterConfig(BottleneckConfig):
     """Bottleneck adapter parallel to each sublayer: down, GELU, up."""
 
     kind: ClassVar[str] = "adapter"
 
     hidden_dim: int = 16
-    dropout: float = 0.1
-
-    def validate(self) -> None:
-        super().validate()
-        _require_positive(self, "hidden_dim")
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ModuleConfig:
