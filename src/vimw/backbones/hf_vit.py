@@ -403,7 +403,7 @@ def backbone_from_config(arch: str, recorded: dict) -> HFVisionBackbone:
     family = FAMILIES.get(str(recorded.get("family") or "clip"))
     if family is None:
         raise VimwError(f"unknown HF family {recorded.get('family')!r}; expected one of {', '.join(FAMILIES)}")
-    name = arch[len("hf:"):] if arch.startswith("hf:") else arch
+    name = arch.removeprefix("hf:")
     if family.name == "clip":
         from vimw.backbones.hf_clip import create_hf_clip_backbone
 
@@ -613,7 +613,9 @@ def save_tiny_hf(
         size = int(config.image_size)
         processor = {"size": {"height": size, "width": size}, "do_center_crop": False,
                      "image_mean": list(spec.mean), "image_std": list(spec.std)}
-        (directory / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2), encoding="utf-8")
+        from vimw.io import write_json
+
+        write_json(directory / PREPROCESSOR_FILE, processor)
     return directory
 
 
