@@ -127,9 +127,22 @@ class ZooAggregate(nn.Module):
         """Whether ``site`` runs as one grouped computation (else: the loop)."""
         return self.batched and self._groups[site][1] is not None
 
+    def _current_gates(self) -> torch.Tensor:
+        """``gates()``, computed once per change of the logits while no gradient reaches them
+        (every site of a forward pass reads the same gates)."""
+        logits = self.gate_logits
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return self.gates()
+        key = (logits._version, logits.data_ptr(), logits.device, self.mode, self.top_k)
+        cached = self.__dict__.get("_gates_cache")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self.__dict__["_gates_cache"] = (key, self.gates())
+        return cached[1]
+
     def run_site(self, index: int, site: str, h: torch.Tensor) -> torch.Tensor:
         """The gated mixture of the zoo's modules at one site, applied to ``h``."""
-        weights = self.gates()[index]
+        weights = self._current_gates()[index]
         if self.is_batched(site):
             return self._run_batched(weights, site, h)
         if self.mode == "merge":
