@@ -25,5 +25,6 @@ def run(args) -> int:
                     f"    {site.name:14s} block {site.block:2d}  {site.layout:7s} {site.in_channels:5d} -> "
                     f"{site.out_channels:5d}  stride {site.stride}  inner {site.inner_channels}"
                 )
-    print("hf:<name or directory>  CLIP vision towers through HF transformers (extra 'clip'); 2 sites per block")
+    print("hf:<name or directory>  HF transformers vision transformers: CLIPVisionModel, ViTModel, Dinov2Model, "
+          "SiglipVisionModel (extra 'clip'); 2 sites per block")
     return 0
