@@ -13,36 +13,25 @@ import torch
 from torch import nn
 
 from vimw.sites import Site
-from vimw.modules._channels import linear_over_channels, require_unit_stride_for_tokens
-from vimw.modules.base import SiteModule
+from vimw.modules._channels import linear_over_channels
+from vimw.modules.base import BottleneckModule
 from vimw.modules.config import AdapterConfig
 from vimw.modules.registry import register_module_kind
 
 
 @register_module_kind("adapter", AdapterConfig)
-class AdapterModule(SiteModule):
+class AdapterModule(BottleneckModule):
     """A bottleneck adapter at one site (down, GELU, up; up starts at zero)."""
 
     tap = "input"
 
     def __init__(self, site: Site, config: AdapterConfig) -> None:
         super().__init__(site, config)
-        require_unit_stride_for_tokens(site, self.kind)
         self.pool = (
             nn.AvgPool2d(site.stride, stride=site.stride, ceil_mode=True) if site.stride > 1 else nn.Identity()
         )
-        self.down = nn.Linear(site.in_channels, config.hidden_dim)
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(config.dropout)
-        self.up = nn.Linear(config.hidden_dim, site.out_channels)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Xavier down-projection, zero up-projection: a new adapter adds nothing."""
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layout = self.site.layout

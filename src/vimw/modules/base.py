@@ -18,7 +18,8 @@ from torch import nn
 
 from vimw.sites import Site, Tap
 from vimw.errors import BackboneMismatchError, FormatError
-from vimw.modules.config import ModuleConfig
+from vimw.modules._channels import require_unit_stride_for_tokens
+from vimw.modules.config import BottleneckConfig, ModuleConfig
 from vimw.modules.registry import get_module_kind
 
 
@@ -38,6 +39,28 @@ class SiteModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"site={self.site.name}, tap={self.tap}"
+
+
+class BottleneckModule(SiteModule):
+    """A site module between two projections: ``down`` to ``hidden_dim``, dropout, ``up`` back.
+
+    Subclasses add what runs in between. ``reset_parameters`` gives ``down`` Xavier weights
+    and zero bias and zeroes ``up``, so a new module adds exactly nothing.
+    """
+
+    def __init__(self, site: Site, config: BottleneckConfig) -> None:
+        super().__init__(site, config)
+        require_unit_stride_for_tokens(site, self.kind)
+        self.down = nn.Linear(site.in_channels, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.up = nn.Linear(config.hidden_dim, site.out_channels)
+
+    def reset_parameters(self) -> None:
+        """Xavier ``down`` with zero bias, zero ``up``: the module starts as a no-op."""
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
 
 
 class ModuleSet(nn.ModuleDict):

@@ -17,8 +17,8 @@ from torch import nn
 
 from vimw.sites import Site
 from vimw.errors import BackboneMismatchError
-from vimw.modules._channels import linear_over_channels, require_unit_stride_for_tokens
-from vimw.modules.base import SiteModule
+from vimw.modules._channels import linear_over_channels
+from vimw.modules.base import BottleneckModule
 from vimw.modules.config import ConvpassConfig
 from vimw.modules.registry import register_module_kind
 
@@ -45,29 +45,22 @@ def _identity_centre_(conv: nn.Conv2d) -> None:
 
 
 @register_module_kind("convpass", ConvpassConfig)
-class ConvpassModule(SiteModule):
+class ConvpassModule(BottleneckModule):
     """Convpass at one site: 1x1 down, 3x3 conv (the site's stride), 1x1 up."""
 
     tap = "input"
 
     def __init__(self, site: Site, config: ConvpassConfig) -> None:
         super().__init__(site, config)
-        require_unit_stride_for_tokens(site, self.kind)
         d = config.hidden_dim
-        self.down = nn.Linear(site.in_channels, d)
         self.conv = nn.Conv2d(d, d, 3, stride=site.stride, padding=1)
         self.act = QuickGELU()
-        self.dropout = nn.Dropout(config.dropout)
-        self.up = nn.Linear(d, site.out_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Convpass' initialisation: Xavier down, identity-centre conv, zero up (a no-op)."""
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
+        super().reset_parameters()
         _identity_centre_(self.conv)
-        nn.init.zeros_(self.up.weight)  # a new module adds exactly zero
-        nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layout = self.site.layout
