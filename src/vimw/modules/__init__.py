@@ -12,8 +12,15 @@ from vimw.modules.registry import (
     list_module_kinds,
     register_module_kind,
 )
-from vimw.modules.config import AdapterConfig, ConvpassConfig, LoRAConfig, ModuleConfig, config_from_dict
-from vimw.modules.base import ModuleSet, SiteModule
+from vimw.modules.config import (
+    AdapterConfig,
+    BottleneckConfig,
+    ConvpassConfig,
+    LoRAConfig,
+    ModuleConfig,
+    config_from_dict,
+)
+from vimw.modules.base import BottleneckModule, ModuleSet, SiteModule
 from vimw.modules.adapter import AdapterModule
 from vimw.modules.convpass import ConvpassModule, QuickGELU, quick_gelu
 from vimw.modules.lora import LoRAModule
@@ -22,6 +29,8 @@ __all__ = [
     "DEFAULT_MODULE_KIND",
     "AdapterConfig",
     "AdapterModule",
+    "BottleneckConfig",
+    "BottleneckModule",
     "ConvpassConfig",
     "ConvpassModule",
     "LoRAConfig",
