@@ -58,7 +58,7 @@ def zoo_aggregate_evaluate(
 
     folder = write_image_folder(tmp_path / "photos", per_class=6, classes=3)
     code, out, err = run(capsys, "aggregate", "--zoo", zoo_dir, "--task", f"folder:{folder}", "--shots", 2,
-                         "--out", model_dir, "--epochs", 2, "--no-progress")
+                         "--method", "ens", "--out", model_dir, "--epochs", 2, "--no-progress")
     assert code == 0, err
     assert out.startswith("ens on folder:")
 
