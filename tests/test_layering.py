@@ -144,6 +144,32 @@ def test_cycle_detection_finds_a_planted_cycle():
     assert cycles(graph) == [["a", "b", "c"]]
 
 
+# The package map, lowest layer first: a package imports only packages of lower layers.
+# A change that needs another arrow changes this table on purpose (and the README's map).
+LAYERS = (
+    ("errors", "version", "_lazy", "sites"),
+    ("_extras", "io"),
+    ("modules", "backbones", "data"),
+    ("evaluation", "zoo"),
+    ("training",),
+    ("aggregation", "interop"),
+    ("workflows", "report", "deploy", "transfer"),
+    ("recipes",),
+    ("cli",),
+)
+
+
+def test_packages_import_only_lower_layers():
+    layer = {f"vimw.{name}": i for i, names in enumerate(LAYERS) for name in names}
+    graph = package_graph()
+    unplaced = sorted(set(graph) - set(layer) - {"vimw"})
+    assert not unplaced, f"packages missing from LAYERS: {unplaced}"
+    upward = [f"{source} -> {target} ({', '.join(where[:2])})"
+              for source, targets in graph.items() if source != "vimw"
+              for target, where in targets.items() if layer[target] >= layer[source]]
+    assert not upward, "imports that do not go to a lower layer:\n  " + "\n  ".join(sorted(upward))
+
+
 def test_modules_and_backbones_meet_only_through_the_site_contract():
     graph = package_graph()
     assert "vimw.backbones" not in graph["vimw.modules"], graph["vimw.modules"].get("vimw.backbones")
