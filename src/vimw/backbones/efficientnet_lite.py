@@ -5,6 +5,10 @@ head (1280) widths fixed across scales. Inputs are normalised as ``(x - 127) / 1
 the 0..255 scale. Every MBConv block is one site: a module maps the block input to the
 block output (stride and channel change included), and ``inner`` taps read the input of
 the block's 1x1 projection.
+
+Feature maps are channels-last (``N x H x W x C`` in memory) by default: measured on CPU
+with one thread at 64 px, batch 64 (``benchmarks/perf.py``), inference is ~1.3x and training
+~1.5x faster than in NCHW. ``memory_format`` switches it per model.
 """
 
 from __future__ import annotations
@@ -144,12 +148,16 @@ class EfficientNetLite(Backbone):
         self.preprocess = Preprocess(image_size, (127 / 255,) * 3, (128 / 255,) * 3)
         self.class_names = imagenet_standard_names() if num_classes == 1000 else None
 
+    memory_format = torch.channels_last  # of the feature maps (see the module docstring)
+
     def stem(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.contiguous(memory_format=self.memory_format)
         return nn.functional.relu6(self._bn0(self._conv_stem(pixels)))
 
     def run_block(self, index: int, hidden: torch.Tensor, bypass: Bypass | None) -> torch.Tensor:
         module = bypass.get(self.sites[index].name) if bypass else None
-        return self._blocks[index](hidden, module)
+        # A no-op when the map is already in that format (a cached prefix may not be).
+        return self._blocks[index](hidden.contiguous(memory_format=self.memory_format), module)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = nn.functional.relu6(self._bn1(self._conv_head(hidden)))

@@ -75,7 +75,10 @@ class PrefixCache:
         item_bytes = max(1, sample[0].numel() * sample.element_size())
         free = max(0, self.max_bytes - self.bytes_used)
         slot.capacity = min(len(slot.images), free // item_bytes)
-        slot.storage = torch.empty((slot.capacity, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+        # In the values' memory format (channels-last feature maps stay channels-last).
+        channels_last = sample.dim() == 4 and sample.is_contiguous(memory_format=torch.channels_last)
+        slot.storage = torch.empty((slot.capacity, *sample.shape[1:]), dtype=sample.dtype, device=sample.device,
+                                   memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         slot.filled = torch.zeros(slot.capacity, dtype=torch.bool)
 
     # -- computing ---------------------------------------------------------------------
@@ -103,7 +106,7 @@ class PrefixCache:
         hit[inside] = slot.filled[index[inside]]
         if bool(hit.all()):
             self.hits += len(index)
-            return slot.storage.index_select(0, index.to(slot.storage.device))
+            return slot.storage[index.to(slot.storage.device)]  # indexing keeps the memory format
         miss = ~hit
         values = self.compute(images[index[miss]])
         self._store(slot, index[miss], values)
