@@ -270,6 +270,7 @@ def bench_zoo_list(sizes: list[int], repeats: int) -> dict:
     from vimw.backbones import create_backbone
     from vimw.modules import LoRAConfig, ModuleSet
     from vimw.zoo import Zoo
+    from vimw.zoo.index import write_index
     from vimw.zoo.manifest import ModuleManifest
 
     backbone = create_backbone("efficientnet_lite0", image_size=SIZE)
@@ -290,7 +291,7 @@ def bench_zoo_list(sizes: list[int], repeats: int) -> dict:
             directory = root / f"zoo{n}"
             shutil.copytree(zoo.root, directory)
             index = {"real": entry, **{f"m{i:05d}": {**entry, "task": f"task{i}"} for i in range(n - 1)}}
-            (directory / "index.json").write_text(json.dumps({"format": 1, "modules": index}))
+            write_index(directory, index)
             big = Zoo(directory)
             in_process = []
             for _ in range(max(5, repeats)):
