@@ -1,5 +1,5 @@
-"""TransMiter core: adapter, standardisation, Procrustes, extraction, transfer, refinement,
-vocabulary, adapter files and the logit cache (synthetic data, CPU, seconds)."""
+"""TransMiter core: adapter, standardisation, Procrustes, the steps (extract, apply, refine,
+select_lambda), the blend, vocabulary, adapter files and the logit cache (synthetic data, CPU)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from vimw.transfer import (
     LogitCache,
     RefineConfig,
     TransMiterAdapter,
-    adapter_accuracy,
+    adapter_logits,
+    apply_adapter,
     aux_vocabulary,
     aux_words_sha256,
+    base_novel_scores,
+    blend_logits,
     build_class_list,
-    choose_lambda,
     destandardize,
     extract_adapter,
     kd_loss,
@@ -28,8 +30,9 @@ from vimw.transfer import (
     orthogonal_alignment,
     random_orthogonal,
     refine_adapter,
+    select_lambda,
     standardize,
-    transfer_adapter,
+    validation_metrics,
 )
 
 K, C = 32, 8
@@ -158,8 +161,8 @@ def test_extraction_learns_the_teacher():
     z = _logits(1024)
     y = _teacher(z)
     cfg = ExtractionConfig(epochs=25, lr=3e-3, seed=0, progress=False)
-    adapter, history = extract_adapter(z, y, config=cfg)
-    losses = [h["loss"] for h in history]
+    adapter, info = extract_adapter(z, y, config=cfg)
+    losses = [h["train_loss"] for h in info["history"]]
     assert len(losses) == 25
     assert losses[-1] < 0.4 * losses[0]
     z_test = _logits(512, seed=5)
@@ -176,7 +179,7 @@ def test_extraction_is_seeded_and_deterministic():
     cfg = ExtractionConfig(epochs=2, seed=4, progress=False)
     a, ha = extract_adapter(z, y, config=cfg)
     b, hb = extract_adapter(z, y, config=cfg)
-    assert ha == hb
+    assert [h["train_loss"] for h in ha["history"]] == [h["train_loss"] for h in hb["history"]]
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
@@ -222,10 +225,10 @@ def _trained_adapter(seed: int = 0) -> TransMiterAdapter:
 
 
 def test_transfer_runs_without_autograd_or_optimizer(monkeypatch):
-    import vimw.transfer.extraction as extraction
+    import vimw.transfer.steps as steps
 
     seen = []
-    real = extraction.orthogonal_alignment
+    real = steps.orthogonal_alignment
 
     def spy(*args, **kwargs):
         seen.append(torch.is_grad_enabled())
@@ -237,13 +240,13 @@ def test_transfer_runs_without_autograd_or_optimizer(monkeypatch):
     def no_backward(*args, **kwargs):
         raise AssertionError("transfer must not backpropagate")
 
-    monkeypatch.setattr(extraction, "orthogonal_alignment", spy)
+    monkeypatch.setattr(steps, "orthogonal_alignment", spy)
     monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimizer)
     monkeypatch.setattr(torch.Tensor, "backward", no_backward)
     source = _trained_adapter()
     s, t = _logits(200, seed=1), _logits(200, seed=2)
     with torch.enable_grad():
-        target = transfer_adapter(source, s, t, 0.5)
+        target = apply_adapter(source, s, t, 0.5)
     assert seen == [False]
     assert target.rotation is not None and not target.rotation.requires_grad
     assert all(p.grad is None for p in target.parameters())
@@ -253,7 +256,7 @@ def test_transfer_runs_without_autograd_or_optimizer(monkeypatch):
 def test_transfer_with_identical_logits_is_the_source_adapter():
     source = _trained_adapter()
     z = _logits(200)
-    target = transfer_adapter(source, z, z, 0.0)
+    target = apply_adapter(source, z, z, 0.0)
     assert torch.allclose(target.rotation, torch.eye(K), atol=1e-5)
     z_new = _logits(50, seed=9)
     with torch.no_grad():
@@ -265,7 +268,7 @@ def test_transfer_to_rotated_target_reproduces_source_outputs():
     r = _mean_preserving_rotation(K, 3)
     z_src = _logits(400)
     z_tgt = z_src @ r.T  # the "target model": the same information in another basis
-    target = transfer_adapter(source, z_src, z_tgt, 0.0)
+    target = apply_adapter(source, z_src, z_tgt, 0.0)
     assert torch.allclose(target.rotation, r, atol=1e-4)
     z_new = _logits(64, seed=11)
     with torch.no_grad():
@@ -275,17 +278,61 @@ def test_transfer_to_rotated_target_reproduces_source_outputs():
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_choose_lambda_uses_validation_accuracy():
+def _rotation(t: float, seed: int = 5) -> torch.Tensor:
+    """exp(t A) for a fixed skew-symmetric A acting on the complement of the ones vector."""
+    g = torch.Generator().manual_seed(seed)
+    ones = torch.ones(K, 1, dtype=torch.float64) / K**0.5
+    basis, _ = torch.linalg.qr(torch.cat([ones, torch.randn(K, K - 1, generator=g, dtype=torch.float64)], 1))
+    b = basis[:, 1:]
+    m = torch.randn(K - 1, K - 1, generator=g, dtype=torch.float64)
+    a = b @ (m - m.T) @ b.T
+    a = a * (1.2 / torch.linalg.eigvals(a).abs().max())  # rotation angles up to 1.2 rad
+    return torch.linalg.matrix_exp(t * a).float()
+
+
+BASE, NOVEL = [0, 1, 2, 3], [4, 5, 6, 7]
+
+
+def test_select_lambda_picks_an_interior_value():
+    """Alignment data rotated by R(1), validation data by R(1/2): the Procrustes solution for
+    lambda/image = 1 on isotropic rows is the half rotation (polar(R + I) = R^1/2), so the best
+    lambda lies strictly inside the grid, and the validation score says so."""
     source = _trained_adapter()
-    r = _mean_preserving_rotation(K, 3)
-    z_src = _logits(400)
-    z_val = _logits(200, seed=12) @ r.T
-    with torch.no_grad():  # labels that the exactly-aligned adapter gets right
-        y_val = (source(_logits(200, seed=12), return_all=True) @ r.T)[:, :C].argmax(1)
-    best, scores = choose_lambda([0.0, 1000.0], source, z_src, z_src @ r.T, z_val, y_val)
-    assert set(scores) == {0.0, 1000.0}
-    assert scores[0.0] == 1.0 and scores[1000.0] < 1.0
-    assert best == 0.0
+    s = standardize(torch.randn(4000, K, generator=torch.Generator().manual_seed(1)))[0]
+    align_tgt = s @ _rotation(1.0).T
+    z_val = _logits(400, seed=12)
+    half = _rotation(0.5)
+    with torch.no_grad():  # labels the adapter moved by exactly R(1/2) gets right
+        y_val = (source(z_val, return_all=True) @ half.T)[:, :C].argmax(1)
+    grid = [0.0, 0.1, 1.0, 10.0, 1000.0]
+    lam, candidates = select_lambda(source, s, align_tgt, z_val @ half.T, y_val, base=BASE, novel=NOVEL, grid=grid)
+    scores = [c["score"] for c in candidates]
+    assert [c["lambda"] for c in candidates] == grid
+    assert lam == 1.0 and lam not in (grid[0], grid[-1])
+    assert scores[2] > max(scores[0], scores[-1]) + 0.02
+    with pytest.raises(DataError):
+        select_lambda(source, s, align_tgt, z_val, y_val, base=BASE, novel=NOVEL, grid=[-1.0])
+    with pytest.raises(DataError):
+        select_lambda(source, s, align_tgt, z_val, y_val, base=BASE, novel=NOVEL, grid=[])
+
+
+# -- the blend --------------------------------------------------------------------------------------------
+def test_blend_at_alpha_one_is_the_adapter_alone():
+    adapter = _trained_adapter()
+    z, y = _labelled(300, 50)
+    out = adapter_logits(adapter, z)
+    zero_shot = z[:, :C]
+    blended = blend_logits(out, zero_shot, 1.0)
+    assert torch.allclose(blended, torch.log_softmax(out, -1))
+    assert base_novel_scores(blended, y, BASE, NOVEL) == base_novel_scores(out, y, BASE, NOVEL)
+    for cols in (BASE, NOVEL, list(range(C))):
+        assert torch.equal(blended[:, cols].argmax(1), out[:, cols].argmax(1))
+    # alpha = 0 is the zero-shot model, and a middle alpha is neither
+    assert base_novel_scores(blend_logits(out, zero_shot, 0.0), y, BASE, NOVEL) == base_novel_scores(zero_shot, y, BASE, NOVEL)
+    mid = blend_logits(out, zero_shot, 0.5)
+    assert not torch.allclose(mid, blended) and not torch.allclose(mid, torch.log_softmax(zero_shot, -1))
+    with pytest.raises(DataError):
+        blend_logits(out, zero_shot, 1.5)
 
 
 # -- refinement (TransMiter+) --------------------------------------------------------------------------
@@ -294,43 +341,43 @@ def _labelled(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return z, _teacher(z).argmax(1)
 
 
-def test_refine_improves_validation_accuracy():
+def _base_only(z, y):
+    keep = y < len(BASE)
+    return z[keep], y[keep]
+
+
+def test_refine_improves_validation_score():
     adapter = TransMiterAdapter(K, C, seed=0)
-    z, y = _labelled(512, 20)
-    zv, yv = _labelled(256, 21)
-    before = adapter_accuracy(adapter, zv, yv)
-    refined, history = refine_adapter(adapter, z, y, zv, yv, epochs=15, lr=3e-3, config=RefineConfig(progress=False))
-    after = adapter_accuracy(refined, zv, yv)
-    assert history[0]["val_accuracy"] == pytest.approx(before)
-    assert after == pytest.approx(max(h["val_accuracy"] for h in history))
-    assert after > before + 0.3
-    assert adapter_accuracy(adapter, zv, yv) == pytest.approx(before)  # input adapter untouched
+    z, y = _base_only(*_labelled(1024, 20))
+    zv, yv = _base_only(*_labelled(512, 21))
+    before = validation_metrics(adapter_logits(adapter, zv), yv, BASE, NOVEL, "base")["score"]
+    refined, info = refine_adapter(adapter, z, y, zv, yv, base=BASE, novel=NOVEL, protocol="base",
+                                   config=RefineConfig(lrs=(3e-3,), epochs=15, progress=False))
+    after = validation_metrics(adapter_logits(refined, zv), yv, BASE, NOVEL, "base")["score"]
+    assert info["lr"] == 3e-3 and info["epoch"] > 0
+    assert after == pytest.approx(info["score"])
+    assert after > before + 0.2
+    assert validation_metrics(adapter_logits(adapter, zv), yv, BASE, NOVEL, "base")["score"] == before  # untouched
 
 
-def test_refine_restores_the_best_epoch():
+def test_refine_keeps_the_start_when_training_only_hurts():
     adapter = _trained_adapter()
     z, zv = _logits(256, seed=30), _logits(128, seed=31)
-    with torch.no_grad():  # the starting adapter is already perfect on validation
-        yv = adapter(zv).argmax(1)
-    y = torch.randint(0, C, (256,), generator=torch.Generator().manual_seed(0))  # noisy training labels
-    refined, history = refine_adapter(adapter, z, y, zv, yv, epochs=3, lr=1e-2, config=RefineConfig(progress=False))
-    assert history[0]["val_accuracy"] == 1.0
-    assert any(h["val_accuracy"] < 1.0 for h in history[1:])  # training did hurt
-    assert history[0]["best"] == 1.0
-    with torch.no_grad():
-        assert torch.allclose(refined(zv, return_all=True), adapter(zv, return_all=True), atol=1e-6)
+    yv = adapter_logits(adapter, zv)[:, BASE].argmax(1)  # the starting adapter is perfect on validation
+    y = torch.randint(0, len(BASE), (256,), generator=torch.Generator().manual_seed(0))  # noise labels
+    refined, info = refine_adapter(adapter, z, y, zv, yv, base=BASE, novel=NOVEL, protocol="base",
+                                   config=RefineConfig(lrs=(1e-2,), epochs=3, progress=False))
+    assert info["epoch"] == 0 and info["candidates"][0]["epoch"] == 0
+    assert torch.allclose(adapter_logits(refined, zv), adapter_logits(adapter, zv), atol=1e-6)
 
 
-def test_refine_on_base_classes_only():
+def test_refine_needs_base_class_labels():
     adapter = TransMiterAdapter(K, C, seed=0)
-    z, y = _labelled(256, 40)
-    base = [0, 1, 2, 3]
-    keep = y < 4
-    _, history = refine_adapter(adapter, z[keep], y[keep], z[keep], y[keep], classes=base, epochs=1,
-                                config=RefineConfig(progress=False))
-    assert len(history) == 2
+    z, y = _labelled(128, 40)
+    with pytest.raises(DataError, match="base class"):
+        refine_adapter(adapter, z, y, z, y, base=BASE, novel=NOVEL, config=RefineConfig(epochs=1))
     with pytest.raises(DataError):
-        refine_adapter(adapter, z, y, z[keep], y[keep], classes=base, epochs=1)
+        RefineConfig(lrs=())
 
 
 # -- vocabulary ---------------------------------------------------------------------------------------
@@ -377,7 +424,7 @@ def _save(adapter, path):
 
 def test_save_load_round_trip_is_exact(tmp_path):
     source = _trained_adapter()
-    target = transfer_adapter(source, _logits(100, seed=1), _logits(100, seed=2), 0.5)
+    target = apply_adapter(source, _logits(100, seed=1), _logits(100, seed=2), 0.5)
     z = _logits(20, seed=3)
     for i, adapter in enumerate((source, target)):
         _save(adapter, tmp_path / str(i))

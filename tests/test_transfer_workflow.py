@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from vimw.backbones import create_backbone
 from vimw.errors import DataError
 from vimw.modules import ModuleSet, config_from_dict
-from vimw.transfer.protocol import (
-    FineTunedZeroShot,
+from vimw.transfer.scoring import (
     base_novel_scores,
-    choose_alpha,
     ensemble_logits,
-    finetune_zero_shot,
     harmonic_mean,
     proxy_logits,
+    select_alpha,
+    validation_metrics,
 )
+from vimw.transfer.teacher import FineTunedZeroShot, TeacherConfig, finetune_teacher, load_teacher, save_teacher
 
 
 def test_base_novel_scores_on_hand_made_logits():
@@ -58,13 +58,31 @@ def test_proxy_and_ensemble_formulas():
     assert torch.allclose(ensemble_logits(ft, strong, a), a * ls(ft) + (1 - a) * ls(strong), atol=1e-6)
     assert torch.allclose(proxy_logits(strong, ft, weak, 0.0), ls(strong))
     assert torch.allclose(ensemble_logits(ft, strong, 1.0), ls(ft))
-    # choose_alpha picks by validation HM (ties: the smaller alpha): any alpha > 0.5 is right here
+    # select_alpha: every alpha > 0.5 scores HM 1 here; the validation loss breaks the tie
     labels = torch.tensor([0, 1, 2, 3])
     right = torch.eye(4) * 5
     wrong = torch.roll(right, 1, dims=1)
-    alpha, scores = choose_alpha(lambda x: ensemble_logits(right, wrong, x), labels, [0, 1], [2, 3])
+    alpha, candidates = select_alpha(lambda x: ensemble_logits(right, wrong, x), labels, [0, 1], [2, 3])
+    scores = {c["alpha"]: c["score"] for c in candidates}
     assert scores[0.0] == 0.0 and scores[1.0] == 1.0
-    assert scores[alpha] == 1.0 and alpha == min(a for a, s in scores.items() if s == 1.0)
+    assert alpha == 1.0  # among the perfect alphas, the one with the lowest validation loss
+
+
+def test_validation_protocol_base_never_looks_at_novel_images():
+    base, novel = [0, 1], [2, 3]
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = torch.eye(4) * 3
+    scrambled = logits.clone()
+    scrambled[2:] = logits[[3, 2]]  # every novel image now wrong
+    a = validation_metrics(logits, labels, base, novel, "base")
+    b = validation_metrics(scrambled, labels, base, novel, "base")
+    assert (a["score"], a["loss"], a["base"]) == (b["score"], b["loss"], b["base"]) and a["score"] == 1.0
+    assert math.isnan(a["novel"])  # novel images are not even looked at
+    assert validation_metrics(scrambled, labels, base, novel, "all")["score"] == 0.0
+    with pytest.raises(DataError):
+        validation_metrics(logits, labels, base, novel, "test")
+    with pytest.raises(DataError):
+        validation_metrics(logits[2:], labels[2:], base, novel, "base")
 
 
 class _FakeHead:
@@ -103,16 +121,22 @@ def test_finetuned_weak_model_keeps_text_rows_frozen_and_trains_only_the_plugin(
         expected = (feats - head.feature_mean) @ head._w + head._b
     assert torch.allclose(model.predict(images), expected, atol=1e-4)
 
-    model, info = finetune_zero_shot(model, images, labels, images[:4], labels[:4], classes=[0, 1],
-                                     lrs=[1e-2], epochs=2, batch_size=4)
+    model, info = finetune_teacher(model, images, labels, images[:4], labels[:4], base=[0, 1], novel=[2, 3],
+                                   protocol="base", config=TeacherConfig(lr=1e-2, epochs=2, batch_size=4))
     assert torch.equal(model.rows, rows) and torch.equal(model.bias, bias) and torch.equal(model.feature_mean, mean)
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, backbone_before[key]), key
-    # the plug-in did train (the best epoch may be 0 only if no epoch beat it; force the check on the history)
+    # the plug-in trained: each epoch after the start has a finite training loss, and the kept
+    # weights are the reported best epoch's (the start's only when no epoch beat it)
     assert len(info["history"]) == 3 and info["trainable"] == plugin.num_parameters()
+    assert all(math.isfinite(h["train_loss"]) for h in info["history"][1:])
+    changed = any(not torch.equal(v, plugin_before[k]) for k, v in model.plugin.state_dict().items())
+    assert changed == (info["best_epoch"] > 0)
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
     model.plugin.load_state_dict(plugin_before)  # restorable: same keys and shapes
     with pytest.raises(DataError):
-        finetune_zero_shot(model, images, torch.full((12,), 3), images[:4], labels[:4], classes=[0, 1], lrs=[1e-2], epochs=1)
+        finetune_teacher(model, images, torch.full((12,), 3), images[:4], labels[:4], base=[0, 1], novel=[2, 3],
+                         config=TeacherConfig(epochs=1))
 
 
 def test_finetune_changes_the_plugin_weights():
@@ -149,41 +173,133 @@ def test_calibrated_kernel_head_subtracts_the_feature_mean():
     assert F.cosine_similarity(rows[0], head.backbone._fc.weight[409].detach(), dim=0) > 0.5
 
 
+def test_consistency_term_keeps_the_teacher_closer_to_its_zero_shot_predictions():
+    backbone = create_backbone("efficientnet_lite0", image_size=40)
+    g = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8, generator=g)
+    held_out = torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.tensor([0, 1] * 8)
+    drift = []
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        plugin = ModuleSet.create(config_from_dict({"kind": "convpass"}), backbone.sites)
+        model = FineTunedZeroShot(_FakeHead(backbone, 4), ["a", "b", "c", "d"], plugin)
+        zero_shot = model.predict(held_out, plugin=False)
+        config = TeacherConfig(lr=3e-3, epochs=3, batch_size=8, consistency=weight, warmup_fraction=0.0)
+        model, _ = finetune_teacher(model, images, labels, images, labels, base=[0, 1], novel=[2, 3],
+                                    protocol="base", config=config)
+        tuned = model.predict(held_out)
+        drift.append(float(F.kl_div(F.log_softmax(tuned, -1), F.log_softmax(zero_shot, -1), reduction="batchmean",
+                                    log_target=True)))
+    assert drift[0] > 0.1 and drift[1] < 0.5 * drift[0]
+
+
+def test_teacher_file_refuses_other_formats(tmp_path):
+    from vimw.errors import FormatError
+
+    (tmp_path / "finetuned.json").write_text(json.dumps({"weak": "x", "plugin_source": "convpass"}))
+    with pytest.raises(FormatError, match="not a vimw teacher"):
+        load_teacher(tmp_path)
+    (tmp_path / "finetuned.json").write_text(json.dumps({"format": "vimw.transfer-teacher", "format_version": 99}))
+    with pytest.raises(FormatError, match="format_version"):
+        load_teacher(tmp_path)
+
+
+def _cli(argv, capsys):
+    from vimw.cli.main import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own exit for arguments no command knows ("vimw: error: ...")
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_every_cli_misuse_of_transfer_exits_2_without_a_traceback(tmp_path, capsys):
+    bad_adapter = tmp_path / "bad"
+    bad_adapter.mkdir()
+    (bad_adapter / "manifest.json").write_text("{not json")
+    out = str(tmp_path / "out")
+    cases = [
+        ["transfer"],
+        ["transfer", "bogus"],
+        ["transfer", "apply", "--adapter", "a", "--to", "b", "--out", out, "--lambdas", "-1"],
+        ["transfer", "apply", "--adapter", "a", "--to", "b", "--out", out, "--lambdas", "nan"],
+        ["transfer", "apply", "--adapter", str(tmp_path / "missing"), "--to", "efficientnet_lite0@48", "--out", out],
+        ["transfer", "apply", "--adapter", "a"],
+        ["transfer", "apply", "--adapter", "a", "--to", "b", "--out", out, "--protocol", "test"],
+        ["transfer", "refine", "--adapter", str(bad_adapter), "--out", out],
+        ["transfer", "refine", "--adapter", "a", "--out", out, "--lr", "0"],
+        ["transfer", "refine", "--adapter", "a", "--out", out, "--epochs", "-3"],
+        ["transfer", "evaluate", "--adapter", str(bad_adapter)],
+        ["transfer", "evaluate", "--adapter", "a", "--blend", "2"],
+        ["transfer", "evaluate", "--adapter", "a", "--bogus"],
+        ["transfer", "extract", "--out", out, "--shots", "0"],
+        ["transfer", "extract", "--out", out, "--views", "9"],
+        ["transfer", "extract", "--out", out, "--num-align", "5000"],
+        ["transfer", "extract", "--out", out, "--shots", "30"],
+        ["transfer", "extract", "--out", out, "--base", "NotAClass"],
+        ["transfer", "extract", "--out", out, "--base", "Trouser", "Trouser"],
+        ["transfer", "extract", "--out", out, "--task", "no-such-task"],
+        ["transfer", "extract", "--out", out, "--consistency", "-1"],
+        ["transfer", "extract", "--recipe"],
+        ["transfer", "extract", "--recipe", str(tmp_path / "missing.yaml")],
+    ]
+    for argv in cases:
+        code, stdout, stderr = _cli(argv, capsys)
+        assert code == 2, (argv, code, stderr)
+        assert "vimw: error:" in stderr, (argv, stderr)
+        assert "Traceback" not in stderr + stdout, argv
+
+
 @pytest.mark.slow
 def test_cli_extract_apply_refine_evaluate_chain(tmp_path, capsys):
-    from vimw.cli.main import main
     from vimw.transfer import load_adapter
 
     cache = str(tmp_path / "cache")
-    data = ["--task", "fmnist", "--base", "Trouser", "Bag", "--shots", "2", "--num-extract", "24",
-            "--num-align", "16", "--num-test", "20", "-K", "24"]
+    data = ["--task", "fmnist", "--base", "Trouser", "Bag", "--shots", "2", "--val-per-class", "2",
+            "--pool-per-class", "4", "--num-unlabeled", "24", "--num-align", "4", "--num-calibration", "8",
+            "--num-test", "20", "-K", "24", "--views", "2"]
     src, dst, plus = tmp_path / "src", tmp_path / "dst", tmp_path / "plus"
-    assert main(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned", "convpass",
-                 "--epochs", "1", "--extraction-epochs", "1", "--out", str(src), "--cache", cache, *data]) == 0
+    code, _, err = _cli(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned", "convpass",
+                         "--epochs", "1", "--extraction-epochs", "1", "--out", str(src), "--cache", cache, *data], capsys)
+    assert code == 0, err
     adapter, manifest = load_adapter(src)
     assert adapter.num_logits == 24 and adapter.num_classes == 10 and manifest["aux_words_sha256"]
-    assert manifest["settings"]["protocol"]["base"] == ["Trouser", "Bag"]
-    assert (src / "teacher" / "finetuned.json").exists()
-    assert main(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48", "--lambdas", "1", "10",
-                 "--out", str(dst)]) == 0
+    assert manifest["settings"]["data"]["base"] == ["Trouser", "Bag"]
+    assert manifest["settings"]["extraction"]["rows"] == 48  # 24 unlabeled images x 2 views
+    code, stdout, err = _cli(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48",
+                              "--lambdas", "1", "10", "--out", str(dst)], capsys)
+    assert code == 0, err
+    assert "lambda/image 1:" in stdout and "lambda/image 10:" in stdout
     moved, moved_manifest = load_adapter(dst)
-    assert moved.rotation is not None and moved_manifest["target_model"].startswith("imagenet-text-head/efficientnet_lite0@48")
-    assert main(["transfer", "refine", "--adapter", str(dst), "--epochs", "1", "--out", str(plus)]) == 0
-    capsys.readouterr()
-    assert main(["transfer", "evaluate", "--adapter", str(plus), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["transferred"] and result["test_images"] == 20
+    assert moved.rotation is not None
+    assert moved_manifest["target_model"].startswith("imagenet-text-head/efficientnet_lite0@48")
+    assert moved_manifest["settings"]["apply"]["rows"] == 2 * (2 * 2 + 4)  # (shots of 2 classes + 4) x 2 views
+    code, _, err = _cli(["transfer", "refine", "--adapter", str(dst), "--epochs", "1", "--lr", "1e-3",
+                         "--out", str(plus)], capsys)
+    assert code == 0, err
+    code, stdout, err = _cli(["transfer", "evaluate", "--adapter", str(plus), "--json", "--blend", "auto"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["transferred"] and result["test_images"] == 20 and 0.0 <= result["alpha"] <= 1.0
+    assert len(result["alpha_candidates"]) == 11
     assert set(result["scores"]["adapter"]) == {"base", "novel", "hm"}
-    # a teacher saved by the first extract is reused as is
-    assert main(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned", str(src / "teacher"),
-                 "--extraction-epochs", "1", "--out", str(tmp_path / "src2"), "--cache", cache, *data]) == 0
-    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) >= 6  # every pass cached once
+    # a teacher saved by the first extract is reused as is (the file format round-trips)
+    code, _, err = _cli(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned",
+                         str(src / "teacher"), "--extraction-epochs", "1", "--out", str(tmp_path / "src2"),
+                         "--cache", cache, *data], capsys)
+    assert code == 0, err
+    code, _, err = _cli(["transfer", "extract", "--weak", "efficientnet_lite0@40+invert", "--finetuned",
+                         "no-such-kind", "--out", str(tmp_path / "src3"), "--cache", cache, *data], capsys)
+    assert code == 2 and "vimw: error:" in err and "Traceback" not in err
 
 
 def test_vim_chain_plugin_trains_only_the_gates(tiny_zoo, lite0):
     """The teacher as a ViM aggregation over a zoo: only the gates train, text rows stay frozen."""
     from vimw.aggregation.aggregate import ZooAggregate
-    from vimw.transfer.protocol import make_plugin
+    from vimw.transfer.teacher import make_plugin
 
     plugin, info = make_plugin(lite0, tiny_zoo.root)
     assert isinstance(plugin, ZooAggregate) and info["plugin"] == "zoo-ens" and info["modules"]

@@ -1,300 +1,643 @@
-"""The base-to-novel protocol (SPEC 2.6) and the fine-tuned weak model that TransMiter extracts.
+"""The base-to-novel protocol that runs TransMiter's steps and its baselines on one task.
 
-* :class:`FineTunedZeroShot` - a zero-shot head whose *image features* are adapted by a plug-in
-  (a new convpass module or a ViM aggregation over a zoo) while the text-derived classifier rows
-  for all the task's classes stay frozen buffers; only the plug-in trains.
-* :func:`finetune_zero_shot` - cross-entropy on the base classes over the base columns, AdamW,
-  learning rate and epoch chosen on base-class validation images.
-* :func:`base_novel_scores` - one logit vector over all C classes: base images scored by argmax
-  over the base columns, novel images over the novel columns; base, novel, harmonic mean.
-* :func:`proxy_logits`, :func:`ensemble_logits`, :func:`choose_alpha` - the logit-arithmetic
-  baselines of the reference code, in log-probability space.
-* :func:`cached_logits` / :func:`cached_features` - one pass of a model over an image set,
-  stored in a :class:`~vimw.transfer.cache.LogitCache` and reused by every method.
+Image sets are fixed by the task, ``data_seed`` and the counts (never by the training seed),
+so each zero-shot model's pass over each set is computed once, stored in a
+:class:`~vimw.transfer.cache.LogitCache` and shared by every seed and method:
+
+* a labelled *pool* (``pool_per_class`` training images per class): each seed draws its
+  ``shots`` base-class training images and ``val_per_class`` validation images per class;
+* an *unlabeled* set (``num_unlabeled`` training images outside the pool), seen by the weak
+  model only: extraction distils the fine-tuned weak model on it, no labels;
+* the *alignment* set, seen by both zero-shot models: the seed's training shots (their images
+  only, never their labels; the reference aligns on its few-shot set) plus the first
+  ``num_align`` unlabeled images;
+* ``num_test`` test images.
+
+Every extraction and alignment image comes in ``views`` deterministic augmented views
+(:data:`VIEWS`: the image, its mirror image, shifted copies), as the reference flattens its
+augmented views into both steps. The first ``num_calibration`` unlabeled images (original
+view) calibrate each ImageNet text head (the mean feature of the domain; no labels).
+
+Two validation protocols choose every knob - teacher epochs, Procrustes lambda, the blends'
+alpha, refinement settings - by the one selection rule (``vimw.evaluation.selection``):
+``"all"`` (validation images of base and novel classes, score = HM) and ``"base"`` (base
+classes only: novel labels are never seen). Test images are only ever scored.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from vimw.errors import DataError, TrainingError, VimwError
+from vimw.errors import DataError, VimwError
 from vimw.modules.registry import DEFAULT_MODULE_KIND
-from vimw.training.step import guarded_step
 from vimw.transfer.cache import LogitCache
-from vimw.transfer.vocab import DEFAULT_TEMPLATE
+from vimw.transfer.vocab import DEFAULT_TEMPLATE, build_class_list
 
-ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-
-
-# -- scoring ------------------------------------------------------------------------------------
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b <= 0 else 2.0 * a * b / (a + b)
+FMNIST_BASE = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
+VIEWS = ("orig", "flip", "shift", "flip-shift")
+DEFAULT_WEAK = "efficientnet_lite0@96+invert"
+DEFAULT_STRONG = "efficientnet_lite2@160"
 
 
-def base_novel_scores(
-    logits: torch.Tensor, labels: torch.Tensor, base: Sequence[int], novel: Sequence[int]
-) -> dict[str, float]:
-    """Base-to-novel accuracies from one logit vector over all C classes per image (SPEC 2.6).
+# -- models ------------------------------------------------------------------------------------------
+def load_zero_shot(spec: str, *, device: str = "cpu"):
+    """A zero-shot model from a spec: ``efficientnet_lite0@64[+invert]`` or ``hf:<name or dir>``."""
+    from vimw.transfer.zeroshot import HFCLIPZeroShot, ImageNetTextHead
 
-    Images whose label is a base class are scored by argmax over the ``base`` columns only,
-    novel images over the ``novel`` columns only. Returns ``{"base", "novel", "hm"}`` (a split
-    with no images scores NaN and the HM is then NaN too).
-    """
-    logits = torch.as_tensor(logits).float()
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    if logits.dim() != 2 or logits.shape[0] != labels.numel():
-        raise DataError(f"logits {tuple(logits.shape)} do not match {labels.numel()} labels")
-    base_t = torch.as_tensor(list(base), dtype=torch.long)
-    novel_t = torch.as_tensor(list(novel), dtype=torch.long)
-    if set(base_t.tolist()) & set(novel_t.tolist()):
-        raise DataError("base and novel classes overlap")
-    out: dict[str, float] = {}
-    for key, cols in (("base", base_t), ("novel", novel_t)):
-        mask = torch.isin(labels, cols)
-        if not mask.any():
-            out[key] = float("nan")
-            continue
-        pred = cols[logits[mask][:, cols].argmax(dim=1)]
-        out[key] = float((pred == labels[mask]).float().mean())
-    out["hm"] = harmonic_mean(out["base"], out["novel"]) if not any(math.isnan(v) for v in out.values()) else float("nan")
-    return out
+    text = str(spec)
+    if text.startswith("hf:"):
+        return HFCLIPZeroShot(text[3:], device=device)
+    invert = text.endswith("+invert")
+    arch, _, size = text.removesuffix("+invert").partition("@")
+    try:
+        image_size = int(size) if size else None
+    except ValueError:
+        raise VimwError(f"bad model spec {spec!r}: expected ARCH@SIZE[+invert], e.g. {DEFAULT_WEAK}") from None
+    if image_size is not None and image_size < 16:
+        raise VimwError(f"bad model spec {spec!r}: the image size must be at least 16")
+    return ImageNetTextHead(arch, image_size, invert=invert, device=device)
 
 
-def proxy_logits(strong_zs: torch.Tensor, weak_ft: torch.Tensor, weak_zs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``log p_T^zs + a (log p_S^ft - log p_S^zs)`` over the task columns (reference baseline)."""
-    return F.log_softmax(strong_zs.float(), -1) + alpha * (F.log_softmax(weak_ft.float(), -1) - F.log_softmax(weak_zs.float(), -1))
+# -- views ---------------------------------------------------------------------------------------------
+def make_view(images: torch.Tensor, view: str) -> torch.Tensor:
+    """A deterministic augmented view of uint8 images N x C x H x W (background = 0)."""
+    if view not in VIEWS:
+        raise DataError(f"unknown view {view!r}; views are {VIEWS}")
+    out = images
+    if "flip" in view:
+        out = torch.flip(out, dims=(-1,))
+    if "shift" in view:
+        h, w = out.shape[-2:]
+        d = max(1, round(0.07 * min(h, w)))  # 2 px on 28 x 28
+        shifted = torch.zeros_like(out)
+        shifted[..., d:, d:] = out[..., : h - d, : w - d]
+        out = shifted
+    return out.contiguous()
 
 
-def ensemble_logits(weak_ft: torch.Tensor, strong_zs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``a log p_S^ft + (1 - a) log p_T^zs`` over the task columns (reference baseline)."""
-    return alpha * F.log_softmax(weak_ft.float(), -1) + (1.0 - alpha) * F.log_softmax(strong_zs.float(), -1)
+# -- the configuration -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """The task, the split and the image counts (shared by every step and seed)."""
+
+    task: str = "fmnist"
+    base: tuple[str, ...] = FMNIST_BASE
+    shots: int = 16
+    val_per_class: int = 16
+    pool_per_class: int = 32
+    num_unlabeled: int = 500
+    num_align: int = 0
+    num_calibration: int = 200
+    num_test: int = 600
+    views: int = 2
+    K: int = 1024  # noqa: N815
+    template: str = DEFAULT_TEMPLATE
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("shots", "val_per_class", "pool_per_class", "num_unlabeled", "num_calibration", "num_test", "K"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_align < 0:
+            raise DataError(f"num_align must be >= 0, got {self.num_align}")
+        if not 1 <= self.views <= len(VIEWS):
+            raise DataError(f"views must be in [1, {len(VIEWS)}], got {self.views}")
+        if self.pool_per_class < self.shots + self.val_per_class:
+            raise DataError(f"pool_per_class ({self.pool_per_class}) must be >= shots + val_per_class "
+                            f"({self.shots} + {self.val_per_class})")
+        if max(self.num_align, self.num_calibration) > self.num_unlabeled:
+            raise DataError("num_align and num_calibration must be <= num_unlabeled (they are its first images)")
+        if "{}" not in self.template:
+            raise DataError(f"the prompt template must contain '{{}}', got {self.template!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if "base" in known:
+            known["base"] = tuple(known["base"])
+        return cls(**known)
 
 
-def choose_alpha(
-    make_logits: Callable[[float], torch.Tensor],
-    val_labels: torch.Tensor,
-    base: Sequence[int],
-    novel: Sequence[int],
-    grid: Sequence[float] = ALPHA_GRID,
-) -> tuple[float, dict[float, float]]:
-    """The ``alpha`` of ``grid`` with the best validation HM (ties: the smaller alpha)."""
-    scores = {float(a): base_novel_scores(make_logits(float(a)), val_labels, base, novel)["hm"] for a in grid}
-    best = max(scores, key=lambda a: (scores[a], -a))
-    return best, scores
+# -- image sets ---------------------------------------------------------------------------------------------
+@dataclass
+class ImageSets:
+    """The fixed image sets of a :class:`DataConfig`, their cache ids and the class lists."""
+
+    config: DataConfig
+    class_names: list[str]
+    k_names: list[str]
+    aux_sha: str
+    base: list[int]
+    novel: list[int]
+    pool_images: torch.Tensor
+    pool_labels: torch.Tensor
+    unlabeled_images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def images(self, name: str) -> torch.Tensor:
+        """``pool``, ``unlabeled``, ``align`` (first ``num_align`` unlabeled), ``calibration``,
+        ``test``, each optionally ``/VIEW``."""
+        part, _, view = name.partition("/")
+        table = {"pool": self.pool_images, "unlabeled": self.unlabeled_images,
+                 "align": self.unlabeled_images[: self.config.num_align],
+                 "calibration": self.unlabeled_images[: self.config.num_calibration], "test": self.test_images}
+        if part not in table:
+            raise DataError(f"unknown image set {name!r}")
+        return make_view(table[part], view) if view else table[part]
+
+    def set_id(self, name: str) -> str:
+        part, _, view = name.partition("/")
+        return self.ids[part] + (f"/{view}" if view else "")
 
 
-# -- the fine-tuned zero-shot model -----------------------------------------------------------------
-class FineTunedZeroShot(nn.Module):
-    """``logits = (backbone(x; bypass=plugin) - mean) @ rows^T + bias`` with frozen text rows.
-
-    Built from an :class:`~vimw.transfer.zeroshot.ImageNetTextHead` (its backbone, inversion,
-    calibration mean and the rows it predicts for ``class_names``) and a plug-in exposing
-    ``.bypass`` (a :class:`~vimw.modules.ModuleSet` or a :class:`~vimw.aggregation.ZooAggregate`).
-    The rows, bias and mean are buffers; the backbone is frozen; only the plug-in trains.
-    """
-
-    def __init__(self, head: Any, class_names: Sequence[str], plugin: nn.Module, template: str = DEFAULT_TEMPLATE) -> None:
-        super().__init__()
-        if not hasattr(plugin, "bypass"):
-            raise VimwError("the plug-in must expose .bypass (a ModuleSet or a ZooAggregate)")
-        self.backbone = head.backbone
-        self.backbone.freeze()
-        self.plugin = plugin
-        self.invert = bool(getattr(head, "invert", False))
-        self.class_names = [str(n) for n in class_names]
-        self.template = template
-        self.head_name = head.name
-        weights, bias = head.class_weights(self.class_names, template)
-        mean = getattr(head, "feature_mean", None)
-        self.register_buffer("rows", weights.T.contiguous().float())
-        self.register_buffer("bias", bias.float().clone())
-        self.register_buffer("feature_mean", torch.zeros(weights.shape[0]) if mean is None else mean.float().clone())
-
-    @property
-    def device(self) -> torch.device:
-        return self.rows.device
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8 and self.invert:
-            images = 255 - images
-        elif self.invert:
-            images = 1.0 - images
-        pixels = self.backbone.preprocess(images.to(self.device))
-        return self.backbone.forward_features(pixels, bypass=self.plugin.bypass)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.features(images) - self.feature_mean) @ self.rows.T + self.bias
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.plugin.parameters() if p.requires_grad]
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-        was = self.training
-        self.eval()
-        try:
-            return torch.cat([self(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
-        finally:
-            self.train(was)
+def _stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        if len(where) < per_class:
+            raise DataError(f"class {c} has only {len(where)} images, {per_class} needed")
+        out.extend(rng.choice(where, per_class, replace=False).tolist())
+    return np.array(sorted(out))
 
 
-def make_plugin(backbone: Any, plugin: str | Path = DEFAULT_MODULE_KIND, *, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh plug-in: a module kind (default ``DEFAULT_MODULE_KIND``) or a zoo directory (ViM ``ens``)."""
-    from vimw.modules import ModuleSet, config_from_dict
+def make_sets(cfg: DataConfig) -> ImageSets:
+    """The image sets of ``cfg`` (independent of the training seed)."""
+    from vimw.data import load_task
 
-    torch.manual_seed(seed)
-    text = str(plugin)
-    if Path(text).is_dir():
-        from vimw.aggregation.aggregate import ZooAggregate
-        from vimw.zoo import Zoo
-
-        zoo = Zoo(text)
-        names = [n for n, e in zoo.list() if e.get("fingerprint") == backbone.fingerprint()]
-        if not names:
-            raise VimwError(f"the zoo {text} has no module for {backbone.arch} at this resolution")
-        experts = [zoo.load(n, backbone) for n in names]
-        return ZooAggregate(experts, names, backbone, mode="ens"), {"plugin": "zoo-ens", "zoo": str(Path(text).resolve()), "modules": names}
-    module = ModuleSet.create(config_from_dict({"kind": text}), backbone.sites)
-    return module, {"plugin": text, "module": module.config.to_dict()}
-
-
-def finetune_zero_shot(
-    model: FineTunedZeroShot,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
-    *,
-    classes: Sequence[int],
-    lrs: Sequence[float] = (1e-3, 3e-3),
-    epochs: int = 10,
-    batch_size: int = 16,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> tuple[FineTunedZeroShot, dict[str, Any]]:
-    """Cross-entropy over the ``classes`` columns (the base classes); only the plug-in trains.
-
-    For each learning rate in ``lrs`` the plug-in restarts from its initial weights and trains
-    ``epochs`` epochs (AdamW, cosine); after every epoch the validation accuracy over the same
-    columns is measured. The returned model (a copy) holds the best (lr, epoch) - epoch 0, the
-    untouched plug-in, is a candidate too. Labels index the model's class columns.
-    """
-    cols = torch.as_tensor(list(classes), dtype=torch.long)
-    remap = torch.full((len(model.class_names),), -1, dtype=torch.long)
-    remap[cols] = torch.arange(cols.numel())
-    y, yv = remap[torch.as_tensor(train_labels).long()], remap[torch.as_tensor(val_labels).long()]
-    if (y < 0).any() or (yv < 0).any():
-        raise DataError("finetune_zero_shot: every training and validation label must be one of the chosen classes")
-    cols_dev = cols.to(model.device)
-
-    def val_acc(m: FineTunedZeroShot) -> float:
-        out = m.predict(val_images)[:, cols]
-        return float((out.argmax(1) == yv).float().mean())
-
-    initial = copy.deepcopy(model.plugin.state_dict())
-    best = (val_acc(model), 0.0, 0)
-    best_state = copy.deepcopy(initial)
-    history: list[dict[str, float]] = [{"lr": 0.0, "epoch": 0, "val_accuracy": best[0]}]
-    started = time.perf_counter()
-    n = len(train_images)
-    for lr in lrs:
-        model.plugin.load_state_dict(initial)
-        params = model.trainable_parameters()
-        if not params:
-            raise TrainingError("the plug-in has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        steps = epochs * math.ceil(n / batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-        gen = torch.Generator().manual_seed(seed + 11)
-        for epoch in range(1, epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=gen)
-            total = 0.0
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                logits = model(train_images[idx])[:, cols_dev]
-                loss = F.cross_entropy(logits, y[idx].to(model.device))
-                guarded_step(loss, optimizer, f"fine-tuning (lr {lr}, epoch {epoch})", scheduler=scheduler)
-                total += loss.item() * len(idx)
-            acc = val_acc(model)
-            history.append({"lr": lr, "epoch": epoch, "loss": total / n, "val_accuracy": acc})
-            if log:
-                log(f"    lr {lr:g} epoch {epoch}: loss {total / n:.4f}, val {acc:.4f}")
-            if acc > best[0]:
-                best = (acc, lr, epoch)
-                best_state = copy.deepcopy(model.plugin.state_dict())
-    model.plugin.load_state_dict(best_state)
-    model.eval()
-    info = {"best_val_accuracy": best[0], "best_lr": best[1], "best_epoch": best[2], "history": history,
-            "seconds": time.perf_counter() - started, "trainable": sum(p.numel() for p in model.trainable_parameters())}
-    return model, info
+    data = load_task(cfg.task, val_fraction=0.0)
+    names = list(data.class_names)
+    unknown = [b for b in cfg.base if b not in names]
+    if unknown or not cfg.base or len(set(cfg.base)) >= len(names) or len(set(cfg.base)) != len(cfg.base):
+        raise DataError(f"base classes {list(cfg.base)} must be distinct names forming a non-empty proper subset "
+                        f"of the task's classes {names}" + (f" (unknown: {unknown})" if unknown else ""))
+    rng = np.random.default_rng(cfg.data_seed)
+    train_labels = data.train.targets.numpy()
+    pool = _stratified(train_labels, cfg.pool_per_class, rng)
+    rest = np.setdiff1d(np.arange(len(train_labels)), pool)
+    if cfg.num_unlabeled > len(rest):
+        raise DataError(f"num_unlabeled={cfg.num_unlabeled} but only {len(rest)} training images are left")
+    unlabeled = rng.choice(rest, cfg.num_unlabeled, replace=False)
+    test = np.sort(rng.choice(len(data.test), min(cfg.num_test, len(data.test)), replace=False))
+    k_names, aux_sha = build_class_list(names, cfg.K, seed=0)
+    tag = f"{cfg.task}/d{cfg.data_seed}"
+    ids = {"pool": f"{tag}/pool{cfg.pool_per_class}", "unlabeled": f"{tag}/unlabeled{cfg.num_unlabeled}",
+           "align": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_align}]",
+           "calibration": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_calibration}]", "test": f"{tag}/test{len(test)}"}
+    return ImageSets(
+        config=cfg, class_names=names, k_names=k_names, aux_sha=aux_sha,
+        base=[names.index(b) for b in cfg.base], novel=[i for i, n in enumerate(names) if n not in cfg.base],
+        pool_images=data.train.images[torch.as_tensor(pool)], pool_labels=data.train.targets[torch.as_tensor(pool)],
+        unlabeled_images=data.train.images[torch.as_tensor(unlabeled)],
+        test_images=data.test.images[torch.as_tensor(test)], test_labels=data.test.targets[torch.as_tensor(test)],
+        ids=ids,
+    )
 
 
-# -- cached passes ---------------------------------------------------------------------------------
+def seed_split(sets: ImageSets, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices: ``shots`` per base class, validation indices: ``val_per_class`` per
+    class) into the pool, drawn from ``seed``."""
+    cfg = sets.config
+    rng = np.random.default_rng(1000 + int(seed))
+    labels = sets.pool_labels.numpy()
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels).tolist():
+        where = rng.permutation(np.flatnonzero(labels == cls))
+        val_idx.extend(where[: cfg.val_per_class].tolist())
+        if cls in sets.base:
+            train_idx.extend(where[cfg.val_per_class : cfg.val_per_class + cfg.shots].tolist())
+    return torch.as_tensor(sorted(train_idx)), torch.as_tensor(sorted(val_idx))
+
+
+# -- cached zero-shot passes ----------------------------------------------------------------------------------
 _FEATURES: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def cached_features(head: Any, image_set_id: str, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-    """Image features of ``head`` on an image set, memoised in this process (not on disk)."""
-    key = (head.name.split("+cal")[0], image_set_id)
+def _features(model: Any, set_id: str, images: torch.Tensor) -> torch.Tensor:
+    """Image features of a zero-shot model on an image set, memoised in this process."""
+    key = (model.name.split("+cal")[0], set_id)
     if key not in _FEATURES:
-        _FEATURES[key] = head.encode_images(images, batch_size=batch_size, progress=False)
+        _FEATURES[key] = model.encode_images(images, batch_size=64, progress=False)
     return _FEATURES[key]
 
 
-def cached_calibration(head: Any, cache: LogitCache, image_set_id: str, images: torch.Tensor) -> None:
-    """Calibrate an :class:`ImageNetTextHead` on unlabeled images, the mean stored in ``cache``."""
-    if not hasattr(head, "calibrate"):
+def calibrate(model: Any, sets: ImageSets, cache: LogitCache) -> None:
+    """Calibrate an ImageNet text head on the unlabeled calibration images (cached; no labels)."""
+    if not hasattr(model, "calibrate"):
         return
-    head.set_feature_mean(None)
+    model.set_feature_mean(None)
+    set_id = sets.set_id("calibration")
     mean = cache.get_or_compute(
-        head.name, image_set_id, ["feature-mean"], "calibration",
-        lambda: cached_features(head, image_set_id, images).mean(0).reshape(-1, 1), num_images=head.feature_dim,
+        model.name, set_id, ["feature-mean"], "calibration",
+        lambda: _features(model, set_id, sets.images("calibration")).mean(0).reshape(-1, 1), num_images=model.feature_dim,
     )
-    head.set_feature_mean(mean.reshape(-1))
+    model.set_feature_mean(mean.reshape(-1))
 
 
-def cached_logits(
-    head: Any,
-    cache: LogitCache,
-    image_set_id: str,
-    images: torch.Tensor,
-    class_names: Sequence[str],
-    template: str = DEFAULT_TEMPLATE,
-    *,
-    aux_words_sha256: str | None = None,
-) -> torch.Tensor:
-    """Zero-shot logits (N x K) of ``head`` on an image set: from the cache, or one pass."""
+def zero_shot_logits(model: Any, sets: ImageSets, cache: LogitCache, name: str) -> torch.Tensor:
+    """The model's K zero-shot logits on an image set (``pool``, ``test``, ``unlabeled/flip``...),
+    from the cache or one pass. Calibrate the model first."""
+    set_id = sets.set_id(name)
+    cfg = sets.config
 
     def compute() -> torch.Tensor:
-        weights, bias = head.class_weights(class_names, template)
-        return head.logits(cached_features(head, image_set_id, images), weights, bias)
+        weights, bias = model.class_weights(sets.k_names, cfg.template)
+        return model.logits(_features(model, set_id, sets.images(name)), weights, bias)
 
-    return cache.get_or_compute(head.name, image_set_id, class_names, template, compute,
-                                aux_words_sha256=aux_words_sha256, num_images=len(images))
+    return cache.get_or_compute(model.name, set_id, sets.k_names, cfg.template, compute,
+                                aux_words_sha256=sets.aux_sha, num_images=len(sets.images(name)))
 
 
-__all__ = [
-    "ALPHA_GRID",
-    "FineTunedZeroShot",
-    "base_novel_scores",
-    "cached_calibration",
-    "cached_features",
-    "cached_logits",
-    "choose_alpha",
-    "ensemble_logits",
-    "finetune_zero_shot",
-    "harmonic_mean",
-    "make_plugin",
-    "proxy_logits",
-]
+def view_names(part: str, views: int) -> list[str]:
+    """``part`` in its first ``views`` views: ``["pool", "pool/flip", ...]``."""
+    return [part if v == "orig" else f"{part}/{v}" for v in VIEWS[:views]]
+
+
+def measure_pairs(cfg: DataConfig, weak: Sequence[str], strong: Sequence[str], cache_dir: str | Path,
+                  *, device: str = "cpu", log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Zero-shot base / novel / HM of candidate models on the *validation pool* (never test
+    images), with the seconds per image of one pass, to choose a weak / strong pair."""
+    cache = LogitCache(cache_dir)
+    sets = make_sets(cfg)
+    rows = []
+    for role, specs in (("weak", weak), ("strong", strong)):
+        for spec in specs:
+            model = load_zero_shot(spec, device=device)
+            calibrate(model, sets, cache)
+            logits = zero_shot_logits(model, sets, cache, "pool")
+            from vimw.transfer.scoring import base_novel_scores
+
+            scores = base_novel_scores(logits[:, : len(sets.class_names)], sets.pool_labels, sets.base, sets.novel)
+            probe = sets.pool_images[:16]
+            started = time.perf_counter()
+            model.encode_images(probe, batch_size=16, progress=False)
+            per_image = (time.perf_counter() - started) / len(probe)
+            rows.append({"role": role, "model": spec, "name": model.name, **scores, "seconds_per_image": per_image})
+            log(f"  {role:6s} {spec:32s} base {scores['base']:.3f} novel {scores['novel']:.3f} HM {scores['hm']:.3f} "
+                f"({1000 * per_image:.0f} ms / image)")
+    return rows
+
+
+# -- the protocol -----------------------------------------------------------------------------------------------
+def _teacher_config() -> "TeacherConfig":
+    from vimw.transfer.teacher import TeacherConfig
+
+    return TeacherConfig()
+
+
+def _extraction_config() -> "ExtractionConfig":
+    from vimw.transfer.steps import ExtractionConfig
+
+    return ExtractionConfig()
+
+
+def _refine_config() -> "RefineConfig":
+    from vimw.transfer.steps import RefineConfig
+
+    return RefineConfig()
+
+
+def _lambda_grid() -> tuple[float, ...]:
+    from vimw.transfer.steps import LAMBDA_GRID
+
+    return LAMBDA_GRID
+
+
+def _alpha_grid() -> tuple[float, ...]:
+    from vimw.transfer.scoring import ALPHA_GRID
+
+    return ALPHA_GRID
+
+
+FIXED_ALPHA = {"transferred": 1.0, "transmiter_plus": 1.0, "proxy": 1.0, "ensemble": 0.5}
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Everything one run of the protocol depends on; every default lives here."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    weak: str = DEFAULT_WEAK
+    strong: str = DEFAULT_STRONG
+    plugin: str = DEFAULT_MODULE_KIND  # a module kind, or a zoo directory (ViM aggregation) for the teacher
+    teacher: Any = field(default_factory=_teacher_config)
+    extraction: Any = field(default_factory=_extraction_config)
+    refine: Any = field(default_factory=_refine_config)
+    lambdas: tuple[float, ...] = field(default_factory=_lambda_grid)
+    alphas: tuple[float, ...] = field(default_factory=_alpha_grid)
+    protocols: tuple[str, ...] = ("all", "base")
+    strong_ft: bool = True
+    teacher_ablation: bool = True  # also fine-tune the teacher without the consistency term
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Shared:
+    """What every seed shares: the image sets, the two models and their cached logits."""
+
+    sets: ImageSets
+    weak: Any
+    strong: Any
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    strong_seconds_per_image: float = 0.0
+
+
+def prepare(cfg: ProtocolConfig, cache_dir: str | Path, log: Callable[[str], None] = print) -> Shared:
+    """Image sets, calibrated zero-shot models and every zero-shot pass (cached)."""
+    cache = LogitCache(cache_dir)
+    sets = make_sets(cfg.data)
+    shared = Shared(sets, load_zero_shot(cfg.weak, device=cfg.device), load_zero_shot(cfg.strong, device=cfg.device))
+    v = cfg.data.views
+    wanted = {"weak": view_names("pool", v) + view_names("unlabeled", v) + ["test"],
+              "strong": view_names("pool", v) + (view_names("align", v) if cfg.data.num_align else []) + ["test"]}
+    for role in ("weak", "strong"):
+        model = getattr(shared, role)
+        started = time.perf_counter()
+        calibrate(model, sets, cache)
+        for name in wanted[role]:
+            shared.logits[f"{role}/{name}"] = zero_shot_logits(model, sets, cache, name)
+        shared.seconds[f"{role}_zero_shot_passes"] = time.perf_counter() - started
+        if role == "weak" and cfg.data.num_align:  # the alignment images are the first unlabeled ones
+            for name in view_names("align", v):
+                source = name.replace("align", "unlabeled", 1)
+                shared.logits[f"weak/{name}"] = shared.logits[f"weak/{source}"][: cfg.data.num_align]
+        log(f"  {role} zero-shot logits ({model.name}): {shared.seconds[f'{role}_zero_shot_passes']:.1f} s (0 when cached)")
+    probe = sets.pool_images[:32]
+    shared.strong.encode_images(probe[:4], batch_size=4, progress=False)  # warm up
+    started = time.perf_counter()
+    shared.strong.encode_images(probe, batch_size=32, progress=False)
+    shared.strong_seconds_per_image = (time.perf_counter() - started) / len(probe)
+    log(f"  strong model: {1000 * shared.strong_seconds_per_image:.0f} ms per image and pass (measured now)")
+    return shared
+
+
+def _stack(logits: dict[str, torch.Tensor], role: str, names: Sequence[str], rows: torch.Tensor | None = None) -> torch.Tensor:
+    parts = [logits[f"{role}/{n}"] for n in names]
+    if rows is not None:
+        parts = [p[rows] for p in parts]
+    return torch.cat(parts)
+
+
+def run_seed(cfg: ProtocolConfig, shared: Shared, seed: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every method for one seed under each validation protocol and with fixed alphas."""
+    from vimw.transfer.scoring import (base_novel_scores, blend_logits, ensemble_logits, proxy_logits,
+                                       select_alpha, validation_metrics)
+    from vimw.transfer.steps import adapter_logits, apply_adapter, extract_adapter, refine_adapter, select_lambda
+    from vimw.transfer.teacher import FineTunedZeroShot, finetune_teacher, make_plugin
+
+    sets, lg, data = shared.sets, shared.logits, cfg.data
+    c = len(sets.class_names)
+    base, novel = sets.base, sets.novel
+    train_idx, val_idx = seed_split(sets, seed)
+    y_train, y_val = sets.pool_labels[train_idx], sets.pool_labels[val_idx]
+    base_val = val_idx[torch.isin(y_val, torch.as_tensor(base))]
+    pool_views = view_names("pool", data.views)
+    wz_test, sz_test = lg["weak/test"][:, :c], lg["strong/test"][:, :c]
+    sz_val = lg["strong/pool"][val_idx]
+    results: dict[str, dict[str, dict[str, float]]] = {p: {} for p in (*cfg.protocols, "fixed")}
+    choices: dict[str, Any] = {p: {} for p in (*cfg.protocols, "fixed")}
+    seconds: dict[str, float] = {}
+
+    def score(protocol: str, name: str, test_logits: torch.Tensor, secs: float) -> None:
+        row = {**base_novel_scores(test_logits[:, :c], sets.test_labels, base, novel), "seconds": round(secs, 2)}
+        results[protocol][name] = row
+        log(f"  seed {seed} [{protocol:5s}] {name:24s} base {row['base']:.3f} novel {row['novel']:.3f} "
+            f"HM {row['hm']:.3f} ({secs:.1f} s)")
+
+    def score_all(name: str, test_logits: torch.Tensor, secs: float) -> None:
+        for p in results:
+            score(p, name, test_logits, secs)
+
+    score_all("weak_zero_shot", wz_test, 0.0)
+    score_all("strong_zero_shot", sz_test, 0.0)
+
+    # 1. the teacher: the weak model fine-tuned on the base classes (epoch on base-class validation:
+    #    the weak model's owner never sees novel labels), with and without the consistency term
+    def fine_tune(head, config, protocol, val, extra=()):
+        plugin, plugin_info = make_plugin(head.backbone, cfg.plugin if head is shared.weak else DEFAULT_MODULE_KIND, seed=seed)
+        model = FineTunedZeroShot(head, sets.class_names, plugin.to(cfg.device), data.template).to(cfg.device)
+        return finetune_teacher(model, sets.pool_images[train_idx], y_train, sets.pool_images[val], sets.pool_labels[val],
+                                base=base, novel=novel, protocol=protocol, config=config, extra_protocols=extra)
+
+    teacher_cfg = replace(cfg.teacher, seed=seed)
+    started = time.perf_counter()
+    teacher, t_info = fine_tune(shared.weak, teacher_cfg, "base", base_val)
+    seconds["teacher"] = time.perf_counter() - started
+    choices["teacher"] = {"epoch": t_info["best_epoch"], "val": t_info["best_metrics"], "config": teacher_cfg.to_dict()}
+    score_all("teacher", teacher.predict(sets.test_images), seconds["teacher"])
+    if cfg.teacher_ablation and teacher_cfg.consistency > 0:
+        plain, p_info = fine_tune(shared.weak, replace(teacher_cfg, consistency=0.0), "base", base_val)
+        choices["teacher_no_consistency"] = {"epoch": p_info["best_epoch"], "val": p_info["best_metrics"]}
+        score_all("teacher_no_consistency", plain.predict(sets.test_images), p_info["seconds"])
+        del plain
+
+    # 2. extraction, no labels: the teacher's logits on the unlabeled images and their views
+    started = time.perf_counter()
+    unl_views = view_names("unlabeled", data.views)
+    teacher_unl = torch.cat([teacher.predict(sets.images(n)) for n in unl_views])
+    teacher_pass = time.perf_counter() - started
+    adapter, x_info = extract_adapter(_stack(lg, "weak", unl_views), teacher_unl,
+                                      config=replace(cfg.extraction, seed=seed))
+    seconds["extraction"] = time.perf_counter() - started
+    teacher_val = teacher.predict(sets.pool_images[val_idx])
+    src_val = adapter_logits(adapter, lg["weak/pool"][val_idx])
+    fidelity = {"teacher_val": validation_metrics(teacher_val, y_val, base, novel, "all"),
+                "source_adapter_val": validation_metrics(src_val, y_val, base, novel, "all"),
+                "teacher_pass_seconds": teacher_pass, "rows": len(teacher_unl)}
+    choices["extraction"] = fidelity
+    score_all("source_adapter", adapter_logits(adapter, lg["weak/test"]), seconds["extraction"])
+    teacher_test = teacher.predict(sets.test_images)
+    del teacher
+
+    # 3. apply: align on the training shots' images (labels unused) and the first num_align
+    #    unlabeled images, every view; strong passes counted at the measured cost per image
+    align_src = torch.cat([_stack(lg, "weak", pool_views, train_idx)]
+                          + ([_stack(lg, "weak", view_names("align", data.views))] if data.num_align else []))
+    align_tgt = torch.cat([_stack(lg, "strong", pool_views, train_idx)]
+                          + ([_stack(lg, "strong", view_names("align", data.views))] if data.num_align else []))
+    strong_images = len(align_tgt) + len(val_idx)  # alignment rows (shots included) + validation images
+    seconds["strong_passes"] = strong_images * shared.strong_seconds_per_image
+    choices["alignment"] = {"rows": len(align_tgt), "strong_images_counted": strong_images}
+
+    for protocol in cfg.protocols:
+        pc = choices[protocol]
+        started = time.perf_counter()
+        lam, lam_candidates = select_lambda(adapter, align_src, align_tgt, lg["strong/pool"][val_idx], y_val,
+                                            base=base, novel=novel, protocol=protocol, grid=cfg.lambdas)
+        moved = apply_adapter(adapter, align_src, align_tgt, lam)
+        pc["lambda"] = {"chosen": lam, "candidates": lam_candidates}
+        transfer_secs = seconds["extraction"] + seconds["strong_passes"] + time.perf_counter() - started
+        moved_val = adapter_logits(moved, lg["strong/pool"][val_idx])
+        moved_test = adapter_logits(moved, lg["strong/test"])
+        score(protocol, "transferred", moved_test, transfer_secs)
+        started = time.perf_counter()
+        alpha, cands = select_alpha(lambda a: blend_logits(moved_val, sz_val[:, :c], a), y_val, base, novel,
+                                    protocol=protocol, grid=cfg.alphas)
+        pc["transferred_alpha"] = {"chosen": alpha, "candidates": cands}
+        score(protocol, "transferred_blend", blend_logits(moved_test, sz_test, alpha),
+              transfer_secs + time.perf_counter() - started)
+
+        # 4. TransMiter+: refine on the training shots' strong logits (every view)
+        started = time.perf_counter()
+        plus, r_info = refine_adapter(moved, _stack(lg, "strong", pool_views, train_idx),
+                                      y_train.repeat(len(pool_views)), lg["strong/pool"][val_idx], y_val,
+                                      base=base, novel=novel, protocol=protocol, config=replace(cfg.refine, seed=seed))
+        pc["refine"] = {k: v for k, v in r_info.items() if k != "config"}
+        plus_secs = transfer_secs + time.perf_counter() - started
+        plus_val, plus_test = adapter_logits(plus, lg["strong/pool"][val_idx]), adapter_logits(plus, lg["strong/test"])
+        score(protocol, "transmiter_plus", plus_test, plus_secs)
+        started = time.perf_counter()
+        alpha, cands = select_alpha(lambda a: blend_logits(plus_val, sz_val[:, :c], a), y_val, base, novel,
+                                    protocol=protocol, grid=cfg.alphas)
+        pc["transmiter_plus_alpha"] = {"chosen": alpha, "candidates": cands}
+        score(protocol, "transmiter_plus_blend", blend_logits(plus_test, sz_test, alpha),
+              plus_secs + time.perf_counter() - started)
+        seconds[f"transmiter_plus/{protocol}"] = plus_secs
+
+        # 5. logit arithmetic: need the fine-tuned weak model on every image at inference
+        for name, fn in (("proxy", lambda a, s, f, w: proxy_logits(s, f, w, a)),
+                         ("ensemble", lambda a, s, f, w: ensemble_logits(f, s, a))):
+            started = time.perf_counter()
+            alpha, cands = select_alpha(lambda a: fn(a, sz_val[:, :c], teacher_val, lg["weak/pool"][val_idx][:, :c]),
+                                        y_val, base, novel, protocol=protocol, grid=cfg.alphas)
+            pc[f"{name}_alpha"] = {"chosen": alpha, "candidates": cands}
+            score(protocol, name, fn(alpha, sz_test, teacher_test, wz_test), time.perf_counter() - started)
+
+        if protocol == "base":  # the fixed-alpha rows reuse the choices that never saw a novel label
+            score("fixed", "transferred", moved_test, transfer_secs)
+            score("fixed", "transmiter_plus", plus_test, plus_secs)
+            score("fixed", "proxy", proxy_logits(sz_test, teacher_test, wz_test, FIXED_ALPHA["proxy"]), 0.0)
+            score("fixed", "ensemble", ensemble_logits(teacher_test, sz_test, FIXED_ALPHA["ensemble"]), 0.0)
+            choices["fixed"] = {"alpha": FIXED_ALPHA, "lambda_and_refine_from": "base"}
+
+    # 6. the costly upper reference: the strong model fine-tuned with the teacher's recipe
+    if cfg.strong_ft:
+        first, *others = cfg.protocols
+        started = time.perf_counter()
+        strong_ft, s_info = fine_tune(shared.strong, teacher_cfg, first, val_idx, extra=tuple(others))
+        seconds["strong_fine_tuning"] = time.perf_counter() - started
+        test_first = strong_ft.predict(sets.test_images)
+        score(first, "strong_fine_tuned", test_first, seconds["strong_fine_tuning"])
+        choices[first]["strong_fine_tuning"] = {"epoch": s_info["best_epoch"], "val": s_info["best_metrics"]}
+        for p in others:
+            kept = s_info["states"][p]
+            choices[p]["strong_fine_tuning"] = {"epoch": kept["epoch"], "val": kept["metrics"]}
+            if kept["epoch"] != s_info["best_epoch"]:
+                strong_ft.plugin.load_state_dict(kept["state"])
+                score(p, "strong_fine_tuned", strong_ft.predict(sets.test_images), seconds["strong_fine_tuning"])
+            else:
+                score(p, "strong_fine_tuned", test_first, seconds["strong_fine_tuning"])
+        if "base" in cfg.protocols:
+            results["fixed"]["strong_fine_tuned"] = results["base"]["strong_fine_tuned"]
+    return {"seed": seed, "rows": results, "choices": choices, "seconds": seconds,
+            "counts": {"train": len(train_idx), "val": len(val_idx)}}
+
+
+METHODS = ("weak_zero_shot", "teacher_no_consistency", "teacher", "strong_zero_shot", "source_adapter", "transferred",
+           "transferred_blend", "transmiter_plus", "transmiter_plus_blend", "proxy", "ensemble", "strong_fine_tuned")
+LABELS = {
+    "weak_zero_shot": "weak zero-shot", "teacher_no_consistency": "weak fine-tuned, no consistency term",
+    "teacher": "weak fine-tuned (the teacher)", "strong_zero_shot": "strong zero-shot",
+    "source_adapter": "weak + extracted adapter", "transferred": "TransMiter transferred (no backprop), alpha = 1",
+    "transferred_blend": "TransMiter transferred + blend", "transmiter_plus": "TransMiter+ (base shots), alpha = 1",
+    "transmiter_plus_blend": "TransMiter+ + blend", "proxy": "proxy (logit arithmetic)",
+    "ensemble": "ensemble (logit arithmetic)", "strong_fine_tuned": "strong fine-tuned (upper reference)",
+}
+
+
+def summarise(per_seed: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and std over seeds of base, novel, HM and seconds, per protocol and method."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for protocol in per_seed[0]["rows"]:
+        table: dict[str, dict[str, float]] = {}
+        for method in METHODS:
+            runs = [r["rows"][protocol][method] for r in per_seed if method in r["rows"][protocol]]
+            if not runs:
+                continue
+            row: dict[str, float] = {"seeds": len(runs)}
+            for key in ("base", "novel", "hm", "seconds"):
+                values = np.array([r[key] for r in runs], dtype=float)
+                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+            row["hm_per_seed"] = [r["hm"] for r in runs]
+            table[method] = row
+        out[protocol] = table
+    return out
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    lines = ["| method | base | novel | HM | HM per seed | seconds |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for method, row in summary.items():
+        def pm(k: str) -> str:
+            return f"{100 * row[k]:.1f} ± {100 * row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{100 * row[k]:.1f}"
+
+        per_seed = " / ".join(f"{100 * v:.1f}" for v in row["hm_per_seed"])
+        lines.append(f"| {LABELS.get(method, method)} | {pm('base')} | {pm('novel')} | {pm('hm')} | {per_seed} | "
+                     f"{row['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int] = (0,),
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Prepare the shared logits once, run every seed, return the per-seed runs and the summary."""
+    if not seeds:
+        raise DataError("no seeds given")
+    started = time.perf_counter()
+    shared = prepare(cfg, cache_dir, log)
+    per_seed = [run_seed(cfg, shared, seed, log) for seed in seeds]
+    summary = summarise(per_seed)
+    ratios = {}
+    for r in per_seed:
+        if "strong_fine_tuning" in r["seconds"]:
+            for p in cfg.protocols:
+                ratios.setdefault(p, []).append(r["seconds"][f"transmiter_plus/{p}"] / r["seconds"]["strong_fine_tuning"])
+    sets = shared.sets
+    return {
+        "config": cfg.to_dict(), "seeds": list(seeds), "per_seed": per_seed, "summary": summary,
+        "split": {"base": [sets.class_names[i] for i in sets.base], "novel": [sets.class_names[i] for i in sets.novel]},
+        "models": {"weak": shared.weak.name, "strong": shared.strong.name},
+        "shared_seconds": shared.seconds, "strong_seconds_per_image": shared.strong_seconds_per_image,
+        "plus_over_strong_ft": {p: float(np.mean(v)) for p, v in ratios.items()},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def demo_config() -> ProtocolConfig:
+    """The demo's small run: one seed, validation on all classes, no strong fine-tuning."""
+    base = ProtocolConfig()
+    data = replace(base.data, shots=8, val_per_class=8, pool_per_class=16, num_unlabeled=300,
+                   num_calibration=100, num_test=300)
+    return replace(base, data=data, protocols=("all",), strong_ft=False, teacher_ablation=False)
+
+
+def format_demo(result: dict[str, Any]) -> str:
+    """The demo's lines: the split, then base / novel / HM of the methods that tell the story."""
+    rows = result["summary"]["all"]
+    seed = result["per_seed"][0]
+    choice = seed["choices"]["all"]
+    lines = [f"  {result['models']['weak']} -> {result['models']['strong']}",
+             f"  base: {', '.join(result['split']['base'])}; novel: {', '.join(result['split']['novel'])}",
+             f"  {'':44s} {'base':>6s} {'novel':>6s} {'HM':>6s}"]
+    for method in ("weak_zero_shot", "teacher", "strong_zero_shot", "transferred", "transferred_blend",
+                   "transmiter_plus", "transmiter_plus_blend", "proxy", "ensemble"):
+        if method in rows:
+            r = rows[method]
+            lines.append(f"  {LABELS[method]:44s} {100 * r['base']:6.1f} {100 * r['novel']:6.1f} {100 * r['hm']:6.1f}")
+    lines.append(f"  (validation chose lambda/image {choice['lambda']['chosen']:g}, blend alpha "
+                 f"{choice['transferred_alpha']['chosen']:g} / {choice['transmiter_plus_alpha']['chosen']:g} after "
+                 f"refinement; no test image was used for any choice)")
+    return "\n".join(lines)
