@@ -84,7 +84,24 @@ def deployable_model(model: Any, *, fold: bool = True) -> tuple[nn.Module, str]:
             pass
         else:
             return fold_lora(model).eval(), "folded_lora"
+    _freeze_gates(model.plugin)
     return model.eval(), "gated"
+
+
+def _freeze_gates(plugin: nn.Module) -> None:
+    """Make a zoo aggregate's gates a constant of the graph.
+
+    In inference the gates depend on nothing but the trained logits, so they are computed
+    once here; the exporters then see a constant instead of the ``topk`` selection (whose
+    scatter the TorchScript tracer cannot record). The rest of the plug-in runs unchanged.
+    """
+    gates = getattr(plugin, "gates", None)
+    if not callable(gates):
+        return
+    with torch.no_grad():
+        fixed = gates().detach().clone()
+    plugin.__dict__["gates"] = lambda: fixed  # shadows the method on this (freshly loaded) instance
+    plugin.__dict__.pop("_gates_cache", None)
 
 
 def _export_dynamo(module: nn.Module, example: torch.Tensor, opset: int) -> bytes:
