@@ -191,7 +191,7 @@ def aggregated(tiny_zoo, image_folder, tmp_path_factory) -> tuple[Path, str]:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = main(["aggregate", "--zoo", str(tiny_zoo.root), "--task", f"folder:{image_folder}", "--shots", "2",
-                     "--out", str(out), "--epochs", "2", "--no-progress"])
+                     "--method", "ens", "--out", str(out), "--epochs", "2", "--no-progress"])
     assert code == 0
     return out, buffer.getvalue()
 

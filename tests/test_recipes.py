@@ -110,7 +110,7 @@ def _write_recipe(tmp_path: Path) -> Path:
             "modules": [{"name": "bands", "task": f"npz:{npz}", "kind": "convpass", "module": {"hidden_dim": 4},
                          "train": {"epochs": 1, "batch_size": 16, "lr": 0.01}}],
         },
-        "aggregate": {"task": f"folder:{folder}", "shots": 3, "out": str(tmp_path / "model"),
+        "aggregate": {"task": f"folder:{folder}", "shots": 3, "out": str(tmp_path / "model"), "method": "ens",
                       "train": {"epochs": 1, "lr": 0.03}},
         "transfer": {"shots": 16},
     }

@@ -147,8 +147,9 @@ def validate_recipe(data: Any, *, source: str = "recipe") -> dict:
         if "method" in aggregate:
             from vimw.workflows.downstream import METHODS
 
-            if aggregate["method"] not in METHODS:
-                raise FormatError(f"{where}.method: unknown method {aggregate['method']!r}; choose from {list(METHODS)}")
+            if aggregate["method"] not in ("auto", *METHODS):
+                raise FormatError(f"{where}.method: unknown method {aggregate['method']!r}; "
+                                  f"choose from {['auto', *METHODS]}")
     return copy.deepcopy(data)
 
 

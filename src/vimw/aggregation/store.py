@@ -38,6 +38,8 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
     plugin = model.plugin
     if isinstance(plugin, ZooAggregate):
         tensors["gate_logits"] = plugin.gate_logits.detach()
+        if getattr(plugin, "log_scale", None) is not None:  # fitted per-site scales (aggregation.gatefit)
+            tensors["site_log_scale"] = plugin.log_scale.detach()
     elif plugin is not None:
         tensors.update({f"module.{k}": v for k, v in plugin.state_dict().items()})
     digest = save_tensors(directory / TENSORS_FILE, tensors)
@@ -128,7 +130,11 @@ def load_downstream(
         check_zoo_modules(zoo, modules)
         names = [m["name"] for m in modules]
         agg = manifest["aggregation"]
-        plugin = ZooAggregate([zoo.load(n, backbone) for n in names], names, backbone, mode=agg["mode"],
+        if agg.get("site_scale"):
+            from vimw.aggregation.gatefit import ScaledZooAggregate as aggregate_class
+        else:
+            aggregate_class = ZooAggregate
+        plugin = aggregate_class([zoo.load(n, backbone) for n in names], names, backbone, mode=agg["mode"],
                               top_k=agg.get("top_k", 2), single_index=agg.get("single_index"))
         gates = tensors.get("gate_logits")
         if gates is None or tuple(gates.shape) != tuple(plugin.gate_logits.shape):
@@ -138,6 +144,12 @@ def load_downstream(
             )
         with torch.no_grad():
             plugin.gate_logits.copy_(gates)
+        if agg.get("site_scale"):
+            scale = tensors.get("site_log_scale")
+            if scale is None or tuple(scale.shape) != tuple(plugin.log_scale.shape):
+                raise FormatError(f"{directory / TENSORS_FILE}: 'site_log_scale' is missing or has the wrong shape")
+            with torch.no_grad():
+                plugin.log_scale.copy_(scale)
     elif manifest.get("module"):
         plugin = ModuleSet.create(config_from_dict(manifest["module"]), backbone.sites)
         plugin.load_weights({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})

@@ -20,7 +20,16 @@ def register(commands) -> None:
     parser.add_argument("--task", help="task name, folder:DIR, npz:FILE, or an image folder / .npz path")
     parser.add_argument("--out", help="directory to write the downstream model to")
     parser.add_argument("--shots", type=int, help="training images per class (k-shot); default: all")
-    parser.add_argument("--method", choices=METHODS, help=f"aggregation mode or baseline (default {defaults.method})")
+    parser.add_argument("--method", choices=("auto",) + METHODS,
+                        help=f"aggregation mode or baseline (default {defaults.method}: train the candidates "
+                             "within --budget and keep the best on validation)")
+    parser.add_argument("--budget", type=float, default=900.0,
+                        help="auto: seconds after which no further candidate is started (default 900)")
+    parser.add_argument("--steps", type=int, default=120,
+                        help="auto: optimiser steps per candidate run (epochs are sized to reach it; default 120)")
+    parser.add_argument("--cv", type=int, default=0,
+                        help="auto: compare methods by k-fold cross-validation over the labelled images (k >= 2; "
+                             "k+1 times the training) instead of the validation split")
     parser.add_argument("--top-k", type=int, help=f"modules kept per site for --method topk (default {defaults.top_k})")
     parser.add_argument("--modules", help="comma-separated zoo module names (default: all on this backbone)")
     parser.add_argument("--image-size", type=int, help="input resolution (default: the zoo's)")
@@ -106,8 +115,20 @@ def run_aggregate(args) -> int:
     config = train_config(settings["train"], "aggregate.train")
     shots = settings.get("shots")
     data = load_task(settings["task"], shots=shots, seed=config.seed)
-    result = train_downstream(method, backbone, data, config, zoo=zoo, names=names, top_k=settings["top_k"],
-                              progress=False if args.no_progress else None)
+    auto = None
+    if method == "auto":
+        from vimw.workflows.compare import run_auto
+
+        # auto searches its own settings per candidate (the benchmark's grid, epochs sized by steps).
+        auto = run_auto(backbone, data, zoo=zoo, seed=config.seed, shots=shots, names=names,
+                        budget_seconds=getattr(args, "budget", None), folds=getattr(args, "cv", 0) or 0,
+                        augment=config.augment, target_steps=getattr(args, "steps", 120))
+        print(auto.explain())
+        result, method = auto.result, auto.chosen.method
+        config = config.replace(lr=auto.chosen.lr, gate_lr=auto.chosen.gate_lr, epochs=auto.chosen.epochs)
+    else:
+        result = train_downstream(method, backbone, data, config, zoo=zoo, names=names, top_k=settings["top_k"],
+                                  progress=False if args.no_progress else None)
     test = evaluate(result.model, data.test, config.eval_batch_size)
     out = Path(settings["out"])
     save_downstream(out, result.model, {
@@ -117,6 +138,7 @@ def run_aggregate(args) -> int:
         "class_names": list(data.class_names),
         "metrics": {"val_score": result.val_score, **{f"test_{k}": v for k, v in test.items()}},
         "training": {**config.to_dict(), "seconds": round(result.seconds, 2), "trainable": result.trainable},
+        **({"auto": auto.to_dict()} if auto is not None else {}),
     })
     # The effective recipe beside the model: its settings (with every training field) and how the zoo was built.
     effective = {**recipe, "aggregate": {**settings, "backbone": source, "train": config.to_dict()}}
@@ -129,6 +151,9 @@ def run_aggregate(args) -> int:
     save_effective(out, effective)
     if isinstance(result.model.plugin, ZooAggregate):
         plot_gates(result.model.plugin, out / GATES_PLOT_FILE, title=f"{method} gates on {data.spec.name}")
+    if auto is not None:
+        print(f"auto chose {method}: best validation accuracy ({result.val_score:.4f}) among the candidates "
+              f"({auto.selection}; accuracy ties go to the lower validation loss)")
     print(f"{method} on {data.spec.name}: val {result.val_score:.4f}, test {test['score']:.4f} "
           f"({result.trainable} trainable parameters, {result.seconds:.1f} s) -> {out}")
     return 0

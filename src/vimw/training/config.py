@@ -19,6 +19,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     grad_clip: float | None = 1.0
     gate_lr: float | None = None  # aggregation gates' learning rate (None: same as lr)
+    # Random resized crops and shifts of the training images (mirrors only where the task
+    # declares them label-safe); classification tasks only (vimw.data.augment).
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

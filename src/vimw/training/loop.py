@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vimw.data import TaskData
+from vimw.data.augment import AugmentConfig, augment_images, flips_allowed, view_generator
 from vimw.errors import DataError, TrainingError
 from vimw.evaluation.evaluate import evaluate, model_device, task_loss
 from vimw.training import distributed as dist_utils
@@ -79,15 +80,25 @@ def fit(
         model.enable_prefix_cache(prefix_cache)
     cached = world == 1 and getattr(model, "can_use_prefix_cache", lambda: False)()
     images, targets = data.train.images, data.train.targets
+    # Augmented views differ at every step (so the prefix cache cannot serve them); the
+    # views of a batch are a pure function of (seed, epoch, position): resumable.
+    augment = AugmentConfig() if config.augment and data.kind == "classification" else None
+    flip = flips_allowed(data.spec)
+    cached = cached and augment is None
 
     def batches(epoch: int):
         order = dist_utils.shard(_epoch_order(len(data.train), config.seed, epoch), rank, world)
         for start in range(0, len(order), config.batch_size):
-            yield order[start : start + config.batch_size]
+            yield order[start : start + config.batch_size], (epoch, start)
 
-    def loss(index: torch.Tensor) -> torch.Tensor:
+    def loss(batch) -> torch.Tensor:
+        index, (epoch, start) = batch
         if cached:  # frozen prefix computed once per image (TaskModel.enable_prefix_cache)
             logits = model.forward_cached(images, index)
+        elif augment is not None:
+            views = augment_images(images[index], augment, flip=flip,
+                                   generator=view_generator(config.seed, epoch, start + 1_000_003 * rank))
+            logits = runner(model.backbone.preprocess(views.to(device)))
         else:
             logits = runner(model.backbone.preprocess(images[index].to(device)))
         return task_loss(logits, targets[index].to(device))

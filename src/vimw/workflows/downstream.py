@@ -7,7 +7,16 @@ Methods (one option, same data, same seeds, same loop):
 - ``linear_probe``: head only on the frozen backbone;
 - ``scratch``: a new module of the zoo's kind trained from scratch with the head
   (the usual parameter-efficient tuning);
-- ``full_ft``: the whole backbone fine-tuned with the head.
+- ``full_ft``: the whole backbone fine-tuned with the head;
+- ``gates_ridge`` / ``gates_cma``: ViM gates times a per-site scale, fitted before the
+  head to the leave-one-out loss of a ridge head on the gated features (by gradient, or
+  by CMA-ES over per-module logits), then frozen while the head trains
+  (``vimw.aggregation.gatefit``);
+- ``zoo_init``: a new module initialised as the uniform parameter average of the zoo's
+  modules, then fine-tuned with the head like ``scratch``; saved and run as one module.
+
+Where only the head trains (linear probe, uniform, single, fitted gates), it trains on
+features computed once per image and view (``workflows.headfit``).
 """
 
 from __future__ import annotations
@@ -22,24 +31,29 @@ from vimw.aggregation.aggregate import MODES, ZooAggregate
 from vimw.backbones import Backbone
 from vimw.data import TaskData
 from vimw.errors import VimwError
+from vimw.evaluation.selection import best_candidate
 from vimw.modules import DEFAULT_MODULE_KIND, ModuleSet, config_from_dict
 from vimw.training import FitResult, TaskModel, TrainConfig, evaluate, fit, head_config_for
+from vimw.workflows.headfit import fit_head, head_only
 from vimw.zoo import Zoo
 
 BASELINES = ("linear_probe", "scratch", "full_ft")
-METHODS = MODES + BASELINES
+FITTED_GATES = {"gates_ridge": "ridge", "gates_cma": "cma"}
+# Methods that use the zoo (what "the zoo helps" is measured over).
+ZOO_METHODS = MODES + tuple(FITTED_GATES) + ("zoo_init",)
+METHODS = ZOO_METHODS + BASELINES
 DEFAULT_GATE_LR = 0.05
 
 
 def _aggregate_train() -> TrainConfig:
-    return TrainConfig(epochs=30, lr=1e-2, batch_size=32, gate_lr=DEFAULT_GATE_LR)
+    return TrainConfig(epochs=30, lr=1e-2, batch_size=32, gate_lr=DEFAULT_GATE_LR, augment=True)
 
 
 @dataclass(frozen=True)
 class DownstreamSettings:
     """The defaults of one downstream run (``vimw aggregate``, a recipe's ``aggregate`` section)."""
 
-    method: str = "ens"
+    method: str = "auto"  # chooses among zoo methods, scratch and linear_probe on validation
     top_k: int = 2  # modules kept per site by ``topk``
     train: TrainConfig = field(default_factory=_aggregate_train)
 
@@ -55,6 +69,7 @@ class DownstreamResult:
     seconds: float
     trainable: int
     info: dict
+    val_metrics: dict = field(default_factory=dict)  # loss and score on the validation split
 
 
 def _zoo_names(zoo: Zoo | None, names: list[str] | None, backbone: Backbone) -> list[str]:
@@ -90,6 +105,32 @@ def build_model(
             "aggregation": {"mode": method, "top_k": top_k, "single_index": single_index},
         }
         return TaskModel(backbone, head, plugin=plugin), info
+    if method in FITTED_GATES:
+        from vimw.aggregation.gatefit import ScaledZooAggregate
+
+        if zoo is None:
+            raise VimwError(f"method {method!r} needs a zoo")
+        names = _zoo_names(zoo, names, backbone)
+        plugin = ScaledZooAggregate([zoo.load(n, backbone) for n in names], names, backbone, mode="ens")
+        plugin.gate_logits.requires_grad_(False)  # fitted before the head trains, then frozen
+        index = zoo.read_index()
+        info = {
+            "zoo": {"path": str(zoo.root.resolve()), "modules": [{"name": n, "sha256": index[n]["sha256"]} for n in names]},
+            "aggregation": {"mode": "ens", "top_k": top_k, "single_index": None, "site_scale": True,
+                            "fitted": FITTED_GATES[method]},
+        }
+        return TaskModel(backbone, head, plugin=plugin), info
+    if method == "zoo_init":
+        if zoo is None:
+            raise VimwError("method 'zoo_init' needs a zoo")
+        names = _zoo_names(zoo, names, backbone)
+        module = zoo_average_module([zoo.load(n, backbone) for n in names], backbone)
+        index = zoo.read_index()
+        return TaskModel(backbone, head, plugin=module), {
+            "module": module.config.to_dict(),
+            "init": {"from": "zoo_average", "gates": "uniform",
+                     "zoo_modules": [{"name": n, "sha256": index[n]["sha256"]} for n in names]},
+        }
     if method == "linear_probe":
         return TaskModel(backbone, head), {}
     if method == "scratch":
@@ -103,6 +144,33 @@ def build_model(
         tuned = copy.deepcopy(backbone).unfreeze()
         return TaskModel(tuned, head), {}
     raise VimwError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def zoo_average_module(experts: list[ModuleSet], backbone: Backbone, weights: torch.Tensor | None = None) -> ModuleSet:
+    """One trainable module whose parameters at each site are the weighted average of the zoo's.
+
+    ``weights`` (``N``, default uniform) are renormalised over the modules present at a
+    site, as the gates of mode ``merge`` are; the result computes exactly what ``merge``
+    computes with those gates, at one module's cost, and then trains like a new module.
+    """
+    from vimw.aggregation.aggregate import json_key
+    from vimw.aggregation.gates import merge_parameters, softmax_gates
+
+    if len({json_key(e.config.to_dict()) for e in experts}) != 1:
+        raise VimwError("zoo_init needs zoo modules of one kind and one configuration")
+    module = ModuleSet.create(config_from_dict(experts[0].config.to_dict()), backbone.sites)
+    logits = torch.zeros(len(experts)) if weights is None else torch.as_tensor(weights, dtype=torch.float32).log()
+    state = {}
+    for site in module.site_names:
+        present = torch.tensor([site in e for e in experts])
+        if not bool(present.any()):
+            raise VimwError(f"zoo_init: no zoo module has site {site!r}")
+        gates = softmax_gates(logits, present)
+        holders = [dict(e[site].named_parameters()) for e in experts if site in e]
+        merged = merge_parameters(holders, gates[present])
+        state.update({f"{site}.{k}": v.detach().clone() for k, v in merged.items()})
+    module.load_weights(state)
+    return module
 
 
 def train_downstream(
@@ -123,13 +191,10 @@ def train_downstream(
         # Every zoo module is tried with its own head; the best on validation is kept as it
         # was trained (no second run: it would repeat the same seeded computation).
         names = _zoo_names(zoo, names, backbone)
-        scores, best = [], None
-        for index in range(len(names)):
-            candidate = _train_one("single", backbone, data, config, zoo, names, top_k, index, progress)
-            scores.append(candidate[2].best_score)
-            if best is None or scores[-1] > best[2].best_score:
-                best = candidate
-        model, info, result = best
+        candidates = [_train_one("single", backbone, data, config, zoo, names, top_k, index, progress)
+                      for index in range(len(names))]
+        scores = [c[2].best_score for c in candidates]
+        model, info, result = candidates[best_candidate([c[2].best_metrics for c in candidates])]
         chosen = names[info["aggregation"]["single_index"]]
         info_extra = {"single_val_scores": dict(zip(names, scores)), "chosen": chosen}
     else:
@@ -143,7 +208,11 @@ def train_downstream(
         seconds=time.perf_counter() - started,
         trainable=model.num_trainable(),
         info={**info, **info_extra},
+        val_metrics=dict(val),
     )
+
+
+_GATE_FITS: dict[tuple, tuple] = {}  # the last gate fit, reused across a settings search
 
 
 def _train_one(method, backbone, data, config, zoo, names, top_k, single_index, progress):
@@ -152,4 +221,25 @@ def _train_one(method, backbone, data, config, zoo, names, top_k, single_index, 
     torch.manual_seed(config.seed)
     model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index)
     model.to(next(backbone.parameters()).device)  # zoo modules and heads are built on the CPU
+    if method in FITTED_GATES:
+        from vimw.aggregation.gatefit import fit_aggregate_gates
+
+        # Gates and per-site scales first, on the training images' held-out (leave-one-out)
+        # ridge loss; then frozen while the head trains. Validation data are not used here.
+        # The fit does not depend on the head's settings: a settings search reuses it.
+        key = (FITTED_GATES[method], config.seed, tuple(model.plugin.names), backbone.fingerprint(),
+               data.spec.name, tuple(data.train.images.shape), float(data.train.images.double().sum()),
+               tuple(data.train.targets.tolist()))
+        if key not in _GATE_FITS:
+            _GATE_FITS.clear()
+            gatefit = fit_aggregate_gates(model, data.train.images, data.train.targets, FITTED_GATES[method],
+                                          seed=config.seed)
+            _GATE_FITS[key] = (gatefit, model.plugin.gate_logits.detach().clone(), model.plugin.log_scale.detach().clone())
+        gatefit, logits, log_scale = _GATE_FITS[key]
+        with torch.no_grad():
+            model.plugin.gate_logits.copy_(logits)
+            model.plugin.log_scale.copy_(log_scale)
+        info = {**info, "gate_fit": gatefit.to_dict()}
+    if head_only(model):  # frozen below the head: features computed once per image and view
+        return model, {**info, "head_training": "cached features"}, fit_head(model, data, config, progress=progress)
     return model, info, fit(model, data, config, progress=progress)

@@ -1,0 +1,199 @@
+"""Few-shot aggregation that learns: augmentation, fitted gates, zoo-initialised modules, auto."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ZOO_MODULES, write_image_folder
+from vimw.aggregation import ZooAggregate, load_downstream, save_downstream
+from vimw.aggregation.gatefit import (
+    MAX_LOG_SCALE,
+    ScaledZooAggregate,
+    fit_aggregate_gates,
+    fit_gates_cma,
+    fit_gates_gradient,
+    ridge_loo_loss,
+)
+from vimw.cli.main import main
+from vimw.data import get_task_spec
+from vimw.data.augment import AugmentConfig, augment_images, flips_allowed, random_affines, view_generator
+from vimw.data.specs import TaskSpec
+from vimw.workflows.compare import MethodRow, choose
+from vimw.workflows.downstream import build_model, zoo_average_module
+
+NAMES = list(ZOO_MODULES)
+
+
+# -- augmentation ---------------------------------------------------------------------------------
+def asymmetric_images(n: int = 6, size: int = 12) -> torch.Tensor:
+    """Bright left third, dark elsewhere: a mirror moves the bright part to the right."""
+    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    images[:, :, :, : size // 3] = 255
+    return images
+
+
+def left_minus_right(views: torch.Tensor) -> torch.Tensor:
+    half = views.shape[-1] // 2
+    return views[..., :half].mean((1, 2, 3)) - views[..., half:].mean((1, 2, 3))
+
+
+def test_registered_tasks_declare_whether_a_mirror_keeps_the_label():
+    assert not flips_allowed(get_task_spec("digits8x8"))
+    assert not flips_allowed(get_task_spec("mnist"))
+    assert not flips_allowed(get_task_spec("fmnist-rotation"))  # a mirrored quarter turn is another turn
+    assert flips_allowed(get_task_spec("fmnist-footwear-bags"))
+    assert not flips_allowed(TaskSpec("user", "folder:/x"))  # says nothing: no flips
+
+
+def test_augmentation_never_flips_a_task_that_declares_flips_unsafe():
+    images = asymmetric_images(64)
+    crop_free = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), translate=0.0, hflip=True)
+    for seed in range(5):
+        theta = random_affines(64, AugmentConfig(hflip=True), flip=False, generator=view_generator(seed, 0))
+        assert bool((theta[:, 0, 0] > 0).all())  # never a mirror, whatever else the view does
+        kept = augment_images(images, crop_free, flip=False, generator=view_generator(seed, 1))
+        assert bool((left_minus_right(kept) > 0.5).all())
+        torch.testing.assert_close(kept, images.float() / 255, atol=1e-5, rtol=0)
+    # The same settings on a task that allows mirrors do mirror about half of the views.
+    mirrored = augment_images(images, crop_free, flip=True, generator=view_generator(0, 1))
+    share = float((left_minus_right(mirrored) < -0.5).float().mean())
+    assert 0.25 < share < 0.75
+
+
+def test_augmentation_moves_masks_with_their_images():
+    images = asymmetric_images(8, 16)
+    masks = (images[:, 0] > 0).long()
+    views, warped = augment_images(images, AugmentConfig(), flip=True, generator=view_generator(3, 0), masks=masks)
+    assert views.shape == (8, 1, 16, 16) and warped.shape == masks.shape and warped.dtype == masks.dtype
+    agree = ((views[:, 0] > 0.5).long() == warped).float().mean()
+    assert agree > 0.95
+
+
+# -- fitted gates ---------------------------------------------------------------------------------
+class SyntheticZoo(nn.Module):
+    """Features = tanh(sum_i gate_i * scale * E_i) at each of two sites, concatenated.
+
+    Module 0 carries the class signal, the others are noise of larger magnitude."""
+
+    def __init__(self, n: int = 36, classes: int = 3, modules: int = 4, dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.targets = torch.arange(n) % classes
+        signal = 2.0 * torch.randn(classes, dim, generator=g)[self.targets] + 0.5 * torch.randn(n, dim, generator=g)
+        noise = [3.0 * torch.randn(n, dim, generator=g) for _ in range(modules - 1)]
+        self.outputs = torch.stack([signal, *noise])
+        self.gate_logits = nn.Parameter(torch.zeros(2, modules))
+        self.log_scale = nn.Parameter(torch.zeros(2))
+
+    def features(self) -> torch.Tensor:
+        gates = torch.softmax(self.gate_logits, -1) * self.log_scale.clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE).exp()[:, None]
+        return torch.cat([torch.tanh(torch.einsum("m,mnd->nd", gates[s], self.outputs)) for s in range(2)], 1)
+
+
+@pytest.mark.parametrize("strategy", ["gradient", "cma"])
+def test_gate_fit_recovers_the_module_that_carries_the_signal(strategy):
+    zoo = SyntheticZoo()
+    if strategy == "gradient":
+        result = fit_gates_gradient(zoo.gate_logits, zoo.log_scale, zoo.features, zoo.targets, 3, steps=15)
+    else:
+        result = fit_gates_cma(zoo.gate_logits, zoo.log_scale, zoo.features, zoo.targets, 3, evaluations=40)
+    gates = torch.softmax(zoo.gate_logits.detach(), -1)
+    assert bool((gates.argmax(-1) == 0).all())
+    assert float(gates[:, 0].min()) > 0.5  # from 0.25 at the start
+    assert result.objective < result.start_objective
+    assert result.loo_accuracy == 1.0
+
+
+def test_ridge_leave_one_out_loss_is_scale_free_and_sees_held_out_labels():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.arange(30) % 3
+    informative = torch.randn(3, 8, generator=g)[targets] + 0.1 * torch.randn(30, 8, generator=g)
+    noise = torch.randn(30, 8, generator=g)
+    good, _ = ridge_loo_loss(informative, targets, 3)
+    scaled, _ = ridge_loo_loss(100 * informative, targets, 3)
+    bad, _ = ridge_loo_loss(noise, targets, 3)
+    assert math.isclose(good.item(), scaled.item(), rel_tol=1e-6)
+    assert good.item() < 0.2 < bad.item()  # noise cannot predict an image it did not see
+
+
+def test_fitted_gates_and_scales_train_nothing_else_and_survive_save_and_load(tiny_zoo, lite0, make_task, tmp_path):
+    data = make_task(n_train=12, n_val=6, n_test=6)
+    model, info = build_model("gates_ridge", lite0, data, zoo=tiny_zoo)
+    assert isinstance(model.plugin, ScaledZooAggregate) and info["aggregation"]["site_scale"]
+    result = fit_aggregate_gates(model, data.train.images, data.train.targets, "ridge", steps=2)
+    assert result.evaluations == 3
+    assert not model.plugin.gate_logits.requires_grad and not model.plugin.log_scale.requires_grad
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.fc.weight", "head.fc.bias"}
+    with torch.no_grad():  # make the saved state distinctive
+        model.plugin.log_scale.copy_(torch.linspace(-0.5, 0.5, len(model.plugin.site_names)))
+    save_downstream(tmp_path / "m", model, {"method": "gates_ridge", **info})
+    loaded, _ = load_downstream(tmp_path / "m", backbone=lite0)
+    pixels = lite0.preprocess(data.test.images)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(pixels), model.eval()(pixels))
+        torch.testing.assert_close(loaded.plugin.log_scale, model.plugin.log_scale)
+
+
+# -- zoo-initialised module -----------------------------------------------------------------------------
+def test_zoo_init_at_step_zero_computes_exactly_the_merged_module(tiny_zoo, lite0, make_task):
+    data = make_task(n_test=6)
+    model, info = build_model("zoo_init", lite0, data, zoo=tiny_zoo)
+    assert info["init"]["gates"] == "uniform" and info["module"]["kind"] == "convpass"
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"plugin", "head"}
+    experts = [tiny_zoo.load(n, lite0) for n in NAMES]
+    merged = ZooAggregate(experts, NAMES, lite0, mode="merge", batched=False).eval()
+    pixels = lite0.preprocess(data.test.images)
+    model.eval()
+    with torch.no_grad():
+        want = lite0(pixels, bypass=merged.bypass)
+        got = lite0(pixels, bypass=model.plugin.bypass)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, lite0(pixels))  # the merged module does act
+    # One module's parameters, not N.
+    assert sum(p.numel() for p in model.plugin.parameters()) == sum(p.numel() for p in experts[0].parameters())
+
+
+def test_zoo_average_with_one_hot_weights_is_that_module(tiny_zoo, lite0):
+    experts = [tiny_zoo.load(n, lite0) for n in NAMES]
+    module = zoo_average_module(experts, lite0, torch.tensor([0.0, 1.0, 0.0]))
+    for key, value in experts[1].state_dict().items():
+        assert torch.equal(module.state_dict()[key], value)
+
+
+# -- auto ----------------------------------------------------------------------------------------
+def row(method: str, val: float, val_loss: float, test: float) -> MethodRow:
+    return MethodRow(task="t", shots=5, seed=0, method=method, lr=1e-3, gate_lr=None, val=val, test=test,
+                     trainable=1, seconds=1.0, epochs=1, val_loss=val_loss)
+
+
+def test_auto_prefers_the_lower_validation_loss_on_an_accuracy_tie_and_never_reads_test():
+    rows = [row("linear_probe", 0.9, 0.40, 0.99), row("scratch", 0.9, 0.30, 0.50), row("uniform", 0.8, 0.10, 1.0)]
+    chosen = choose(rows, ("linear_probe", "scratch", "uniform"), "auto")
+    assert chosen.method == "auto" and chosen.chosen == "scratch" and chosen.test == 0.50
+    assert [c["method"] for c in chosen.candidates] == ["linear_probe", "scratch", "uniform"]
+    assert choose(rows, ("uniform",), "best_zoo").chosen == "uniform"
+    assert choose(rows, ("ens",), "best_zoo") is None
+
+
+def test_vimw_aggregate_runs_auto_by_default_and_says_what_it_chose(tiny_zoo, tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "photos", per_class=6)
+    out = tmp_path / "model"
+    code = main(["aggregate", "--zoo", str(tiny_zoo.root), "--task", f"folder:{folder}", "--shots", "2",
+                 "--out", str(out), "--steps", "3", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    auto = manifest["auto"]
+    tried = [c["method"] for c in auto["candidates"]]
+    assert tried[:2] == ["linear_probe", "scratch"] and "zoo_init" in tried and "gates_ridge" in tried
+    assert manifest["method"] == auto["chosen"] in tried
+    assert f"auto chose {auto['chosen']}" in printed
+    for method in tried:  # every candidate's validation numbers are printed
+        assert method in printed
+    assert "val acc" in printed and "val loss" in printed
+    assert manifest["training"]["augment"] is True
