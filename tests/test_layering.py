@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -68,8 +69,9 @@ def _imports(path: Path) -> list[tuple[str, int]]:
     return found
 
 
+@lru_cache(maxsize=1)
 def package_graph() -> dict[str, dict[str, list[str]]]:
-    """node -> {imported node: ["file:line", ...]} over every file of ``src/vimw``."""
+    """node -> {imported node: ["file:line", ...]} over every file of ``src/vimw`` (read once)."""
     graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(ROOT.rglob("*.py")):
         source = _node(_module_name(path))
@@ -78,7 +80,7 @@ def package_graph() -> dict[str, dict[str, list[str]]]:
             target = _node(module)
             if target is not None and target != source and target != "vimw":
                 graph[source][target].append(f"{path.relative_to(SRC)}:{line}")
-    return graph
+    return {source: dict(targets) for source, targets in graph.items()}
 
 
 def cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
