@@ -93,7 +93,7 @@ class DataConfig:
     val_per_class: int = 16
     pool_per_class: int = 32
     num_unlabeled: int = 500
-    num_align: int = 0
+    num_align: int = 100
     num_calibration: int = 200
     num_test: int = 600
     views: int = 2
@@ -606,21 +606,23 @@ def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int
             for p in cfg.protocols:
                 ratios.setdefault(p, []).append(r["seconds"][f"transmiter_plus/{p}"] / r["seconds"]["strong_fine_tuning"])
     sets = shared.sets
-    return {
+    from vimw.transfer.scoring import json_safe
+
+    return json_safe({
         "config": cfg.to_dict(), "seeds": list(seeds), "per_seed": per_seed, "summary": summary,
         "split": {"base": [sets.class_names[i] for i in sets.base], "novel": [sets.class_names[i] for i in sets.novel]},
         "models": {"weak": shared.weak.name, "strong": shared.strong.name},
         "shared_seconds": shared.seconds, "strong_seconds_per_image": shared.strong_seconds_per_image,
         "plus_over_strong_ft": {p: float(np.mean(v)) for p, v in ratios.items()},
         "seconds": time.perf_counter() - started,
-    }
+    })
 
 
 def demo_config() -> ProtocolConfig:
     """The demo's small run: one seed, validation on all classes, no strong fine-tuning."""
     base = ProtocolConfig()
-    data = replace(base.data, shots=8, val_per_class=8, pool_per_class=16, num_unlabeled=300,
-                   num_calibration=100, num_test=300)
+    data = replace(base.data, shots=8, val_per_class=8, pool_per_class=16, num_unlabeled=300, num_align=50,
+                   num_calibration=100, num_test=300, views=1)
     return replace(base, data=data, protocols=("all",), strong_ft=False, teacher_ablation=False)
 
 

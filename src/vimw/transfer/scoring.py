@@ -31,6 +31,18 @@ ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 VALIDATION_PROTOCOLS = ("all", "base")
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by ``None`` (JSON has no NaN); a
+    split that is not scored (novel under the base-class protocol) is NaN in memory."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b <= 0 else 2.0 * a * b / (a + b)
 
@@ -170,6 +182,7 @@ __all__ = [
     "blend_logits",
     "ensemble_logits",
     "harmonic_mean",
+    "json_safe",
     "proxy_logits",
     "select_alpha",
     "validation_metrics",

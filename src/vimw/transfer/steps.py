@@ -69,7 +69,7 @@ class ExtractionConfig:
 class RefineConfig:
     """Settings of :func:`refine_adapter` (TransMiter+); ``lrs`` are candidates."""
 
-    lrs: tuple[float, ...] = (1e-4, 1e-3)
+    lrs: tuple[float, ...] = (1e-3,)
     epochs: int = 10
     batch_size: int = 32
     weight_decay: float = 1e-3

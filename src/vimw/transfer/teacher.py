@@ -35,7 +35,7 @@ from vimw.errors import DataError, FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
 from vimw.io.names import FINETUNED_MANIFEST_FILE, FINETUNED_WEIGHTS_FILE
 from vimw.modules.registry import DEFAULT_MODULE_KIND
-from vimw.transfer.scoring import validation_metrics
+from vimw.transfer.scoring import json_safe, validation_metrics
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
 from vimw.version import __version__
 
@@ -263,7 +263,7 @@ def save_teacher(directory: str | os.PathLike, model: FineTunedZeroShot, *, mode
     write_json(directory / FINETUNED_MANIFEST_FILE, {
         "format": TEACHER_FORMAT, "format_version": TEACHER_FORMAT_VERSION, "vimw_version": __version__,
         "model_spec": model_spec, "head": model.head_name, "plugin_source": plugin_source,
-        "class_names": model.class_names, "template": model.template, "training": info,
+        "class_names": model.class_names, "template": model.template, "training": json_safe(info),
         "weights_file": FINETUNED_WEIGHTS_FILE, "weights_sha256": sha,
     })
     return directory

@@ -21,7 +21,7 @@ from vimw.transfer.adapter import TransMiterAdapter, load_adapter, save_adapter
 from vimw.transfer.cache import LogitCache
 from vimw.transfer.protocol import (DEFAULT_WEAK, DataConfig, ImageSets, calibrate, load_zero_shot, make_sets, seed_split, view_names,
                                     zero_shot_logits)
-from vimw.transfer.scoring import base_novel_scores, blend_logits, select_alpha, validation_metrics
+from vimw.transfer.scoring import base_novel_scores, blend_logits, json_safe, select_alpha, validation_metrics
 from vimw.transfer.steps import (LAMBDA_GRID, ExtractionConfig, RefineConfig, adapter_logits, apply_adapter,
                                  extract_adapter, refine_adapter, select_lambda)
 from vimw.transfer.teacher import (FineTunedZeroShot, TeacherConfig, finetune_teacher, is_teacher_dir, load_teacher,
@@ -63,7 +63,7 @@ def _save(adapter: TransMiterAdapter, out: str | Path, manifest: dict[str, Any],
           target: str | None) -> None:
     save_adapter(adapter, out, source_model=manifest["source_model"], target_model=target,
                  aux_words_sha256=manifest.get("aux_words_sha256"), template=manifest["template"],
-                 class_names=manifest.get("class_names"), settings=settings)
+                 class_names=manifest.get("class_names"), settings=json_safe(settings))
 
 
 def extract_step(
@@ -116,7 +116,7 @@ def extract_step(
                                "final_loss": x_info["history"][-1]["train_loss"],
                                "seconds": round(time.perf_counter() - started, 2)}}
     save_adapter(adapter, out, source_model=model.name, aux_words_sha256=sets.aux_sha, template=data.template,
-                 class_names=sets.k_names, settings=settings)
+                 class_names=sets.k_names, settings=json_safe(settings))
     return {"out": str(out), "model": model.name, "rows": len(teacher_logits), "K": adapter.num_logits,
             "C": adapter.num_classes}
 
@@ -216,12 +216,12 @@ def evaluate_step(
     if alpha != 1.0:
         scores[f"blend {alpha:g}"] = base_novel_scores(blend_logits(adapted_test, test[:, :c], alpha),
                                                        sets.test_labels, sets.base, sets.novel)
-    return {"model": model.name, "adapter": str(adapter_dir), "transferred": adapter.rotation is not None,
+    return json_safe({"model": model.name, "adapter": str(adapter_dir), "transferred": adapter.rotation is not None,
             "alpha": alpha, "alpha_candidates": candidates,
             "validation": validation_metrics(blend_logits(adapted_val, val[:, :c], alpha), y_val, sets.base,
                                              sets.novel, protocol),
             "base_classes": [sets.class_names[i] for i in sets.base],
-            "novel_classes": [sets.class_names[i] for i in sets.novel], "test_images": len(test), "scores": scores}
+            "novel_classes": [sets.class_names[i] for i in sets.novel], "test_images": len(test), "scores": scores})
 
 
 __all__ = ["DEFAULT_CACHE", "apply_step", "evaluate_step", "extract_step", "refine_step"]
