@@ -46,11 +46,8 @@ def _number(kind, *, minimum=None, maximum=None, strict=False):
 
 
 def _blend(text: str):
-    import argparse
-
-    if text == "auto":
-        return None
-    return _number(float, minimum=0.0, maximum=1.0)(text) if text else argparse.ArgumentTypeError("empty")
+    """``auto`` (None: chosen on validation images) or an alpha in [0, 1]."""
+    return None if text == "auto" else _number(float, minimum=0.0, maximum=1.0)(text)
 
 
 def expand_recipe_argv(argv: list[str]) -> list[str]:

@@ -600,11 +600,14 @@ def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int
     shared = prepare(cfg, cache_dir, log)
     per_seed = [run_seed(cfg, shared, seed, log) for seed in seeds]
     summary = summarise(per_seed)
-    ratios = {}
+    ratios: dict[str, list[float]] = {}
     for r in per_seed:
         if "strong_fine_tuning" in r["seconds"]:
             for p in cfg.protocols:
-                ratios.setdefault(p, []).append(r["seconds"][f"transmiter_plus/{p}"] / r["seconds"]["strong_fine_tuning"])
+                plus, ft = r["seconds"][f"transmiter_plus/{p}"], r["seconds"]["strong_fine_tuning"]
+                ratios.setdefault(p, []).append(plus / ft)
+                # extraction is done once per weak adaptation, whatever the target: without it
+                ratios.setdefault(f"{p} (target side)", []).append((plus - r["seconds"]["extraction"]) / ft)
     sets = shared.sets
     from vimw.transfer.scoring import json_safe
 

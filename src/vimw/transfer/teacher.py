@@ -100,6 +100,13 @@ class FineTunedZeroShot(nn.Module):
     def device(self) -> torch.device:
         return self.rows.device
 
+    def train(self, mode: bool = True) -> "FineTunedZeroShot":
+        """Only the plug-in changes mode: the frozen backbone stays in eval mode, so its batch
+        norms neither use batch statistics nor update their running ones."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
     def forward(self, images: torch.Tensor, *, plugin: bool = True) -> torch.Tensor:
         if self.invert:
             images = 255 - images if images.dtype == torch.uint8 else 1.0 - images
