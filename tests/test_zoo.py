@@ -126,9 +126,9 @@ def test_adding_a_module_writes_only_its_files_and_the_index(tmp_path, lite0):
     added = set(after) - set(before)
     assert set(before) - set(after) == set()
     assert changed <= {"index.json", ".lock"}
-    assert added == {"modules/second/module.safetensors", "modules/second/manifest.json"}
+    assert added == {"modules/second/module.safetensors", "modules/second/manifest.json", "modules/second/README.md"}
     assert {p for p in before if p.startswith("modules/first/")} == {
-        "modules/first/module.safetensors", "modules/first/manifest.json"}
+        "modules/first/module.safetensors", "modules/first/manifest.json", "modules/first/README.md"}
     assert zoo.names() == ["first", "second"] and zoo.verify() == []
 
 

@@ -1,4 +1,5 @@
-"""``vimw zoo ...``: train, build, list, show, verify and remove zoo modules; export/import PEFT LoRA adapters."""
+"""``vimw zoo ...``: train, build, list, show, verify and remove zoo modules; rank them for a task;
+import, diff and describe (module cards) zoos; export/import PEFT LoRA adapters."""
 
 from __future__ import annotations
 
@@ -40,7 +41,41 @@ def register(commands) -> None:
     build.add_argument("--image-size", type=int, help="input resolution in pixels (overrides the recipe's; "
                                                       "0 = the backbone's native)")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
+    build.add_argument("--jobs", type=int, default=1,
+                       help="train this many modules at once, each in its own process (default 1); under "
+                            "torchrun each rank trains its share of the modules instead")
+    build.add_argument("--demo", action="store_true", help="build the demo's subset of the default zoo")
     build.set_defaults(handler=run_build)
+
+    rank = sub.add_parser("rank", help="score every module for a task without fine-tuning (LogME on features "
+                                        "with the module plugged in) and print them best first")
+    rank.add_argument("--zoo", required=True)
+    rank.add_argument("--task", required=True, help="downstream task name or folder:/npz: path")
+    rank.add_argument("--shots", type=int, help="labelled images per class to score on (default: the whole "
+                                                "training split, at most --max-images)")
+    rank.add_argument("--seed", type=int, default=0)
+    rank.add_argument("--max-images", type=int, default=2000, help="score on at most this many images")
+    rank.add_argument("--image-size", type=int, help="input resolution (default: the zoo's)")
+    rank.add_argument("--json", action="store_true", help="machine-readable output")
+    rank.set_defaults(handler=run_rank)
+
+    imp = sub.add_parser("import", help="copy modules from another zoo directory (sha256 and backbone checked)")
+    imp.add_argument("source", help="the zoo directory to copy from")
+    imp.add_argument("--zoo", required=True, help="the zoo to copy into (created if missing)")
+    imp.add_argument("--modules", nargs="+", metavar="NAME", help="which modules (default: all)")
+    imp.add_argument("--rename", nargs="+", default=[], metavar="OLD=NEW", help="import OLD under the name NEW")
+    imp.set_defaults(handler=run_import)
+
+    diff = sub.add_parser("diff", help="which modules two zoos share, differ in, or hold alone")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=run_diff)
+
+    card = sub.add_parser("card", help="(re)write the README.md module card of every module from its manifest")
+    card.add_argument("--zoo", required=True)
+    card.add_argument("names", nargs="*", help="only these modules")
+    card.set_defaults(handler=run_card)
 
     add_list_arguments(sub.add_parser("list", help=LIST_HELP))
 
@@ -182,8 +217,12 @@ def run_build(args) -> int:
     backbone = section.get("backbone") or DEFAULT_BACKBONE
     image_size = section["image_size"] if "image_size" in section else DEFAULT_IMAGE_SIZE
     modules = midstream_recipes(recipe)
+    if getattr(args, "demo", False):
+        from vimw.workflows.midstream import DEMO_MODULES
+
+        modules = tuple(m for m in modules if m.name in DEMO_MODULES)
     zoo = build_zoo(section["dir"], modules, backbone_name=backbone, image_size=image_size or None,
-                    progress=False if args.no_progress else None)
+                    progress=False if args.no_progress else None, jobs=args.jobs)
     verify_or_raise(zoo)
     print_modules(zoo.list())
     return 0
@@ -330,4 +369,64 @@ def run_import_peft(args) -> int:
                                 overwrite=args.overwrite)
     print(f"added {manifest.name} (lora, rank {manifest.module['rank']}, {len(manifest.module['sites'])} sites, "
           f"{manifest.num_parameters} parameters) from {adapter}")
+    return 0
+
+
+def run_rank(args) -> int:
+    from vimw.workflows.rank import rank_modules
+
+    rows = rank_modules(existing_zoo(args.zoo), args.task, shots=args.shots, seed=args.seed,
+                        max_images=args.max_images, image_size=args.image_size)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'rank':>4s} {'module':28s} {'task':22s} {'LogME':>8s}")
+    for i, row in enumerate(rows, 1):
+        print(f"{i:4d} {row['module']:28s} {str(row.get('task')):22s} {row['score']:8.4f}")
+    return 0
+
+
+def run_import(args) -> int:
+    from vimw.zoo.share import import_modules, parse_renames
+
+    report = import_modules(_existing_dir(args.source), args.zoo, args.modules, parse_renames(args.rename))
+    for old, new in report.imported:
+        print(f"imported {old}" + (f" as {new}" if new != old else ""))
+    for old, new in report.unchanged:
+        print(f"unchanged {new} (already in {args.zoo} with the same weights)")
+    print(f"{len(report.imported)} module(s) imported, {len(report.unchanged)} already present")
+    return 0
+
+
+def run_diff(args) -> int:
+    from vimw.zoo.share import diff_zoos
+
+    result = diff_zoos(_existing_dir(args.a), _existing_dir(args.b))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    for name in result["same"]:
+        print(f"  same       {name}")
+    for name in result["different"]:
+        print(f"  DIFFERENT  {name} (same name, other weights)")
+    for a, b in result["renamed"]:
+        print(f"  renamed    {a} -> {b} (same weights)")
+    for name in result["only_a"]:
+        print(f"  only in A  {name}")
+    for name in result["only_b"]:
+        print(f"  only in B  {name}")
+    if result["backbones"][0] and result["backbones"][1] and result["backbones"][0] != result["backbones"][1]:
+        print("  the zoos are for different backbones")
+    changed = len(result["different"]) + len(result["renamed"]) + len(result["only_a"]) + len(result["only_b"])
+    print(f"{len(result['same'])} same, {changed} differ")
+    return 0
+
+
+def run_card(args) -> int:
+    from vimw.zoo.share import write_cards
+
+    for path in write_cards(existing_zoo(args.zoo), args.names or None):
+        print(f"wrote {path}")
     return 0

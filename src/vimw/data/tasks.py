@@ -23,7 +23,7 @@ import torch
 from vimw.data.imageset import ImageSet
 from vimw.data.kinds import Pool, make_pool
 from vimw.data.sources import load_dataset
-from vimw.data.specs import TaskSpec, get_task_spec, list_tasks, register_task, resolve_task  # noqa: F401 (re-exported)
+from vimw.data.specs import SAME_SOURCE_KINDS, TaskSpec, get_task_spec, list_tasks, register_task, resolve_task  # noqa: F401 (re-exported)
 from vimw.data.splits import make_rng, sample_shots, split_by_fraction, subsample
 from vimw.errors import DataError
 
@@ -131,10 +131,13 @@ def load_task(
     make_rng(seed, 0)  # validates the seed before any data is read
 
     source_train, source_test = load_dataset(spec.dataset, image_size=image_size)
+    if spec.kind in SAME_SOURCE_KINDS:  # other views of the same instances, never the source's test images
+        source_test = source_train
     train_pool = make_pool(
         spec.kind, select_classes(source_train, spec.classes), make_rng(seed, _STREAM_KIND_TRAIN)
     )
-    test_pool = make_pool(spec.kind, select_classes(source_test, spec.classes), make_rng(seed, _STREAM_KIND_TEST))
+    test_pool = make_pool(spec.kind, select_classes(source_test, spec.classes), make_rng(seed, _STREAM_KIND_TEST),
+                          split="test")
 
     if max_train is not None:
         train_pool = train_pool.take(_limit(train_pool, max_train, seed, _STREAM_SUBSAMPLE_TRAIN), spec.name)

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from vimw.backbones.base import Backbone, Site
-from vimw.data.kinds import DENSE_KINDS
+from vimw.data.kinds import DENSE_KINDS, KINDS
 from vimw.errors import FormatError
 
-IMAGE_KINDS = ("classification", "rotation")
+IMAGE_KINDS = tuple(k for k in KINDS if k not in DENSE_KINDS)
 
 
 @dataclass(frozen=True)

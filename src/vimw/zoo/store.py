@@ -8,6 +8,7 @@
       modules/<name>/
         module.safetensors       the module's weights (tensors only)
         manifest.json            kind + config, backbone fingerprint, task, metrics, sha256...
+        README.md                the module card, generated from the manifest
         head.safetensors         optional: the midstream head, for inspection
       .staging/<name>.<id>/      a module being written, before it appears
       .staging/<name>.<id>.owner locked by the writing process while it lives
@@ -65,6 +66,7 @@ from vimw.io.names import ZOO_STAGING_DIR as STAGING_DIR
 from vimw.io.names import ZOO_TRASH_DIR as TRASH_DIR
 from vimw.modules import ModuleSet, config_from_dict
 from vimw.zoo.index import ZooError, read_index, select, write_index
+from vimw.zoo.card import CARD_FILE, module_card
 from vimw.zoo.manifest import ModuleManifest, check_module_name
 
 OWNER_SUFFIX = ".owner"
@@ -179,6 +181,7 @@ class Zoo:
             if training_log:
                 atomic_write_text(staging / LOG_FILE, training_log)
             write_json(staging / MANIFEST_FILE, manifest.to_dict())
+            atomic_write_text(staging / CARD_FILE, module_card(manifest))
             fsync_dir(staging)
             with self._locked():
                 index = self.read_index()
