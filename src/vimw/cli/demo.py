@@ -1,7 +1,8 @@
 """``vimw demo``: the whole story on the built-in default, with real weights and real images.
 
 1. the backbone's own ImageNet predictions on the bundled photos;
-2. the default zoo (four midstream modules on EfficientNet-Lite0 at 64 px), built once
+2. the demo zoo (four of the default zoo's midstream modules on EfficientNet-Lite0 at 64 px,
+   two trained at a time), built once
    and reused when it verifies;
 3. ViM aggregation on Fashion-MNIST footwear-and-bags (classes the zoo never saw),
    few-shot: the zoo methods against a linear probe and a module from scratch, and what
@@ -56,7 +57,7 @@ def run(args) -> int:
     from vimw.io import atomic_write_text, write_json
     from vimw.io.names import GATES_PLOT_FILE
     from vimw.zoo import Zoo
-    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, build_zoo
+    from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEMO_RECIPE, build_zoo
 
     workdir = Path(args.workdir)
     started = time.perf_counter()
@@ -64,13 +65,13 @@ def run(args) -> int:
     photos = _photos(workdir / "photos")
     predict.predict_files([str(p) for p in photos], backbone=DEFAULT_BACKBONE, top=3)
 
-    print("\n== 2. The default zoo (EfficientNet-Lite0, 64 px) ==")
+    print("\n== 2. The demo zoo (EfficientNet-Lite0, 64 px) ==")
     zoo_started = time.perf_counter()
     zoo = Zoo(workdir / "zoo")
     problems = zoo.verify() if len(zoo) else []
     if problems:
         raise SystemExit("the demo zoo does not verify:\n  " + "\n  ".join(problems))
-    build_zoo(zoo.root)
+    build_zoo(zoo.root, DEMO_RECIPE, jobs=2)
     for name, entry in zoo.list():
         print(f"  {name:22s} {entry['kind']:9s} task {entry['task']:20s} val {entry['score']:.4f}")
     print(f"  zoo ready in {time.perf_counter() - zoo_started:.0f} s")
