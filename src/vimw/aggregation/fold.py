@@ -130,8 +130,8 @@ def fold_lora(model):
 # -- export -------------------------------------------------------------------------------
 def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None) -> dict:
     """Fold a saved LoRA downstream model and write it as one safetensors file."""
-    from vimw.aggregation.store import MANIFEST_FILE, load_downstream
-    from vimw.io import save_tensors, sha256_file, write_json
+    from vimw.aggregation.store import load_downstream, source_record
+    from vimw.io import save_tensors, write_json
 
     model_dir = Path(model_dir)
     model, manifest = load_downstream(model_dir, zoo_dir=zoo_dir)
@@ -148,14 +148,7 @@ def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_d
         "head": model.head_config.to_dict(),
         "class_names": manifest.get("class_names"),
         "task": manifest.get("task"),
-        "source_model": {
-            "path": str(model_dir.resolve()),
-            "weights_sha256": manifest["weights"]["sha256"],
-            "manifest_sha256": sha256_file(model_dir / MANIFEST_FILE),
-            "backbone_fingerprint": manifest["backbone"]["fingerprint"],
-            "aggregation": manifest.get("aggregation"),
-            "zoo_modules": (manifest.get("zoo") or {}).get("modules"),
-        },
+        "source_model": source_record(model_dir, manifest),
     }
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({f"head.{k}": v for k, v in folded.head.state_dict().items()})

@@ -23,7 +23,7 @@ import torch
 from vimw.aggregation.aggregate import ZooAggregate
 from vimw.backbones import Backbone, create_backbone
 from vimw.errors import BackboneMismatchError, FormatError, IntegrityError
-from vimw.io import load_tensors, read_json, save_tensors, write_json
+from vimw.io import load_tensors, read_json, save_tensors, sha256_file, write_json
 from vimw.io.names import MANIFEST_FILE, MODEL_FORMAT
 from vimw.io.names import MODEL_WEIGHTS_FILE as TENSORS_FILE
 from vimw.training import HeadConfig, TaskModel
@@ -53,6 +53,19 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
     }
     write_json(directory / MANIFEST_FILE, payload)
     return payload
+
+
+def source_record(directory: str | os.PathLike, manifest: dict) -> dict:
+    """What an export records about the saved model it came from: path, checksums, backbone, zoo."""
+    directory = Path(directory)
+    return {
+        "path": str(directory.resolve()),
+        "weights_sha256": manifest["weights"]["sha256"],
+        "manifest_sha256": sha256_file(directory / MANIFEST_FILE),
+        "backbone_fingerprint": manifest["backbone"]["fingerprint"],
+        "aggregation": manifest.get("aggregation"),
+        "zoo_modules": (manifest.get("zoo") or {}).get("modules"),
+    }
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

@@ -231,9 +231,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
 ) -> dict:
     """Write a saved downstream model as one ONNX file; returns its manifest (also in ``OUT.json``)."""
-    from vimw.aggregation.store import load_downstream
-    from vimw.io import sha256_file
-    from vimw.io.names import MANIFEST_FILE
+    from vimw.aggregation.store import load_downstream, source_record
 
     if exporter not in EXPORTERS:
         raise VimwError(f"unknown ONNX exporter {exporter!r}; choose from {EXPORTERS}")
@@ -252,14 +250,7 @@ def export_onnx(
         "head": model.head_config.to_dict(),
         "class_names": manifest.get("class_names"),
         "task": manifest.get("task"),
-        "source_model": {
-            "path": str(model_dir.resolve()),
-            "weights_sha256": manifest["weights"]["sha256"],
-            "manifest_sha256": sha256_file(model_dir / MANIFEST_FILE),
-            "backbone_fingerprint": manifest["backbone"]["fingerprint"],
-            "aggregation": manifest.get("aggregation"),
-            "zoo_modules": (manifest.get("zoo") or {}).get("modules"),
-        },
+        "source_model": source_record(model_dir, manifest),
     }
     wrapped = Deployable(module, pre.mean, pre.std)
     return export_module_onnx(wrapped, out, _example(model, 2), payload, exporter=exporter, opset=opset)
