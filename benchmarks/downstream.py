@@ -166,6 +166,8 @@ def report(args, all_rows: list[MethodRow], units: list[dict], started: float) -
     if overlap:
         lines += ["", f"Without {', '.join(overlap)} (overlaps the zoo: " + "; ".join(
             f"{t}: {OVERLAPS[t]}" for t in overlap) + "):", "", *averages(summary, methods, tuple(overlap))]
+    zoo_names = next((u["zoo"] for u in units if u.get("zoo")), None)
+    lines += ["", *goal_checks(summary), "", *gate_fit_table(all_rows, zoo_names)]
     expected = [(t, k, s) for k in args.shots for t in args.tasks for s in args.seeds]
     done = {(u["task"], u["shots"], u["seed"]) for u in units}
     missing = [f"{t} k={k} s={s}" for t, k, s in expected if (t, k, s) not in done]
@@ -181,6 +183,52 @@ def report(args, all_rows: list[MethodRow], units: list[dict], started: float) -
                               "rows": [r.to_dict() for r in all_rows], "summary": summary,
                               "seconds_this_run": round(time.perf_counter() - started, 1)}, "\n".join(lines))
     return "\n".join(lines)
+
+
+def goal_checks(summary: list[dict]) -> list[str]:
+    """The issue's two goals, checked on the finished units (test numbers of methods chosen on validation)."""
+    def mean_of(method, shots, task=None):
+        values = [s["test_mean"] for s in summary if s["method"] == method and s["shots"] == shots
+                  and (task is None or s["task"] == task)]
+        return statistics.fmean(values) if values else float("nan")
+
+    lines = ["Goals (test accuracy; every choice made on validation):", "",
+             "| shots | best_zoo (avg over tasks) | scratch | linear_probe | best_zoo ahead of both? |",
+             "|---:|---:|---:|---:|---|"]
+    for shots in sorted({s["shots"] for s in summary}):
+        zoo, scratch, probe = (mean_of(m, shots) for m in ("best_zoo", "scratch", "linear_probe"))
+        lines.append(f"| {shots} | {zoo:.4f} | {scratch:.4f} | {probe:.4f} | "
+                     f"{'yes' if zoo > max(scratch, probe) else 'no'} |")
+    lines += ["", "| task | shots | auto | better of scratch / linear_probe | auto - better |", "|---|---:|---:|---:|---:|"]
+    for task in sorted({s["task"] for s in summary}):
+        for shots in sorted({s["shots"] for s in summary if s["task"] == task}):
+            auto = mean_of("auto", shots, task)
+            better = max(mean_of("scratch", shots, task), mean_of("linear_probe", shots, task))
+            lines.append(f"| {task} | {shots} | {auto:.4f} | {better:.4f} | {auto - better:+.4f} |")
+    return lines
+
+
+def gate_fit_table(rows: list[MethodRow], zoo_names: list[str] | None) -> list[str]:
+    """What the gate fits found: held-out objective before and after, where the weight went, the scales."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        fit = (row.info or {}).get("gate_fit")
+        if fit:
+            groups.setdefault((row.task, row.shots, row.method), []).append(fit)
+    if not groups:
+        return []
+    lines = ["Gate fits (means over seeds; objective = ridge leave-one-out loss on the training images + penalty):", "",
+             f"| task | shots | method | objective start -> fitted | LOO acc | mean gate per zoo module "
+             f"({', '.join(zoo_names or [])}) | mean site scale |",
+             "|---|---:|---|---:|---:|---|---:|"]
+    for (task, shots, method), fits in sorted(groups.items()):
+        gates = [statistics.fmean(f["mean_gates"][i] for f in fits) for i in range(len(fits[0]["mean_gates"]))]
+        scale = statistics.fmean(statistics.fmean(f["site_scales"]) for f in fits)
+        lines.append(f"| {task} | {shots} | {method} | {statistics.fmean(f['start_objective'] for f in fits):.3f} -> "
+                     f"{statistics.fmean(f['objective'] for f in fits):.3f} | "
+                     f"{statistics.fmean(f['loo_accuracy'] for f in fits):.3f} | "
+                     f"{', '.join(f'{g:.2f}' for g in gates)} | {scale:.2f} |")
+    return lines
 
 
 def plot_shots(summary: list[dict], name: str) -> None:
@@ -203,7 +251,8 @@ def collect(args) -> tuple[list[MethodRow], list[dict]]:
                     payload = json.loads(path.read_text())
                     rows += found
                     units.append({"task": task, "shots": shots, "seed": seed, "file": path.name,
-                                  "seconds": payload["seconds"], "machine": payload["machine"]})
+                                  "seconds": payload["seconds"], "machine": payload["machine"],
+                                  "zoo": payload.get("zoo")})
     return rows, units
 
 
