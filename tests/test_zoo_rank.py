@@ -41,6 +41,9 @@ def test_rank_modules_scores_every_module_best_first(tiny_zoo, lite0, task_npz):
     assert [r for r in rows if r.get("reference")] == [r for r in rows if r["module"] == BACKBONE_ROW]
     assert all(r["images"] == rows[0]["images"] for r in rows) and rows[0]["images"] <= 3 * 16
     best = [r["module"] for r in rows if not r.get("reference")][:2]
+    train_only = rank_modules(tiny_zoo, f"npz:{task_npz}", backbone=lite0, shots=8, use_val=False,
+                              include_backbone=False)
+    assert len(train_only) == 3 and train_only[0]["images"] == 3 * 8 < rows[0]["images"]
     assert top_modules(tiny_zoo, f"npz:{task_npz}", 2, backbone=lite0, shots=8) == best
 
 

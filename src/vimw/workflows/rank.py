@@ -99,12 +99,14 @@ def rank_modules(
     backbone: Backbone | None = None,
     names: list[str] | None = None,
     include_backbone: bool = True,
+    use_val: bool = True,
 ) -> list[dict]:
     """Every module of ``zoo`` scored for ``task``, best first (and the bare backbone as a reference row).
 
     ``task``: a task name (loaded with ``shots`` / ``seed``, at most ``max_images``
     training images) or an already loaded ``TaskData``; only its train and validation
-    splits are read. Each row: module, its midstream task and kind, LogME ``score``,
+    splits are read (train alone with ``use_val=False``, e.g. when validation is kept
+    for choosing among methods afterwards). Each row: module, its midstream task and kind, LogME ``score``,
     ``images`` scored; the reference row has ``reference: True``.
     """
     data = task if isinstance(task, TaskData) else load_task(
@@ -117,8 +119,9 @@ def rank_modules(
     names = names or [n for n, e in sorted(index.items()) if e.get("fingerprint") == fingerprint]
     if not names:
         raise VimwError(f"the zoo {zoo.root} has no module for backbone {backbone.arch}")
-    images = torch.cat([data.train.images, data.val.images])
-    labels = torch.cat([data.train.targets, data.val.targets]).numpy()
+    parts = [data.train, data.val] if use_val and len(data.val) else [data.train]
+    images = torch.cat([p.images for p in parts])
+    labels = torch.cat([p.targets for p in parts]).numpy()
     if max_images and len(images) > max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))
         images, labels = images[keep], labels[keep]

@@ -54,7 +54,8 @@ def module_card(manifest: ModuleManifest) -> str:
         lines.append("| image sources | " + ", ".join(f"{k}: `{v}`" for k, v in task["origins"].items()) + " |")
     if task.get("teacher"):
         teacher = task["teacher"]
-        lines.append(f"| teacher | `{teacher.get('arch')}` at {teacher.get('image_size')} px: {teacher.get('targets')} |")
+        lines.append(f"| teacher | `{teacher.get('arch')}` at {teacher.get('image_size')} px: {teacher.get('targets')}"
+                     f" (labelling took {teacher.get('seconds')} s) |")
     metrics = ", ".join(f"{k} {_number(v)}" for k, v in manifest.metrics.items() if not isinstance(v, (dict, list)))
     lines += [
         f"| metrics | {metrics} |",
@@ -64,8 +65,8 @@ def module_card(manifest: ModuleManifest) -> str:
         f"| size | {manifest.num_parameters:,} parameters; weights `{manifest.weights.get('file')}` "
         f"sha256 `{manifest.weights.get('sha256')}` |",
         f"| training | {_number(training.get('epochs'))} epochs, lr {training.get('lr')}, batch "
-        f"{training.get('batch_size')}, seed {training.get('seed')}; {_number(training.get('seconds'))} s "
-        f"({_number(training.get('images_per_second'))} images/s, {training.get('world_size', 1)} process(es)) |",
+        f"{training.get('batch_size')}, seed {training.get('seed')}; {training.get('seconds')} s "
+        f"({training.get('images_per_second')} images/s, {training.get('world_size', 1)} process(es)) |",
         f"| created | {manifest.created} with vimw {manifest.vimw_version} |",
         "",
         "## Use",
