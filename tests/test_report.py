@@ -35,8 +35,9 @@ def report_inputs(tiny_zoo, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("report-inputs")
     folder = write_image_folder(root / "photos", per_class=6)
     model = root / "model"
+    # ens explicitly: the report shows a gated model's gates (the default method, auto, may pick a baseline)
     assert main(["aggregate", "--zoo", str(tiny_zoo.root), "--task", f"folder:{folder}", "--shots", "2",
-                 "--out", str(model), "--epochs", "1", "--no-progress"]) == 0
+                 "--method", "ens", "--out", str(model), "--epochs", "1", "--no-progress"]) == 0
     log = root / "run" / "log.jsonl"
     log.parent.mkdir()
     log.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_score": 0.5 + 0.1 * e}) + "\n"
