@@ -10,6 +10,12 @@ from vimw.errors import FormatError
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How a task model trains: epochs, batch, AdamW rates and decay, warm-up, seed, augmentation.
+
+    Saved as JSON with every module and downstream model; the defaults here are the only
+    ones (the command line reads them from this class).
+    """
+
     epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-3
