@@ -1,22 +1,34 @@
-"""Training: heads, the task model, the loop (single process or torchrun/DDP), checkpoints."""
+"""Training: heads, the task model, the fitting engine and the loop on it, checkpoints.
 
-from vimw.training.config import TrainConfig
-from vimw.training.engine import cosine_lr, run_fit
-from vimw.training.heads import HeadConfig, build_head, head_config_for
-from vimw.evaluation import evaluate, predict_logits  # re-exported: training and scoring go together
-from vimw.training.loop import FitResult, fit
-from vimw.training.task_model import TaskModel
+Exports load on first use (PEP 562): reading ``TrainConfig`` (e.g. for the command
+line's defaults) must not import torch.
+"""
 
-__all__ = [
-    "FitResult",
-    "HeadConfig",
-    "TaskModel",
-    "TrainConfig",
-    "build_head",
-    "cosine_lr",
-    "evaluate",
-    "fit",
-    "head_config_for",
-    "predict_logits",
-    "run_fit",
-]
+from vimw._lazy import lazy_exports
+
+_EXPORTS = {
+    "TrainConfig": "config",
+    "FitResult": "engine",
+    "cosine_lr": "engine",
+    "run_fit": "engine",
+    "HeadConfig": "heads",
+    "build_head": "heads",
+    "head_config_for": "heads",
+    "fit": "loop",
+    "TaskModel": "task_model",
+}
+# Scoring goes with training in users' code; it lives in vimw.evaluation.
+_FROM_EVALUATION = ("evaluate", "predict_logits")
+
+_local = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _FROM_EVALUATION:
+        import vimw.evaluation
+
+        return getattr(vimw.evaluation, name)
+    return _local(name)
+
+
+__all__ = sorted([*_EXPORTS, *_FROM_EVALUATION])
