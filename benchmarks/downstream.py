@@ -167,7 +167,7 @@ def report(args, all_rows: list[MethodRow], units: list[dict], started: float) -
         lines += ["", f"Without {', '.join(overlap)} (overlaps the zoo: " + "; ".join(
             f"{t}: {OVERLAPS[t]}" for t in overlap) + "):", "", *averages(summary, methods, tuple(overlap))]
     zoo_names = next((u["zoo"] for u in units if u.get("zoo")), None)
-    lines += ["", *goal_checks(summary), "", *gate_fit_table(all_rows, zoo_names)]
+    lines += ["", *goal_checks(summary), "", *selection_diagnostics(all_rows), "", *gate_fit_table(all_rows, zoo_names)]
     expected = [(t, k, s) for k in args.shots for t in args.tasks for s in args.seeds]
     done = {(u["task"], u["shots"], u["seed"]) for u in units}
     missing = [f"{t} k={k} s={s}" for t, k, s in expected if (t, k, s) not in done]
@@ -195,7 +195,11 @@ def goal_checks(summary: list[dict]) -> list[str]:
     lines = ["Goals (test accuracy; every choice made on validation):", "",
              "| shots | best_zoo (avg over tasks) | scratch | linear_probe | best_zoo ahead of both? |",
              "|---:|---:|---:|---:|---|"]
+    tasks = {s["task"] for s in summary}
     for shots in sorted({s["shots"] for s in summary}):
+        if {s["task"] for s in summary if s["shots"] == shots} != tasks:
+            lines.append(f"| {shots} | - | - | - | not every task has finished units |")
+            continue
         zoo, scratch, probe = (mean_of(m, shots) for m in ("best_zoo", "scratch", "linear_probe"))
         lines.append(f"| {shots} | {zoo:.4f} | {scratch:.4f} | {probe:.4f} | "
                      f"{'yes' if zoo > max(scratch, probe) else 'no'} |")
@@ -208,12 +212,43 @@ def goal_checks(summary: list[dict]) -> list[str]:
     return lines
 
 
+def selection_diagnostics(rows: list[MethodRow]) -> list[str]:
+    """How much choosing on a few validation images costs: chosen vs best-on-test candidate, and ties.
+
+    Reported only (the best-on-test candidate is hindsight, never a method)."""
+    lines = ["Selection on validation, diagnosed (hindsight = the candidate with the best test accuracy):", "",
+             "| row | shots | units | chosen test | hindsight test | chose the hindsight best | units with a val-accuracy tie at the top |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    by_unit: dict[tuple, list[MethodRow]] = {}
+    for row in rows:
+        by_unit.setdefault((row.task, row.shots, row.seed), []).append(row)
+    for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
+        for shots in sorted({k[1] for k in by_unit}):
+            chosen, hindsight, hits, ties, n = [], [], 0, 0, 0
+            for (task, k, seed), members in by_unit.items():
+                picked = next((r for r in members if r.method == label), None)
+                pool = [r for r in members if r.method in among]
+                if k != shots or picked is None or not pool:
+                    continue
+                n += 1
+                best = max(r.test for r in pool)
+                chosen.append(picked.test)
+                hindsight.append(best)
+                hits += picked.test == best
+                top = max(r.val for r in pool)
+                ties += sum(abs(r.val - top) <= 1e-9 for r in pool) > 1
+            if n:
+                lines.append(f"| {label} | {shots} | {n} | {statistics.fmean(chosen):.4f} | "
+                             f"{statistics.fmean(hindsight):.4f} | {hits} of {n} | {ties} of {n} |")
+    return lines
+
+
 def gate_fit_table(rows: list[MethodRow], zoo_names: list[str] | None) -> list[str]:
     """What the gate fits found: held-out objective before and after, where the weight went, the scales."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         fit = (row.info or {}).get("gate_fit")
-        if fit:
+        if fit and row.method not in DERIVED:
             groups.setdefault((row.task, row.shots, row.method), []).append(fit)
     if not groups:
         return []
