@@ -85,7 +85,7 @@ def test_distillation_targets_are_the_backbones_own_native_resolution_prediction
     backbone = create_backbone("efficientnet_lite0", image_size=64)
     assert native_size(backbone) == 224
     with Image.open(photo_path("skimage", "chelsea.png")) as image:  # a tabby cat
-        cat = torch.from_numpy(np.asarray(image.convert("RGB").resize((224, 224)))).permute(2, 0, 1)
+        cat = torch.from_numpy(np.array(image.convert("RGB").resize((224, 224)))).permute(2, 0, 1)
     images = ImageSet(torch.stack([cat, cat.flip(-1)]), torch.zeros(2, dtype=torch.int64), ("unlabelled",), "cat")
     spec = load_task("fmnist-distill", max_train=20, max_test=5).spec
     labelled = label_with_teacher(TaskData(spec, images, images, images), backbone)
