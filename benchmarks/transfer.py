@@ -50,6 +50,28 @@ def _pairs(args, data) -> int:
     return 0
 
 
+def _merge(paths: list[str]) -> dict:
+    """One result from per-seed runs of the same settings (run in parallel processes)."""
+    import json
+
+    from vimw.transfer.protocol import summarise
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        if part["config"] != first["config"]:
+            raise SystemExit(f"cannot merge runs with different settings: {paths}")
+    per_seed = [r for part in parts for r in part["per_seed"]]
+    ratios: dict[str, list[float]] = {}
+    for part in parts:
+        for key, value in part["plus_over_strong_ft"].items():
+            ratios.setdefault(key, []).append(value)
+    return {**first, "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed, "summary": summarise(per_seed),
+            "plus_over_strong_ft": {k: sum(v) / len(v) for k, v in ratios.items()},
+            "merged_from": {p: part["command"] for p, part in zip(paths, parts)},
+            "seconds": max(part["seconds"] for part in parts)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -81,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default="runs/transfer-cache")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default="transfer")
+    parser.add_argument("--merge", nargs="+", metavar="RESULT_JSON",
+                        help="merge per-seed result files of this script (same settings) into one table")
     args = parser.parse_args(argv)
 
     data = DataConfig(base=tuple(args.base), num_unlabeled=args.num_unlabeled, num_align=args.num_align,
@@ -93,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                   refine=replace(base.refine, epochs=args.refine_epochs), strong_ft=not args.no_strong_ft,
                   device=args.device)
     started = time.perf_counter()
-    result = run_protocol(cfg, args.cache, seeds=args.seeds, log=lambda m: print(m, flush=True))
+    if args.merge:
+        result = _merge(args.merge)
+    else:
+        result = run_protocol(cfg, args.cache, seeds=args.seeds, log=lambda m: print(m, flush=True))
+    args.seeds = result["seeds"]
     titles = {"all": "(a) every choice on validation images of all classes (HM)",
               "base": "(b) every choice on base-class validation images only (novel labels never seen)",
               "fixed": "fixed blends: TransMiter alpha = 1, proxy alpha = 1, ensemble alpha = 0.5 (lambda, refinement as in b)"}
@@ -119,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "per-epoch validation.",
         "TransMiter+ time / strong fine-tuning time: "
         + ", ".join(f"{p}: {v:.3f}" for p, v in ratio.items()) + ".",
-        f"Total wall time: {time.perf_counter() - started:.0f} s.",
+        f"Total wall time: {result['seconds']:.0f} s" + (" (the longest of the merged per-seed processes)."
+                                                         if args.merge else "."),
     ])
     del LABELS
     json_path, md_path = write_results(args.name, result, md)
