@@ -54,7 +54,7 @@ def _merge(paths: list[str]) -> dict:
     """One result from per-seed runs of the same settings (run in parallel processes)."""
     import json
 
-    from vimw.transfer.protocol import summarise
+    from vimw.transfer.protocol import headline_protocol, summarise
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
@@ -66,7 +66,12 @@ def _merge(paths: list[str]) -> dict:
     for part in parts:
         for key, value in part["plus_over_strong_ft"].items():
             ratios.setdefault(key, []).append(value)
-    return {**first, "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed, "summary": summarise(per_seed),
+    summaries = summarise(per_seed)
+    protocols = first["config"]["protocols"]
+    first = {k: v for k, v in first.items() if k not in ("command", "machine")}  # this merge's own are written
+    return {**first, "config": {**first["config"], "task": first["config"]["data"]["task"]},
+            "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed, "summaries": summaries,
+            "summary": summaries[headline_protocol(protocols)],
             "plus_over_strong_ft": {k: sum(v) / len(v) for k, v in ratios.items()},
             "merged_from": {p: part["command"] for p, part in zip(paths, parts)},
             "seconds": max(part["seconds"] for part in parts)}
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               "base": "(b) every choice on base-class validation images only (novel labels never seen)",
               "fixed": "fixed blends: TransMiter alpha = 1, proxy alpha = 1, ensemble alpha = 0.5 (lambda, refinement as in b)"}
     sections = []
-    for protocol, summary in result["summary"].items():
+    for protocol, summary in result["summaries"].items():
         sections += [f"## {titles.get(protocol, protocol)}", "", format_table(summary), ""]
     ratio = result["plus_over_strong_ft"]
     md = "\n".join([

@@ -591,6 +591,11 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def headline_protocol(protocols: Sequence[str]) -> str:
+    """The row set a single summary shows: base-class validation (the stricter) when it ran."""
+    return "base" if "base" in protocols else protocols[0]
+
+
 def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int] = (0,),
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prepare the shared logits once, run every seed, return the per-seed runs and the summary."""
@@ -599,7 +604,7 @@ def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int
     started = time.perf_counter()
     shared = prepare(cfg, cache_dir, log)
     per_seed = [run_seed(cfg, shared, seed, log) for seed in seeds]
-    summary = summarise(per_seed)
+    summaries = summarise(per_seed)
     ratios: dict[str, list[float]] = {}
     for r in per_seed:
         if "strong_fine_tuning" in r["seconds"]:
@@ -612,7 +617,8 @@ def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int
     from vimw.transfer.scoring import json_safe
 
     return json_safe({
-        "config": cfg.to_dict(), "seeds": list(seeds), "per_seed": per_seed, "summary": summary,
+        "config": {**cfg.to_dict(), "task": cfg.data.task}, "seeds": list(seeds), "per_seed": per_seed,
+        "summaries": summaries, "summary": summaries[headline_protocol(cfg.protocols)],
         "split": {"base": [sets.class_names[i] for i in sets.base], "novel": [sets.class_names[i] for i in sets.novel]},
         "models": {"weak": shared.weak.name, "strong": shared.strong.name},
         "shared_seconds": shared.seconds, "strong_seconds_per_image": shared.strong_seconds_per_image,
@@ -633,7 +639,7 @@ def demo_config() -> ProtocolConfig:
 def format_demo(result: dict[str, Any]) -> str:
     """The demo's lines: the split, then base / novel / HM of the methods that tell the story."""
     protocol = result["config"]["protocols"][0]
-    rows = result["summary"][protocol]
+    rows = result["summaries"][protocol]
     choice = result["per_seed"][0]["choices"][protocol]
     lines = [f"  {result['models']['weak']} -> {result['models']['strong']}",
              f"  base: {', '.join(result['split']['base'])}; novel: {', '.join(result['split']['novel'])}",
