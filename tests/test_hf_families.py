@@ -154,6 +154,35 @@ def test_other_resolution_and_identity(tiny, tmp_path, family) -> None:
     assert len(fingerprints) == len(FAMILY_NAMES)
 
 
+@pytest.mark.parametrize("variant", ["dinov2-swiglu", "siglip-no-head", "siglip-full-model", "vit-classifier"])
+def test_checkpoint_variants_equal_hf(tmp_path, pixels, variant) -> None:
+    """SwiGLU MLPs, SigLIP without its pooling head or saved as a whole SiglipModel, a ViT saved with its classifier."""
+    from vimw.backbones.hf_vit import TINY_CONFIGS
+
+    if variant == "dinov2-swiglu":
+        directory = save_tiny_hf("dinov2", tmp_path / variant, use_swiglu_ffn=True)
+        hf = transformers.Dinov2Model.from_pretrained(str(directory)).eval()
+        expected = lambda: hf(pixel_values=pixels).pooler_output  # noqa: E731
+    elif variant == "siglip-no-head":
+        directory = save_tiny_hf("siglip", tmp_path / variant, vision_use_head=False)
+        hf = transformers.SiglipVisionModel.from_pretrained(str(directory)).eval()
+        expected = lambda: hf(pixel_values=pixels).last_hidden_state.mean(1)  # noqa: E731  (token mean)
+    elif variant == "siglip-full-model":
+        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+        hf = transformers.SiglipModel(transformers.SiglipConfig(vision_config=TINY_CONFIGS["siglip"], text_config=text))
+        hf.eval().save_pretrained(directory := tmp_path / variant)
+        expected = lambda: hf.vision_model(pixel_values=pixels).pooler_output  # noqa: E731
+    else:
+        hf = transformers.ViTForImageClassification(transformers.ViTConfig(**TINY_CONFIGS["vit"], num_labels=5))
+        hf.eval().save_pretrained(directory := tmp_path / variant)
+        expected = lambda: hf.vit(pixel_values=pixels).last_hidden_state[:, 0]  # noqa: E731
+    backbone = create_backbone(f"hf:{directory}")
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(pixels), expected(), atol=1e-5, rtol=1e-5)
+    if variant == "dinov2-swiglu":  # the MLP's inner width is SwiGLU's hidden size
+        assert backbone.sites[1].inner_channels == backbone.projection(backbone.sites[1]).in_features == 48
+
+
 def test_preprocessing_follows_the_checkpoint() -> None:
     # A DINOv2-style processor: resize the short side to 256, crop 224, ImageNet statistics.
     dinov2 = {"do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 256},
