@@ -223,8 +223,11 @@ def run_build(args) -> int:
         modules = tuple(m for m in modules if m.name in DEMO_MODULES)
     zoo = build_zoo(section["dir"], modules, backbone_name=backbone, image_size=image_size or None,
                     progress=False if args.no_progress else None, jobs=args.jobs)
-    verify_or_raise(zoo)
-    print_modules(zoo.list())
+    from vimw.training import distributed as dist_utils
+
+    if dist_utils.is_main_process():  # under torchrun, rank 0 alone checks and lists the zoo
+        verify_or_raise(zoo)
+        print_modules(zoo.list())
     return 0
 
 
