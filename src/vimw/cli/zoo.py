@@ -96,7 +96,7 @@ def register(commands) -> None:
     remove.add_argument("--zoo", required=True)
     remove.set_defaults(handler=run_remove)
 
-    export_peft = sub.add_parser("export-peft", help="write a lora module on an HF CLIP backbone as a PEFT LoRA adapter")
+    export_peft = sub.add_parser("export-peft", help="write a lora module on an HF backbone (CLIP, ViT, DINOv2, SigLIP) as a PEFT LoRA adapter")
     export_peft.add_argument("name", help="the lora module in the zoo")
     export_peft.add_argument("--zoo", required=True)
     export_peft.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
@@ -104,7 +104,7 @@ def register(commands) -> None:
     export_peft.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     export_peft.set_defaults(handler=run_export_peft)
 
-    import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on a CLIP vision model "
+    import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on an HF vision model (CLIP, ViT, DINOv2, SigLIP) "
                                                      "to the zoo as a lora module")
     import_peft.add_argument("adapter", help="PEFT adapter directory")
     import_peft.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
