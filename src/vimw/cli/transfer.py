@@ -1,7 +1,7 @@
 """``vimw transfer``: TransMiter step by step.
 
     vimw transfer extract  --task fmnist --base T-shirt/top Trouser Pullover Dress Coat --out runs/tm/weak
-    vimw transfer apply    --adapter runs/tm/weak --to efficientnet_lite2@224 --out runs/tm/strong
+    vimw transfer apply    --adapter runs/tm/weak --to efficientnet_lite2@160 --out runs/tm/strong
     vimw transfer refine   --adapter runs/tm/strong --out runs/tm/strong-plus
     vimw transfer evaluate --adapter runs/tm/strong-plus --blend auto
 
