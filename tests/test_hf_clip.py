@@ -8,6 +8,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from helpers.tap_modules import TapLinear, bypass_modules  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.backbones.hf_clip import (  # noqa: E402
     CLIP_MEAN,
@@ -41,29 +42,8 @@ def pixels() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-class Scaled(nn.Module):
-    """A deterministic module: a linear map (zero or random) at a given tap."""
-
-    def __init__(self, cin: int, cout: int, tap: str, zero: bool) -> None:
-        super().__init__()
-        self.tap = tap
-        self.proj = nn.Linear(cin, cout)
-        with torch.no_grad():
-            if zero:
-                self.proj.weight.zero_()
-                self.proj.bias.zero_()
-            else:
-                self.proj.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(h)
-
-
 def bypass_for(model: HFCLIPVisionBackbone, tap: str, zero: bool) -> dict[str, nn.Module]:
-    return {
-        s.name: Scaled(s.inner_channels if tap == "inner" else s.in_channels, s.out_channels, tap, zero)
-        for s in model.sites
-    }
+    return bypass_modules(model.sites, tap, zero)
 
 
 # -- equality with HF ---------------------------------------------------------------------
@@ -158,7 +138,7 @@ def test_input_tap_reads_layer_norm_output(backbone, pixels) -> None:
 
 
 def test_unknown_tap_is_refused(backbone, pixels) -> None:
-    module = Scaled(32, 32, "input", zero=True)
+    module = TapLinear(32, 32, "input", zero=True)
     module.tap = "elsewhere"
     with pytest.raises(VimwError, match="tap"):
         backbone(pixels, {"layer00_mlp": module})

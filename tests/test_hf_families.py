@@ -17,6 +17,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from helpers.cli_chain import zoo_aggregate_evaluate  # noqa: E402
+from helpers.tap_modules import bypass_modules  # noqa: E402
 from vimw.aggregation.fold import fold_into_backbone, lora_deltas  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.backbones.hf_vit import FAMILIES, HFVisionBackbone, preprocess_from, save_tiny_hf  # noqa: E402
@@ -57,22 +58,6 @@ def random_modules(backbone, config, seed: int = 0, scale: float = 0.2) -> Modul
     return module.eval()
 
 
-class Linear(nn.Module):
-    def __init__(self, cin: int, cout: int, tap: str, zero: bool) -> None:
-        super().__init__()
-        self.tap = tap
-        self.proj = nn.Linear(cin, cout)
-        with torch.no_grad():
-            if zero:
-                self.proj.weight.zero_()
-                self.proj.bias.zero_()
-            else:
-                self.proj.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(h)
-
-
 # -- the contract -----------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_loop_equals_hf_model(tiny, pixels, family) -> None:
@@ -108,8 +93,7 @@ def test_zero_module_is_a_no_op(tiny, pixels, family, tap) -> None:
     backbone = tiny[family].backbone
 
     def bypass(zero: bool) -> dict[str, nn.Module]:
-        return {s.name: Linear(s.inner_channels if tap == "inner" else s.in_channels, s.out_channels, tap, zero)
-                for s in backbone.sites}
+        return bypass_modules(backbone.sites, tap, zero)
 
     with torch.no_grad():
         plain = backbone(pixels)
