@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -40,6 +41,16 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     header = f"Command: `{payload['command']}`\n\nMachine: {payload['machine']}\n\n"
     atomic_write_text(md_path, header + markdown + "\n")
     return json_path, md_path
+
+
+def sweep_parser(doc: str | None, *, zoo: str, tasks: list[str], shots: list[int]) -> argparse.ArgumentParser:
+    """A parser with the options every few-shot sweep takes: --zoo, --tasks, --shots, --seeds (default 0)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo", default=zoo)
+    parser.add_argument("--tasks", nargs="+", default=tasks)
+    parser.add_argument("--shots", nargs="+", type=int, default=shots)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    return parser
 
 
 def ensure_zoo(path: str | Path, device: str = "cpu"):

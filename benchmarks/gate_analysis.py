@@ -14,7 +14,6 @@ module is. Test numbers are reported, never used to choose anything.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ensure_zoo, write_results  # noqa: E402
+from _common import ensure_zoo, sweep_parser, write_results  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -60,11 +59,8 @@ def run_one(method, backbone, data, config, zoo, names, single_index=None):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", default="runs/demo/zoo")
-    parser.add_argument("--tasks", nargs="+", default=["fmnist-footwear-bags", "fmnist", "digits8x8"])
-    parser.add_argument("--shots", nargs="+", type=int, default=[5])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = sweep_parser(__doc__, zoo="runs/demo/zoo", tasks=["fmnist-footwear-bags", "fmnist", "digits8x8"],
+                          shots=[5])
     parser.add_argument("--lr", type=float, default=3e-2, help="head learning rate (fixed)")
     parser.add_argument("--gate-lrs", nargs="+", type=float, default=[0.05, 0.5, 2.0])
     parser.add_argument("--max-test", type=int, default=2000)

@@ -18,7 +18,6 @@ choose anything.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_results  # noqa: E402
+from _common import sweep_parser, write_results  # noqa: E402
 
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -54,11 +53,8 @@ def single_scores(backbone, data, zoo, names, seed: int) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", default="runs/zoo-bench")
-    parser.add_argument("--tasks", nargs="+", default=["fmnist", "fmnist-footwear-bags", "digits8x8"])
-    parser.add_argument("--shots", nargs="+", type=int, default=[10])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = sweep_parser(__doc__, zoo="runs/zoo-bench", tasks=["fmnist", "fmnist-footwear-bags", "digits8x8"],
+                          shots=[10])
     parser.add_argument("--max-test", type=int, default=1000)
     parser.add_argument("--name", default="rank")
     args = parser.parse_args()

@@ -106,6 +106,14 @@ _CLIP_LIKE: dict[str, tuple[str, ...]] = {
     "act": ("mlp.activation_fn",),
 }
 
+# ViT and DINOv2 name their attention projections alike (transformers 5 names first, then 4's).
+_VIT_ATTENTION: dict[str, tuple[str, ...]] = {
+    "q": ("attention.q_proj", "attention.attention.query"),
+    "k": ("attention.k_proj", "attention.attention.key"),
+    "v": ("attention.v_proj", "attention.attention.value"),
+    "attn_out": ("attention.o_proj", "attention.output.dense"),
+}
+
 FAMILIES: dict[str, Family] = {
     "clip": Family(
         "clip", ("clip_vision_model", "clip"), "CLIPVisionModel", "CLIPVisionConfig", CLIP_MEAN, CLIP_STD, True,
@@ -121,10 +129,7 @@ FAMILIES: dict[str, Family] = {
         layers=("layers", "encoder.layer"),
         norm1=("layernorm_before",),
         norm2=("layernorm_after",),
-        q=("attention.q_proj", "attention.attention.query"),
-        k=("attention.k_proj", "attention.attention.key"),
-        v=("attention.v_proj", "attention.attention.value"),
-        attn_out=("attention.o_proj", "attention.output.dense"),
+        **_VIT_ATTENTION,
         mlp_in=("mlp.fc1", "intermediate.dense"),
         mlp_out=("mlp.fc2", "output.dense"),
         act=("mlp.activation_fn", "intermediate.intermediate_act_fn"),
@@ -135,10 +140,7 @@ FAMILIES: dict[str, Family] = {
         layers=("encoder.layer",),
         norm1=("norm1",),
         norm2=("norm2",),
-        q=("attention.q_proj", "attention.attention.query"),
-        k=("attention.k_proj", "attention.attention.key"),
-        v=("attention.v_proj", "attention.attention.value"),
-        attn_out=("attention.o_proj", "attention.output.dense"),
+        **_VIT_ATTENTION,
         # Plain MLP (fc1, act, fc2), or SwiGLU (transformers 5: gate/up/down; 4: one fused weights_in).
         mlp_in=("mlp.fc1", "mlp.gate_proj", "mlp.weights_in"),
         mlp_up=("mlp.up_proj",),

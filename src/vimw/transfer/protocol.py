@@ -474,6 +474,19 @@ def run_seed(cfg: ProtocolConfig, shared: Shared, seed: int, log: Callable[[str]
     seconds["strong_passes"] = strong_images * shared.strong_seconds_per_image
     choices["alignment"] = {"rows": len(align_tgt), "strong_images_counted": strong_images}
 
+    def score_blend(protocol: str, method: str, val_logits: torch.Tensor, test_logits: torch.Tensor,
+                    method_secs: float) -> None:
+        """Score ``method`` blended with the strong zero-shot logits, alpha chosen on validation.
+
+        The blend's time is the method's plus the alpha search.
+        """
+        started = time.perf_counter()
+        alpha, cands = select_alpha(lambda a: blend_logits(val_logits, sz_val[:, :c], a), y_val, base, novel,
+                                    protocol=protocol, grid=cfg.alphas)
+        choices[protocol][f"{method}_alpha"] = {"chosen": alpha, "candidates": cands}
+        score(protocol, f"{method}_blend", blend_logits(test_logits, sz_test, alpha),
+              method_secs + time.perf_counter() - started)
+
     for protocol in cfg.protocols:
         pc = choices[protocol]
         started = time.perf_counter()
@@ -485,12 +498,7 @@ def run_seed(cfg: ProtocolConfig, shared: Shared, seed: int, log: Callable[[str]
         moved_val = adapter_logits(moved, lg["strong/pool"][val_idx])
         moved_test = adapter_logits(moved, lg["strong/test"])
         score(protocol, "transferred", moved_test, transfer_secs)
-        started = time.perf_counter()
-        alpha, cands = select_alpha(lambda a: blend_logits(moved_val, sz_val[:, :c], a), y_val, base, novel,
-                                    protocol=protocol, grid=cfg.alphas)
-        pc["transferred_alpha"] = {"chosen": alpha, "candidates": cands}
-        score(protocol, "transferred_blend", blend_logits(moved_test, sz_test, alpha),
-              transfer_secs + time.perf_counter() - started)
+        score_blend(protocol, "transferred", moved_val, moved_test, transfer_secs)
 
         # 4. TransMiter+: refine on the training shots' strong logits (every view)
         started = time.perf_counter()
@@ -501,12 +509,7 @@ def run_seed(cfg: ProtocolConfig, shared: Shared, seed: int, log: Callable[[str]
         plus_secs = transfer_secs + time.perf_counter() - started
         plus_val, plus_test = adapter_logits(plus, lg["strong/pool"][val_idx]), adapter_logits(plus, lg["strong/test"])
         score(protocol, "transmiter_plus", plus_test, plus_secs)
-        started = time.perf_counter()
-        alpha, cands = select_alpha(lambda a: blend_logits(plus_val, sz_val[:, :c], a), y_val, base, novel,
-                                    protocol=protocol, grid=cfg.alphas)
-        pc["transmiter_plus_alpha"] = {"chosen": alpha, "candidates": cands}
-        score(protocol, "transmiter_plus_blend", blend_logits(plus_test, sz_test, alpha),
-              plus_secs + time.perf_counter() - started)
+        score_blend(protocol, "transmiter_plus", plus_val, plus_test, plus_secs)
         seconds[f"transmiter_plus/{protocol}"] = plus_secs
 
         # 5. logit arithmetic: need the fine-tuned weak model on every image at inference
