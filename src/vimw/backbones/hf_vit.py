@@ -165,11 +165,9 @@ def family_for_model_type(model_type: str | None) -> Family:
 
 
 def _first(root: nn.Module, candidates: tuple[str, ...], what: str, where: str) -> str:
-    for path in candidates:
-        try:
-            root.get_submodule(path)
-        except AttributeError:
-            continue
+    """The first candidate path that exists under ``root``; an error when none does."""
+    path = _optional(root, candidates)
+    if path:
         return path
     raise VimwError(f"{where}: found no {what} (looked for {', '.join(candidates)}); unsupported transformers layout")
 
@@ -315,6 +313,7 @@ class HFVisionBackbone(Backbone):
 
 
 def _optional(root: nn.Module, candidates: tuple[str, ...]) -> str:
+    """The first candidate path that exists under ``root``; "" when none does (an optional part)."""
     for path in candidates:
         try:
             root.get_submodule(path)
