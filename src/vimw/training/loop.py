@@ -25,7 +25,7 @@ from vimw.training.engine import FitResult, check_resumable, run_fit
 from vimw.training.progress import progress_enabled
 from vimw.training.task_model import TaskModel
 
-__all__ = ["FitResult", "check_resumable", "fit", "parameter_groups", "progress_enabled"]
+__all__ = ["FitResult", "check_resumable", "fit", "parameter_groups", "progress_enabled", "task_model_settings"]
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -36,6 +36,19 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def parameter_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
     """AdamW groups of ``model``; ``config.gate_lr`` sets the group a plug-in names ``"gates"``."""
     return model.parameter_groups(config.lr, {"gates": config.gate_lr} if config.gate_lr else None)
+
+
+def task_model_settings(model: TaskModel, config: TrainConfig) -> dict:
+    """What ``run_fit`` needs to train a task model's trainable tensors under ``config``."""
+    return {
+        "groups": parameter_groups(model, config),
+        "epochs": config.epochs,
+        "snapshot": model.trainable_state,
+        "restore": lambda state: model.load_state_dict(state, strict=False),
+        "weight_decay": config.weight_decay,
+        "warmup_fraction": config.warmup_fraction,
+        "grad_clip": config.grad_clip,
+    }
 
 
 def fit(
@@ -104,16 +117,10 @@ def fit(
         return task_loss(logits, targets[index].to(device))
 
     return run_fit(
-        parameter_groups(model, config),
-        batches,
-        loss,
-        epochs=config.epochs,
+        batches=batches,
+        loss=loss,
         steps_per_epoch=steps_per_epoch,
-        snapshot=model.trainable_state,
-        restore=lambda state: model.load_state_dict(state, strict=False),
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        grad_clip=config.grad_clip,
+        **task_model_settings(model, config),
         validate=lambda: evaluate(model, data.val, config.eval_batch_size),
         checkpoint_dir=checkpoint_dir,
         resume=resume,

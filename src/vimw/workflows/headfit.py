@@ -21,6 +21,7 @@ from vimw.evaluation.evaluate import task_loss
 from vimw.evaluation.metrics import accuracy
 from vimw.training.config import TrainConfig
 from vimw.training.engine import FitResult, run_fit
+from vimw.training.loop import task_model_settings
 from vimw.training.task_model import TaskModel
 
 DEFAULT_VIEWS = 8
@@ -93,16 +94,10 @@ def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: in
         return {"loss": task_loss(logits, val_targets).item(), "accuracy": acc, "score": acc}
 
     return run_fit(
-        model.parameter_groups(config.lr),
-        batches,
-        loss,
-        epochs=config.epochs,
+        batches=batches,
+        loss=loss,
         steps_per_epoch=steps_per_epoch,
-        snapshot=model.trainable_state,
-        restore=lambda state: model.load_state_dict(state, strict=False),
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        grad_clip=config.grad_clip,
+        **task_model_settings(model, config),
         validate=validate,
         settings={"train": config.to_dict(), "task": data.spec.name, "views": views},
         progress=progress,
