@@ -15,6 +15,7 @@ derived from the others, never by looking at test:
 - ``best_zoo``: the zoo method (any of ``ZOO_METHODS`` that ran) kept the same way.
 
 Each finished unit is written to ``results/downstream-units/<task>-k<shots>-s<seed>.json``
+(``results/<name>-units/`` for another ``--name``, e.g. another zoo)
 (kept in the repository); a rerun skips the units already there (same methods and
 settings), so an interrupted run continues where it stopped. After every unit the
 summary ``results/<name>.{json,md}`` is rebuilt from all unit files: per task, shots and
@@ -68,8 +69,13 @@ def slug(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-")
 
 
-def unit_path(task: str, shots: int, seed: int) -> Path:
-    return UNITS / f"{slug(task)}-k{shots}-s{seed}.json"
+def units_dir(name: str) -> Path:
+    """Where a run's finished units go: one folder per summary name, so two zoos never mix."""
+    return UNITS if name == "downstream" else RESULTS / f"{name}-units"
+
+
+def unit_path(name: str, task: str, shots: int, seed: int) -> Path:
+    return units_dir(name) / f"{slug(task)}-k{shots}-s{seed}.json"
 
 
 def unit_settings(args) -> dict:
@@ -101,8 +107,8 @@ def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[Meth
         if derived is not None:
             rows.append(derived)
             print(f"  {task} k={shots} s={seed} {label:13s} chose {derived.chosen}: test {derived.test:.4f}", flush=True)
-    UNITS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(unit_path(task, shots, seed), json.dumps({
+    units_dir(args.name).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(unit_path(args.name, task, shots, seed), json.dumps({
         "command": command_line(), "machine": machine(), "settings": unit_settings(args),
         "unit": {"task": task, "shots": shots, "seed": seed}, "zoo": [name for name, _ in zoo.list()],
         "seconds": round(time.perf_counter() - started, 1), "rows": [r.to_dict() for r in rows],
@@ -280,7 +286,7 @@ def collect(args) -> tuple[list[MethodRow], list[dict]]:
     for shots in args.shots:
         for task in args.tasks:
             for seed in args.seeds:
-                path = unit_path(task, shots, seed)
+                path = unit_path(args.name, task, shots, seed)
                 found = load_unit(path, settings)
                 if found is not None:
                     payload = json.loads(path.read_text())
@@ -318,7 +324,7 @@ def main() -> None:
         for number, (task, shots, seed) in enumerate(order):
             if number % args.workers != args.worker:
                 continue
-            if load_unit(unit_path(task, shots, seed), unit_settings(args)) is not None:
+            if load_unit(unit_path(args.name, task, shots, seed), unit_settings(args)) is not None:
                 print(f"{task} k={shots} s={seed}: done earlier, kept", flush=True)
                 continue
             print(f"{task} k={shots} s={seed}: running", flush=True)
