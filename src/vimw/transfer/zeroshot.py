@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,6 @@ from vimw.transfer.vocab import DEFAULT_TEMPLATE
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RIDGE_GRID = tuple(float(10.0**e) for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2))
-
-
-def _progress_enabled(progress: bool | None) -> bool:
-    if progress is None:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return bool(progress)
 
 
 def _prompts(class_names: Sequence[str], template: str) -> list[str]:
@@ -99,16 +92,19 @@ class ZeroShotClassifier(abc.ABC):
         return self.logits(features, weights, bias)
 
     def _encode_batched(self, images, encode_batch, batch_size: int, progress: bool | None) -> torch.Tensor:
-        from tqdm.auto import tqdm
+        from vimw.training.progress import progress_bar, progress_enabled
 
         images = _check_images(images)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         out = []
         starts = range(0, images.shape[0], batch_size)
+        bar = progress_bar(len(starts), f"encode {self.name}", progress_enabled(progress), unit="batch")
         with torch.inference_mode():
-            for start in tqdm(starts, desc=f"encode {self.name}", disable=not _progress_enabled(progress), leave=False):
+            for start in starts:
                 out.append(encode_batch(images[start : start + batch_size]).float().cpu())
+                bar.update(1)
+        bar.close()
         return torch.cat(out)
 
 
