@@ -259,7 +259,7 @@ def fit_gates_cma(
         with torch.no_grad():
             loss, lam = ridge_loo_loss(features(), targets, num_classes)
         zt = torch.as_tensor(z[:n], dtype=torch.float64)
-        value = float(loss) + penalty * float((zt - zt.mean()).pow(2).mean())
+        value = float(loss) + penalty * float(uniform_penalty(zt))
         if log_scale is not None:
             value += penalty * float(z[n]) ** 2
         if not math.isfinite(value):

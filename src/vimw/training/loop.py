@@ -21,11 +21,10 @@ from vimw.errors import DataError, TrainingError
 from vimw.evaluation.evaluate import evaluate, model_device, task_loss
 from vimw.training import distributed as dist_utils
 from vimw.training.config import TrainConfig
-from vimw.training.engine import FitResult, check_resumable, run_fit
-from vimw.training.progress import progress_enabled
+from vimw.training.engine import FitResult, run_fit
 from vimw.training.task_model import TaskModel
 
-__all__ = ["FitResult", "check_resumable", "fit", "parameter_groups", "progress_enabled", "task_model_settings"]
+__all__ = ["FitResult", "fit", "parameter_groups", "task_model_settings"]
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
