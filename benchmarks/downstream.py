@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
 from vimw.io import atomic_write_text  # noqa: E402
-from vimw.workflows.compare import AUTO_CANDIDATES, MethodRow, choose, compare_methods  # noqa: E402
+from vimw.workflows.compare import AUTO_CANDIDATES, MethodRow, choose, compare_methods, kfold_tasks  # noqa: E402
 from vimw.workflows.downstream import METHODS, ZOO_METHODS  # noqa: E402
 from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
@@ -78,9 +78,12 @@ def unit_path(name: str, task: str, shots: int, seed: int) -> Path:
     return units_dir(name) / f"{slug(task)}-k{shots}-s{seed}.json"
 
 
-def unit_settings(args) -> dict:
-    return {"methods": list(args.methods), "target_steps": args.target_steps, "max_test": args.max_test,
-            "augment": not args.no_augment}
+def unit_settings(args, *, cv: bool = True) -> dict:
+    settings = {"methods": list(args.methods), "target_steps": args.target_steps, "max_test": args.max_test,
+                "augment": not args.no_augment}
+    if cv and args.cv:
+        settings["cv"] = args.cv
+    return settings
 
 
 def load_unit(path: Path, settings: dict) -> list[MethodRow] | None:
@@ -93,17 +96,38 @@ def load_unit(path: Path, settings: dict) -> list[MethodRow] | None:
     return [MethodRow(**r) for r in payload["rows"]]
 
 
+def _print_row(row: MethodRow, _result=None) -> None:
+    print(f"  {row.task} k={row.shots} s={row.seed} {row.method:13s} val {row.val:.4f} (loss {row.val_loss:.4f}) "
+          f"test {row.test:.4f} lr {row.lr:g} ({row.search_seconds:.1f} s)", flush=True)
+
+
+def cross_validate(args, backbone, zoo, data, shots: int, seed: int) -> dict[str, dict]:
+    """Each method's mean validation accuracy and loss over ``args.cv`` folds of the labelled images."""
+    per_method: dict[str, list[dict]] = {}
+    for fold, split in enumerate(kfold_tasks(data, args.cv, seed)):
+        print(f"  fold {fold + 1}/{args.cv}", flush=True)
+        for row in compare_methods(backbone, split, args.methods, zoo=zoo, seed=seed, shots=shots,
+                                   target_steps=args.target_steps, augment=not args.no_augment, on_result=_print_row):
+            per_method.setdefault(row.method, []).append(row.val_metrics)
+    return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
+            for m, ms in per_method.items()}
+
+
 def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[MethodRow]:
     started = time.perf_counter()
     data = load_task(task, shots=shots, seed=seed, max_test=args.max_test)
-    rows = compare_methods(backbone, data, args.methods, zoo=zoo, seed=seed, shots=shots,
-                           target_steps=args.target_steps, augment=not args.no_augment,
-                           on_result=lambda row, _: print(
-                               f"  {row.task} k={row.shots} s={row.seed} {row.method:13s} val {row.val:.4f} "
-                               f"(loss {row.val_loss:.4f}) test {row.test:.4f} lr {row.lr:g} "
-                               f"({row.search_seconds:.1f} s)", flush=True))
+    # with --cv, the models scored on test are the holdout run's (same split, same settings): reuse them
+    holdout = load_unit(unit_path("downstream", task, shots, seed), unit_settings(args, cv=False)) if args.cv else None
+    if holdout is not None:
+        rows = [r for r in holdout if r.method not in DERIVED]
+        print(f"  reusing the holdout unit's {len(rows)} trained methods", flush=True)
+    else:
+        rows = compare_methods(backbone, data, args.methods, zoo=zoo, seed=seed, shots=shots,
+                               target_steps=args.target_steps, augment=not args.no_augment, on_result=_print_row)
+    cv_metrics = cross_validate(args, backbone, zoo, data, shots, seed) if args.cv else None
     for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
-        derived = choose(rows, among, label)
+        derived = choose(rows, among, label, metrics=cv_metrics,
+                         selection=f"{args.cv}-fold cross-validation" if args.cv else None)
         if derived is not None:
             rows.append(derived)
             print(f"  {task} k={shots} s={seed} {label:13s} chose {derived.chosen}: test {derived.test:.4f}", flush=True)
@@ -112,6 +136,7 @@ def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[Meth
         "command": command_line(), "machine": machine(), "settings": unit_settings(args),
         "unit": {"task": task, "shots": shots, "seed": seed}, "zoo": [name for name, _ in zoo.list()],
         "seconds": round(time.perf_counter() - started, 1), "rows": [r.to_dict() for r in rows],
+        **({"cv": cv_metrics} if cv_metrics else {}),
     }, indent=2) + "\n")
     return rows
 
@@ -179,8 +204,11 @@ def report(args, all_rows: list[MethodRow], units: list[dict], started: float) -
     missing = [f"{t} k={k} s={s}" for t, k, s in expected if (t, k, s) not in done]
     lines += ["", f"Units finished: {len(done & set(expected))} of {len(expected)}"
               + (f"; not run: {', '.join(missing)}" if missing else "") + ".",
-              "Selection: holdout validation split (as many images per class as shots); "
-              "every setting's and candidate's validation accuracy and loss are in the JSON rows.",
+              ("Selection: holdout validation split (as many images per class as shots); " if not args.cv else
+               f"Selection of `auto` and `best_zoo`: {args.cv}-fold cross-validation over the labelled images "
+               "(training + validation pooled; each method's settings searched within each fold), the chosen "
+               "method's model being the holdout run's; ")
+              + "every setting's and candidate's validation accuracy and loss are in the JSON rows.",
               f"Augmentation: {'on' if not args.no_augment else 'off'} for every method "
               "(random resized crop 0.7-1.0 of the area, shifts up to 10%, mirrors for Fashion-MNIST tasks only)."]
     machines = sorted({json.dumps(u["machine"], sort_keys=True) for u in units})
@@ -311,9 +339,14 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=0, help="this process's index, 0 .. workers-1")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--name", default="downstream", help="summary file stem")
+    parser.add_argument("--cv", type=int, default=0, metavar="K",
+                        help="choose auto and best_zoo by K-fold cross-validation (default name downstream-cvK)")
+    parser.add_argument("--name", default=None, help="summary file stem (default: downstream)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the summary from the unit files")
     args = parser.parse_args()
+    if args.cv == 1 or args.cv < 0:
+        parser.error("--cv needs at least 2 folds")
+    args.name = args.name or (f"downstream-cv{args.cv}" if args.cv else "downstream")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if not args.report_only:

@@ -180,6 +180,17 @@ def test_auto_prefers_the_lower_validation_loss_on_an_accuracy_tie_and_never_rea
     assert choose(rows, ("ens",), "best_zoo") is None
 
 
+def test_cross_validated_numbers_replace_the_holdout_ones_when_given():
+    rows = [row("scratch", 0.9, 0.30, 0.50), row("uniform", 0.8, 0.10, 1.0)]
+    cv = {"scratch": {"score": 0.70, "loss": 0.9}, "uniform": {"score": 0.75, "loss": 0.8}}
+    chosen = choose(rows, ("scratch", "uniform"), "best", metrics=cv, selection="3-fold cross-validation")
+    assert chosen.chosen == "uniform" and chosen.test == 1.0
+    assert chosen.selection.startswith("3-fold cross-validation")
+    assert chosen.candidates[0]["cv"] == cv["scratch"]
+    # a method without cross-validated numbers is not a candidate
+    assert choose(rows, ("scratch", "uniform"), "best", metrics={"scratch": cv["scratch"]}).chosen == "scratch"
+
+
 def test_vimw_aggregate_runs_auto_by_default_and_says_what_it_chose(tiny_zoo, tmp_path, capsys):
     folder = write_image_folder(tmp_path / "photos", per_class=6)
     out = tmp_path / "model"

@@ -95,17 +95,23 @@ def few_shot_config(num_train: int, seed: int, target_steps: int = 120, batch_si
                        augment=augment)
 
 
-def choose(rows: Sequence[MethodRow], among: Sequence[str], label: str) -> MethodRow | None:
+def choose(rows: Sequence[MethodRow], among: Sequence[str], label: str, *,
+           metrics: dict[str, dict] | None = None, selection: str | None = None) -> MethodRow | None:
     """The row ``among`` these methods that the selection rule keeps on validation, relabelled ``label``.
 
+    ``metrics`` (per method, ``{"score", "loss"}``), e.g. means over cross-validation folds,
+    replace each row's own validation numbers for the choice; ``selection`` then names them.
     Its test numbers are the chosen method's (test is never looked at to choose).
     """
-    pool = [r for r in rows if r.method in among]
+    pool = [r for r in rows if r.method in among and (metrics is None or r.method in metrics)]
     if not pool:
         return None
-    best = pool[best_candidate([r.val_metrics for r in pool])]
-    return replace(best, method=label, chosen=best.method, selection=f"{best.selection}, among methods",
-                   candidates=[{"method": r.method, "val": r.val, "val_loss": r.val_loss} for r in pool],
+    scores = [metrics[r.method] if metrics is not None else r.val_metrics for r in pool]
+    best = pool[best_candidate(scores)]
+    return replace(best, method=label, chosen=best.method,
+                   selection=f"{selection or best.selection}, among methods",
+                   candidates=[{"method": r.method, "val": r.val, "val_loss": r.val_loss,
+                                **({"cv": metrics[r.method]} if metrics is not None else {})} for r in pool],
                    search_seconds=round(sum(r.search_seconds for r in pool), 2))
 
 
