@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-align", type=int, default=d.num_align)
     parser.add_argument("--num-test", type=int, default=d.num_test)
     parser.add_argument("--views", type=int, default=d.views)
+    parser.add_argument("--K", type=int, default=d.K, help="zero-shot logits per image: task classes + auxiliary")
     parser.add_argument("--epochs", type=int, default=t.epochs, help="teacher and strong fine-tuning epochs")
     parser.add_argument("--consistency", type=float, default=t.consistency)
     parser.add_argument("--refine-epochs", type=int, default=RefineConfig().epochs)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data = DataConfig(base=tuple(args.base), num_unlabeled=args.num_unlabeled, num_align=args.num_align,
-                      num_test=args.num_test, views=args.views)
+                      num_test=args.num_test, views=args.views, K=args.K)
     if args.pairs:
         return _pairs(args, data)
     base = ProtocolConfig()
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{data.num_test} test images; K = {data.K}.", "",
         *sections,
         "Seconds: the teacher = its fine-tuning; transferred = extraction (the teacher's pass over the unlabeled "
-        "views + distillation) + the strong model's passes over the alignment and validation images (at the "
-        f"measured {1000 * result['strong_seconds_per_image']:.0f} ms per image) + the lambda choice; TransMiter+ "
+        "views + distillation) + the strong model's passes over the alignment and validation images (timed in "
+        f"each seed's run; a 32-image probe measured {1000 * result['strong_seconds_per_image']:.0f} ms per image) + "
+        "the lambda choice; TransMiter+ "
         "adds the refinement; proxy / ensemble = the alpha choice only, but they need the fine-tuned weak model on "
         "every image at inference, TransMiter needs only the strong model; strong fine-tuned = training with its "
         "per-epoch validation.",
