@@ -54,7 +54,7 @@ SHOTS = (5, 10, 20)
 SEEDS = (0, 1, 2)
 # topk, merge, single and full_ft are left out by default to fit ~90 min on 2 cores;
 # their last complete measurement is in git history (15b63db). Pass --methods to add them.
-DEFAULT_METHODS = ("linear_probe", "scratch", "uniform", "ens", "gates_ridge", "gates_cma", "zoo_init")
+DEFAULT_METHODS = ("linear_probe", "scratch", "uniform", "ens", "gates_ridge", "gates_cma", "zoo_init", "zoo_init_gated")
 DERIVED = ("auto", "best_zoo")
 UNITS = RESULTS / "downstream-units"
 # Downstream tasks whose classes a zoo module was trained on (declared, not hidden): the
@@ -113,17 +113,38 @@ def cross_validate(args, backbone, zoo, data, shots: int, seed: int) -> dict[str
             for m, ms in per_method.items()}
 
 
+def earlier_rows(path: Path, settings: dict) -> list[MethodRow]:
+    """The trained methods' rows of a unit made with the same settings but fewer methods: a
+    rerun with more methods trains only the missing ones (same split, same seeds)."""
+    if not path.is_file():
+        return []
+    payload = json.loads(path.read_text())
+    old = dict(payload.get("settings") or {})
+    if {k: v for k, v in old.items() if k != "methods"} != {k: v for k, v in settings.items() if k != "methods"}:
+        return []
+    if not set(old.get("methods", ())) <= set(settings["methods"]):
+        return []
+    return [MethodRow(**r) for r in payload["rows"] if r["method"] not in DERIVED]
+
+
 def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[MethodRow]:
     started = time.perf_counter()
     data = load_task(task, shots=shots, seed=seed, max_test=args.max_test)
+    kept: dict[str, MethodRow] = {}
     # with --cv, the models scored on test are the holdout run's (same split, same settings): reuse them
     holdout = load_unit(unit_path("downstream", task, shots, seed), unit_settings(args, cv=False)) if args.cv else None
     if holdout is not None:
         rows = [r for r in holdout if r.method not in DERIVED]
         print(f"  reusing the holdout unit's {len(rows)} trained methods", flush=True)
     else:
-        rows = compare_methods(backbone, data, args.methods, zoo=zoo, seed=seed, shots=shots,
-                               target_steps=args.target_steps, augment=not args.no_augment, on_result=_print_row)
+        kept = {r.method: r for r in earlier_rows(unit_path(args.name, task, shots, seed), unit_settings(args))}
+        if kept:
+            print(f"  kept from the earlier run: {', '.join(kept)}", flush=True)
+        missing = [m for m in args.methods if m not in kept]
+        new = compare_methods(backbone, data, missing, zoo=zoo, seed=seed, shots=shots, target_steps=args.target_steps,
+                              augment=not args.no_augment, on_result=_print_row) if missing else []
+        fresh = {r.method: r for r in new}
+        rows = [kept.get(m) or fresh[m] for m in args.methods]
     cv_metrics = cross_validate(args, backbone, zoo, data, shots, seed) if args.cv else None
     for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
         derived = choose(rows, among, label, metrics=cv_metrics,
@@ -137,6 +158,7 @@ def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[Meth
         "unit": {"task": task, "shots": shots, "seed": seed}, "zoo": [name for name, _ in zoo.list()],
         "seconds": round(time.perf_counter() - started, 1), "rows": [r.to_dict() for r in rows],
         **({"cv": cv_metrics} if cv_metrics else {}),
+        **({"kept_from_earlier_run": sorted(kept)} if kept else {}),  # "seconds" is this run's only
     }, indent=2) + "\n")
     return rows
 

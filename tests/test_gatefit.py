@@ -21,6 +21,7 @@ from vimw.aggregation.gatefit import (
 )
 from vimw.cli.main import main
 from vimw.data import get_task_spec
+from vimw.errors import VimwError
 from vimw.data.augment import AugmentConfig, augment_images, flips_allowed, random_affines, view_generator
 from vimw.data.specs import TaskSpec
 from vimw.workflows.compare import MethodRow, choose
@@ -163,6 +164,36 @@ def test_zoo_average_with_one_hot_weights_is_that_module(tiny_zoo, lite0):
     module = zoo_average_module(experts, lite0, torch.tensor([0.0, 1.0, 0.0]))
     for key, value in experts[1].state_dict().items():
         assert torch.equal(module.state_dict()[key], value)
+
+
+def test_zoo_average_takes_each_sites_own_weights(tiny_zoo, lite0):
+    experts = [tiny_zoo.load(n, lite0) for n in NAMES]
+    sites = experts[0].site_names
+    first, rest = sites[0], sites[1:]
+    weights = {first: torch.tensor([0.0, 0.0, 1.0]), **{s: torch.tensor([1.0, 0.0, 0.0]) for s in rest}}
+    module = zoo_average_module(experts, lite0, weights)
+    for key, value in module.state_dict().items():
+        source = experts[2] if key.startswith(f"{first}.") else experts[0]
+        assert torch.equal(value, source.state_dict()[key])
+    with pytest.raises(VimwError, match="non-negative weights"):
+        zoo_average_module(experts, lite0, {first: torch.tensor([1.0, -1.0, 0.0])})
+
+
+def test_zoo_init_gated_starts_from_the_ridge_gates_average_and_trains_as_one_module(tiny_zoo, lite0, make_task):
+    from vimw.training import TrainConfig
+    from vimw.workflows.downstream import train_downstream
+
+    data = make_task(n_train=12, n_val=6, n_test=6)
+    with pytest.raises(VimwError, match="fitted gates"):
+        build_model("zoo_init_gated", lite0, data, zoo=tiny_zoo)
+    result = train_downstream("zoo_init_gated", lite0, data, TrainConfig(epochs=1, lr=1e-3, batch_size=4, seed=0),
+                              zoo=tiny_zoo)
+    gates = result.info["init"]["gates"]
+    assert set(gates) == set(tiny_zoo.load(NAMES[0], lite0).site_names)
+    assert all(abs(sum(g) - 1.0) < 1e-4 for g in gates.values())
+    assert any(max(g) - min(g) > 1e-3 for g in gates.values())  # fitted, not uniform
+    experts = [tiny_zoo.load(n, lite0) for n in NAMES]
+    assert sum(p.numel() for p in result.model.plugin.parameters()) == sum(p.numel() for p in experts[0].parameters())
 
 
 # -- auto ----------------------------------------------------------------------------------------

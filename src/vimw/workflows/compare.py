@@ -47,6 +47,7 @@ SEARCH_GRID: dict[str, tuple[dict, ...]] = {
     "gates_ridge": _HEAD_ONLY,
     "gates_cma": _HEAD_ONLY,
     "zoo_init": _MODULE,
+    "zoo_init_gated": _MODULE,
 }
 # What ``auto`` chooses among: the zoo methods worth their cost, a new module, a probe.
 AUTO_CANDIDATES = ("linear_probe", "scratch", "uniform", "gates_ridge", "zoo_init", "ens")

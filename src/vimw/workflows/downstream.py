@@ -14,6 +14,8 @@ Methods (one option, same data, same seeds, same loop):
   (``vimw.aggregation.gatefit``);
 - ``zoo_init``: a new module initialised as the uniform parameter average of the zoo's
   modules, then fine-tuned with the head like ``scratch``; saved and run as one module.
+- ``zoo_init_gated``: the same, with each site's average weighted by the gates that
+  ``gates_ridge`` fits on the training images (a quick gate fit; no validation data).
 
 Where only the head trains (linear probe, uniform, single, fitted gates), it trains on
 features computed once per image and view (``workflows.headfit``).
@@ -40,7 +42,8 @@ from vimw.zoo import Zoo
 BASELINES = ("linear_probe", "scratch", "full_ft")
 FITTED_GATES = {"gates_ridge": "ridge", "gates_cma": "cma"}
 # Methods that use the zoo (what "the zoo helps" is measured over).
-ZOO_METHODS = MODES + tuple(FITTED_GATES) + ("zoo_init",)
+ZOO_INIT = {"zoo_init": None, "zoo_init_gated": "gates_ridge"}  # -> the gate fit that weights the average
+ZOO_METHODS = MODES + tuple(FITTED_GATES) + tuple(ZOO_INIT)
 METHODS = ZOO_METHODS + BASELINES
 DEFAULT_GATE_LR = 0.05
 
@@ -90,8 +93,12 @@ def build_model(
     names: list[str] | None = None,
     top_k: int = 2,
     single_index: int | None = None,
+    site_weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TaskModel, dict]:
-    """A fresh downstream model for ``method`` and what must be recorded to rebuild it."""
+    """A fresh downstream model for ``method`` and what must be recorded to rebuild it.
+
+    ``site_weights`` (per site, one weight per zoo module) weight ``zoo_init_gated``'s average.
+    """
     head = head_config_for(backbone, data.kind, data.num_classes)
     if method in MODES:
         if zoo is None:
@@ -120,15 +127,18 @@ def build_model(
                             "fitted": FITTED_GATES[method]},
         }
         return TaskModel(backbone, head, plugin=plugin), info
-    if method == "zoo_init":
+    if method in ZOO_INIT:
         if zoo is None:
-            raise VimwError("method 'zoo_init' needs a zoo")
+            raise VimwError(f"method {method!r} needs a zoo")
         names = _zoo_names(zoo, names, backbone)
-        module = zoo_average_module([zoo.load(n, backbone) for n in names], backbone)
+        if ZOO_INIT[method] is not None and site_weights is None:
+            raise VimwError(f"method {method!r} is built from fitted gates: train it with train_downstream")
+        module = zoo_average_module([zoo.load(n, backbone) for n in names], backbone, site_weights)
         index = zoo.read_index()
+        gates = "uniform" if site_weights is None else {k: [round(float(g), 6) for g in v] for k, v in site_weights.items()}
         return TaskModel(backbone, head, plugin=module), {
             "module": module.config.to_dict(),
-            "init": {"from": "zoo_average", "gates": "uniform",
+            "init": {"from": "zoo_average", "gates": gates,
                      "zoo_modules": [{"name": n, "sha256": index[n]["sha256"]} for n in names]},
         }
     if method == "linear_probe":
@@ -146,12 +156,14 @@ def build_model(
     raise VimwError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-def zoo_average_module(experts: list[ModuleSet], backbone: Backbone, weights: torch.Tensor | None = None) -> ModuleSet:
+def zoo_average_module(experts: list[ModuleSet], backbone: Backbone,
+                       weights: torch.Tensor | dict[str, torch.Tensor] | None = None) -> ModuleSet:
     """One trainable module whose parameters at each site are the weighted average of the zoo's.
 
-    ``weights`` (``N``, default uniform) are renormalised over the modules present at a
-    site, as the gates of mode ``merge`` are; the result computes exactly what ``merge``
-    computes with those gates, at one module's cost, and then trains like a new module.
+    ``weights`` (``N``, default uniform; or a dict giving each site its own ``N`` weights)
+    are renormalised over the modules present at a site, as the gates of mode ``merge``
+    are; the result computes exactly what ``merge`` computes with those gates, at one
+    module's cost, and then trains like a new module.
     """
     from vimw.aggregation.aggregate import json_key
     from vimw.aggregation.gates import merge_parameters, softmax_gates
@@ -159,13 +171,21 @@ def zoo_average_module(experts: list[ModuleSet], backbone: Backbone, weights: to
     if len({json_key(e.config.to_dict()) for e in experts}) != 1:
         raise VimwError("zoo_init needs zoo modules of one kind and one configuration")
     module = ModuleSet.create(config_from_dict(experts[0].config.to_dict()), backbone.sites)
-    logits = torch.zeros(len(experts)) if weights is None else torch.as_tensor(weights, dtype=torch.float32).log()
+    def site_logits(site: str) -> torch.Tensor:
+        w = weights.get(site) if isinstance(weights, dict) else weights
+        if w is None:
+            return torch.zeros(len(experts))
+        w = torch.as_tensor(w, dtype=torch.float32)
+        if w.shape != (len(experts),) or not bool((w >= 0).all()):
+            raise VimwError(f"zoo_init: site {site!r} needs {len(experts)} non-negative weights, got {tuple(w.shape)}")
+        return w.log()
+
     state = {}
     for site in module.site_names:
         present = torch.tensor([site in e for e in experts])
         if not bool(present.any()):
             raise VimwError(f"zoo_init: no zoo module has site {site!r}")
-        gates = softmax_gates(logits, present)
+        gates = softmax_gates(site_logits(site), present)
         holders = [dict(e[site].named_parameters()) for e in experts if site in e]
         merged = merge_parameters(holders, gates[present])
         state.update({f"{site}.{k}": v.detach().clone() for k, v in merged.items()})
@@ -215,31 +235,48 @@ def train_downstream(
 _GATE_FITS: dict[tuple, tuple] = {}  # the last gate fit, reused across a settings search
 
 
+def _apply_gate_fit(model: TaskModel, method: str, backbone: Backbone, data: TaskData, config: TrainConfig) -> dict:
+    """Fit ``model``'s gates and per-site scales (``method`` in ``FITTED_GATES``) and set them.
+
+    They are fitted on the training images' held-out (leave-one-out) ridge loss, then frozen
+    while the head trains; validation data are not used. The fit does not depend on the
+    head's settings, so a settings search reuses it. Returns the fit's record.
+    """
+    from vimw.aggregation.gatefit import fit_aggregate_gates
+
+    key = (FITTED_GATES[method], config.seed, tuple(model.plugin.names), backbone.fingerprint(),
+           data.spec.name, tuple(data.train.images.shape), float(data.train.images.double().sum()),
+           tuple(data.train.targets.tolist()))
+    if key not in _GATE_FITS:
+        _GATE_FITS.clear()
+        gatefit = fit_aggregate_gates(model, data.train.images, data.train.targets, FITTED_GATES[method],
+                                      seed=config.seed)
+        _GATE_FITS[key] = (gatefit, model.plugin.gate_logits.detach().clone(), model.plugin.log_scale.detach().clone())
+    gatefit, logits, log_scale = _GATE_FITS[key]
+    with torch.no_grad():
+        model.plugin.gate_logits.copy_(logits)
+        model.plugin.log_scale.copy_(log_scale)
+    return gatefit.to_dict()
+
+
 def _train_one(method, backbone, data, config, zoo, names, top_k, single_index, progress):
     """Build a fresh model for ``method`` and fit it: (model, info, fit result)."""
+    site_weights = None
+    if ZOO_INIT.get(method):  # the average's weights: the gates a gated method fits first
+        gated, _ = build_model(ZOO_INIT[method], backbone, data, zoo=zoo, names=names)
+        gated.to(next(backbone.parameters()).device)
+        _apply_gate_fit(gated, ZOO_INIT[method], backbone, data, config)
+        with torch.no_grad():
+            # the softmax gates alone: a site scale would be renormalised away by the average
+            site_weights = dict(zip(gated.plugin.site_names, ZooAggregate.gates(gated.plugin).cpu()))
+        del gated
     # New heads (and a scratch module) are initialised from the run's seed: same seed, same result.
     torch.manual_seed(config.seed)
-    model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index)
+    model, info = build_model(method, backbone, data, zoo=zoo, names=names, top_k=top_k, single_index=single_index,
+                              site_weights=site_weights)
     model.to(next(backbone.parameters()).device)  # zoo modules and heads are built on the CPU
     if method in FITTED_GATES:
-        from vimw.aggregation.gatefit import fit_aggregate_gates
-
-        # Gates and per-site scales first, on the training images' held-out (leave-one-out)
-        # ridge loss; then frozen while the head trains. Validation data are not used here.
-        # The fit does not depend on the head's settings: a settings search reuses it.
-        key = (FITTED_GATES[method], config.seed, tuple(model.plugin.names), backbone.fingerprint(),
-               data.spec.name, tuple(data.train.images.shape), float(data.train.images.double().sum()),
-               tuple(data.train.targets.tolist()))
-        if key not in _GATE_FITS:
-            _GATE_FITS.clear()
-            gatefit = fit_aggregate_gates(model, data.train.images, data.train.targets, FITTED_GATES[method],
-                                          seed=config.seed)
-            _GATE_FITS[key] = (gatefit, model.plugin.gate_logits.detach().clone(), model.plugin.log_scale.detach().clone())
-        gatefit, logits, log_scale = _GATE_FITS[key]
-        with torch.no_grad():
-            model.plugin.gate_logits.copy_(logits)
-            model.plugin.log_scale.copy_(log_scale)
-        info = {**info, "gate_fit": gatefit.to_dict()}
+        info = {**info, "gate_fit": _apply_gate_fit(model, method, backbone, data, config)}
     if head_only(model):  # frozen below the head: features computed once per image and view
         return model, {**info, "head_training": "cached features"}, fit_head(model, data, config, progress=progress)
     return model, info, fit(model, data, config, progress=progress)
