@@ -114,37 +114,32 @@ def cross_validate(args, backbone, zoo, data, shots: int, seed: int) -> dict[str
 
 
 def earlier_rows(path: Path, settings: dict) -> list[MethodRow]:
-    """The trained methods' rows of a unit made with the same settings but fewer methods: a
-    rerun with more methods trains only the missing ones (same split, same seeds)."""
+    """The trained methods' rows, among ``settings["methods"]``, of a unit made with the same
+    other settings: a rerun with more methods trains only the missing ones, and a run with
+    fewer reuses the ones it asks for (same split, same seeds)."""
     if not path.is_file():
         return []
     payload = json.loads(path.read_text())
     old = dict(payload.get("settings") or {})
     if {k: v for k, v in old.items() if k != "methods"} != {k: v for k, v in settings.items() if k != "methods"}:
         return []
-    if not set(old.get("methods", ())) <= set(settings["methods"]):
-        return []
-    return [MethodRow(**r) for r in payload["rows"] if r["method"] not in DERIVED]
+    return [MethodRow(**r) for r in payload["rows"] if r["method"] in settings["methods"]]
 
 
 def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[MethodRow]:
     started = time.perf_counter()
     data = load_task(task, shots=shots, seed=seed, max_test=args.max_test)
-    kept: dict[str, MethodRow] = {}
-    # with --cv, the models scored on test are the holdout run's (same split, same settings): reuse them
-    holdout = load_unit(unit_path("downstream", task, shots, seed), unit_settings(args, cv=False)) if args.cv else None
-    if holdout is not None:
-        rows = [r for r in holdout if r.method not in DERIVED]
-        print(f"  reusing the holdout unit's {len(rows)} trained methods", flush=True)
-    else:
-        kept = {r.method: r for r in earlier_rows(unit_path(args.name, task, shots, seed), unit_settings(args))}
-        if kept:
-            print(f"  kept from the earlier run: {', '.join(kept)}", flush=True)
-        missing = [m for m in args.methods if m not in kept]
-        new = compare_methods(backbone, data, missing, zoo=zoo, seed=seed, shots=shots, target_steps=args.target_steps,
-                              augment=not args.no_augment, on_result=_print_row) if missing else []
-        fresh = {r.method: r for r in new}
-        rows = [kept.get(m) or fresh[m] for m in args.methods]
+    # with --cv, the models scored on test are the holdout run's (same split, same settings):
+    # reuse them; without, a rerun trains only the methods the unit lacks
+    source = unit_path("downstream", task, shots, seed) if args.cv else unit_path(args.name, task, shots, seed)
+    kept = {r.method: r for r in earlier_rows(source, unit_settings(args, cv=False))}
+    if kept:
+        print(f"  kept from the earlier {'holdout ' if args.cv else ''}run: {', '.join(kept)}", flush=True)
+    missing = [m for m in args.methods if m not in kept]
+    new = compare_methods(backbone, data, missing, zoo=zoo, seed=seed, shots=shots, target_steps=args.target_steps,
+                          augment=not args.no_augment, on_result=_print_row) if missing else []
+    fresh = {r.method: r for r in new}
+    rows = [kept.get(m) or fresh[m] for m in args.methods]
     cv_metrics = cross_validate(args, backbone, zoo, data, shots, seed) if args.cv else None
     for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
         derived = choose(rows, among, label, metrics=cv_metrics,
