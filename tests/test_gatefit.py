@@ -179,7 +179,8 @@ def test_zoo_average_takes_each_sites_own_weights(tiny_zoo, lite0):
         zoo_average_module(experts, lite0, {first: torch.tensor([1.0, -1.0, 0.0])})
 
 
-def test_zoo_init_gated_starts_from_the_ridge_gates_average_and_trains_as_one_module(tiny_zoo, lite0, make_task):
+def test_zoo_init_gated_starts_from_the_ridge_gates_average_and_trains_as_one_module(tiny_zoo, lite0, make_task,
+                                                                                     tmp_path):
     from vimw.training import TrainConfig
     from vimw.workflows.downstream import train_downstream
 
@@ -194,6 +195,11 @@ def test_zoo_init_gated_starts_from_the_ridge_gates_average_and_trains_as_one_mo
     assert any(max(g) - min(g) > 1e-3 for g in gates.values())  # fitted, not uniform
     experts = [tiny_zoo.load(n, lite0) for n in NAMES]
     assert sum(p.numel() for p in result.model.plugin.parameters()) == sum(p.numel() for p in experts[0].parameters())
+    save_downstream(tmp_path / "m", result.model, {"method": "zoo_init_gated", **result.info})
+    loaded, _ = load_downstream(tmp_path / "m", backbone=lite0)
+    pixels = lite0.preprocess(data.test.images)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(pixels), result.model.eval()(pixels))
 
 
 # -- auto ----------------------------------------------------------------------------------------
