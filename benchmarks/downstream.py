@@ -17,11 +17,15 @@ derived from the others, never by looking at test:
 Each finished unit is written to ``results/downstream-units/<task>-k<shots>-s<seed>.json``
 (``results/<name>-units/`` for another ``--name``, e.g. another zoo)
 (kept in the repository); a rerun skips the units already there (same methods and
-settings), so an interrupted run continues where it stopped. After every unit the
+settings), so an interrupted run continues where it stopped, and a rerun with more
+methods trains only the ones a unit lacks. After every unit the
 summary ``results/<name>.{json,md}`` is rebuilt from all unit files: per task, shots and
 method (test and validation accuracy, validation loss), averages over tasks with and
 without the tasks that overlap the zoo, and which units ran on which machine.
 
+``--cv K``: choose ``auto`` and ``best_zoo`` by K-fold cross-validation over the labelled
+images instead (each method retrained on every fold; the models scored on test are the
+holdout run's), written under the name ``downstream-cvK``.
 ``--workers N --worker I``: run every N-th unit (start one process per core).
 ``--tasks`` takes any task spec, including ``folder:DIR`` and ``npz:FILE``.
 """
