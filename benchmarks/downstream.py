@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
 from vimw.io import atomic_write_text  # noqa: E402
-from vimw.workflows.compare import AUTO_CANDIDATES, MethodRow, choose, compare_methods, kfold_tasks  # noqa: E402
+from vimw.workflows.compare import AUTO_CANDIDATES, MethodRow, choose, compare_methods, kfold_metrics  # noqa: E402
 from vimw.workflows.downstream import METHODS, ZOO_METHODS  # noqa: E402
 from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
@@ -105,18 +105,6 @@ def _print_row(row: MethodRow, _result=None) -> None:
           f"test {row.test:.4f} lr {row.lr:g} ({row.search_seconds:.1f} s)", flush=True)
 
 
-def cross_validate(args, backbone, zoo, data, shots: int, seed: int) -> dict[str, dict]:
-    """Each method's mean validation accuracy and loss over ``args.cv`` folds of the labelled images."""
-    per_method: dict[str, list[dict]] = {}
-    for fold, split in enumerate(kfold_tasks(data, args.cv, seed)):
-        print(f"  fold {fold + 1}/{args.cv}", flush=True)
-        for row in compare_methods(backbone, split, args.methods, zoo=zoo, seed=seed, shots=shots,
-                                   target_steps=args.target_steps, augment=not args.no_augment, on_result=_print_row):
-            per_method.setdefault(row.method, []).append(row.val_metrics)
-    return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
-            for m, ms in per_method.items()}
-
-
 def earlier_rows(path: Path, settings: dict) -> list[MethodRow]:
     """The trained methods' rows, among ``settings["methods"]``, of a unit made with the same
     other settings: a rerun with more methods trains only the missing ones, and a run with
@@ -144,7 +132,9 @@ def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[Meth
                           augment=not args.no_augment, on_result=_print_row) if missing else []
     fresh = {r.method: r for r in new}
     rows = [kept.get(m) or fresh[m] for m in args.methods]
-    cv_metrics = cross_validate(args, backbone, zoo, data, shots, seed) if args.cv else None
+    cv_metrics = kfold_metrics(backbone, data, args.methods, folds=args.cv, zoo=zoo, seed=seed, shots=shots,
+                               target_steps=args.target_steps, augment=not args.no_augment,
+                               on_result=_print_row) if args.cv else None
     for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
         derived = choose(rows, among, label, metrics=cv_metrics,
                          selection=f"{args.cv}-fold cross-validation" if args.cv else None)

@@ -60,3 +60,36 @@ def test_an_unknown_method_is_refused_before_training(lite0):
 
     with pytest.raises(VimwError, match="unknown method"):
         compare_methods(lite0, synthetic_task(), ["best"], zoo=None, seed=0, shots=None)
+
+
+def test_kfold_splits_partition_the_labelled_images_by_class_and_leave_test_alone():
+    import torch
+    from conftest import synthetic_task
+
+    from vimw.workflows.compare import kfold_tasks
+
+    data = synthetic_task(n_train=12, n_val=12, n_test=8, seed=1)
+    splits = kfold_tasks(data, 3, seed=0)
+    labelled = torch.cat([data.train.targets, data.val.targets])
+    held = torch.cat([s.val.targets for s in splits])
+    assert sorted(held.tolist()) == sorted(labelled.tolist())  # each labelled image held out exactly once
+    for split in splits:
+        assert len(split.train) + len(split.val) == len(labelled)
+        assert set(split.val.targets.tolist()) == set(labelled.tolist())  # stratified: every class in every fold
+        assert split.test is data.test
+
+
+def test_kfold_metrics_are_the_mean_of_the_folds_validation_numbers(lite0):
+    import statistics
+
+    from conftest import synthetic_task
+
+    from vimw.workflows.compare import kfold_metrics, kfold_tasks
+
+    data = synthetic_task(n_train=12, n_val=12, n_test=8, seed=2)
+    seen = []
+    metrics = kfold_metrics(lite0, data, ["linear_probe"], folds=2, zoo=None, seed=0, shots=None, target_steps=2,
+                            on_result=lambda row, _: seen.append(row.val_metrics))
+    assert len(seen) == len(kfold_tasks(data, 2, seed=0)) == 2
+    assert metrics["linear_probe"]["score"] == pytest.approx(statistics.fmean(m["score"] for m in seen))
+    assert metrics["linear_probe"]["loss"] == pytest.approx(statistics.fmean(m["loss"] for m in seen))

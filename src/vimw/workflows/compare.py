@@ -198,6 +198,31 @@ def kfold_tasks(data: TaskData, folds: int, seed: int) -> list[TaskData]:
     return splits
 
 
+def kfold_metrics(
+    backbone: Backbone,
+    data: TaskData,
+    methods: Sequence[str],
+    *,
+    folds: int,
+    zoo: Zoo | None,
+    seed: int,
+    shots: int | None,
+    target_steps: int = 120,
+    augment: bool = True,
+    names: list[str] | None = None,
+    on_result=None,
+) -> dict[str, dict]:
+    """Each method's mean validation ``{"score", "loss"}`` over ``folds`` folds of the labelled
+    images (each fold trains on the rest, settings searched within it)."""
+    per_method: dict[str, list[dict]] = {m: [] for m in methods}
+    for split in kfold_tasks(data, folds, seed):
+        for r in compare_methods(backbone, split, methods, zoo=zoo, seed=seed, shots=shots,
+                                 target_steps=target_steps, augment=augment, names=names, on_result=on_result):
+            per_method[r.method].append(r.val_metrics)
+    return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
+            for m, ms in per_method.items()}
+
+
 @dataclass
 class AutoResult:
     """What ``auto`` tried and kept: the chosen method's row and trained model, and why."""
@@ -269,13 +294,8 @@ def run_auto(
     skipped = [m for m in order if m not in ran]
     cv_scores: dict[str, dict] = {}
     if folds >= 2:
-        per_method: dict[str, list[dict]] = {m: [] for m in ran}
-        for split in kfold_tasks(data, folds, seed):
-            for r in compare_methods(backbone, split, ran, zoo=zoo, seed=seed, shots=shots,
-                                     target_steps=target_steps, augment=augment, names=names):
-                per_method[r.method].append(r.val_metrics)
-        cv_scores = {m: {"score": statistics.fmean(v["score"] for v in ms),
-                         "loss": statistics.fmean(v["loss"] for v in ms)} for m, ms in per_method.items()}
+        cv_scores = kfold_metrics(backbone, data, ran, folds=folds, zoo=zoo, seed=seed, shots=shots,
+                                  target_steps=target_steps, augment=augment, names=names)
         best = rows[best_candidate([cv_scores[r.method] for r in rows])]
         selection = f"{folds}-fold cross-validation"
     else:
