@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         *sections,
         "Seconds: the teacher = its fine-tuning; transferred = extraction (the teacher's pass over the unlabeled "
         "views + distillation) + the strong model's passes over the alignment and validation images (timed in "
-        f"each seed's run; a 32-image probe measured {1000 * result['strong_seconds_per_image']:.0f} ms per image) + "
+        f"each seed's run: {1000 * result['strong_seconds_per_image']:.0f} ms per image on average) + "
         "the lambda choice; TransMiter+ "
         "adds the refinement; proxy / ensemble = the alpha choice only, but they need the fine-tuned weak model on "
         "every image at inference, TransMiter needs only the strong model; strong fine-tuned = training with its "
