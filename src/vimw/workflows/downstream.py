@@ -171,6 +171,7 @@ def zoo_average_module(experts: list[ModuleSet], backbone: Backbone,
     if len({json_key(e.config.to_dict()) for e in experts}) != 1:
         raise VimwError("zoo_init needs zoo modules of one kind and one configuration")
     module = ModuleSet.create(config_from_dict(experts[0].config.to_dict()), backbone.sites)
+
     def site_logits(site: str) -> torch.Tensor:
         w = weights.get(site) if isinstance(weights, dict) else weights
         if w is None:
