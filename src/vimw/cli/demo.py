@@ -50,7 +50,8 @@ def run(args) -> int:
     from vimw.aggregation import save_downstream
     from vimw.aggregation.plot import plot_gates
     from vimw.backbones import create_backbone
-    from vimw.cli import predict
+    from vimw.cli.predict import print_predictions
+    from vimw.workflows.predict import load_predictor, predict_files
     from vimw.data import load_task
     from vimw.workflows.compare import AUTO_CANDIDATES, choose, compare_methods, format_table, summarise
     from vimw.workflows.downstream import ZOO_METHODS
@@ -63,7 +64,7 @@ def run(args) -> int:
     started = time.perf_counter()
     print("== 1. Real pretrained weights: EfficientNet-Lite0 on the bundled photos ==")
     photos = _photos(workdir / "photos")
-    predict.predict_files([str(p) for p in photos], backbone=DEFAULT_BACKBONE, top=3)
+    print_predictions(predict_files(photos, load_predictor(backbone=DEFAULT_BACKBONE), top=3)[0])
 
     print("\n== 2. The demo zoo (EfficientNet-Lite0, 64 px) ==")
     zoo_started = time.perf_counter()
