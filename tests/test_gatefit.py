@@ -17,6 +17,7 @@ from vimw.aggregation.gatefit import (
     fit_aggregate_gates,
     fit_gates_cma,
     fit_gates_gradient,
+    ridge_loo_accuracy,
     ridge_loo_loss,
 )
 from vimw.cli.main import main
@@ -108,6 +109,48 @@ def test_gate_fit_recovers_the_module_that_carries_the_signal(strategy):
     assert float(gates[:, 0].min()) > 0.5  # from 0.25 at the start
     assert result.objective < result.start_objective
     assert result.loo_accuracy == 1.0
+
+
+def refit_without_each_point(features: torch.Tensor, targets: torch.Tensor, classes: int, alpha: float):
+    """Brute force: for each i, ridge (unpenalised intercept) on the others in the primal, predict i."""
+    f, y = features.double(), nn.functional.one_hot(targets, classes).double()
+    predictions = []
+    for i in range(len(f)):
+        keep = torch.arange(len(f)) != i
+        f_mean, y_mean = f[keep].mean(0), y[keep].mean(0)
+        fc, yc = f[keep] - f_mean, y[keep] - y_mean
+        weights = torch.linalg.solve(fc.T @ fc + alpha * torch.eye(f.shape[1], dtype=f.dtype), fc.T @ yc)
+        predictions.append(y_mean + (f[i] - f_mean) @ weights)
+    predictions = torch.stack(predictions)
+    return (y - predictions).pow(2).sum(1).mean().item(), (predictions.argmax(1) == targets).double().mean().item()
+
+
+@pytest.mark.parametrize("n,dim", [(6, 40), (15, 64), (40, 8), (25, 25)])
+@pytest.mark.parametrize("lam", [1e-3, 1e-1, 10.0])
+def test_ridge_leave_one_out_equals_refitting_without_each_point(n, dim, lam):
+    g = torch.Generator().manual_seed(n * 100 + dim)
+    targets = torch.arange(n) % 3
+    features = torch.randn(3, dim, generator=g, dtype=torch.float64)[targets] + torch.randn(n, dim, generator=g,
+                                                                                         dtype=torch.float64)
+    features = features + 5.0  # an offset that only the intercept can absorb
+    centred = features - features.mean(0)
+    alpha = lam * centred.pow(2).sum(1).mean().item()  # lam is relative to the mean centred energy
+    want_loss, want_accuracy = refit_without_each_point(features, targets, 3, alpha)
+    loss, used = ridge_loo_loss(features, targets, 3, lambdas=(lam,))
+    assert used == lam
+    assert abs(loss.item() - want_loss) < 1e-8
+    assert abs(ridge_loo_accuracy(features, targets, 3, lam) - want_accuracy) < 1e-12
+
+
+def test_ridge_leave_one_out_cannot_be_won_by_interpolating_the_shots():
+    # Pure noise with more features than images: a smaller lambda interpolates better but
+    # predicts a left-out image no better, so the loss stays at or above chance level.
+    g = torch.Generator().manual_seed(1)
+    targets = torch.arange(10) % 2
+    noise = torch.randn(10, 500, generator=g)
+    loss, _ = ridge_loo_loss(noise, targets, 2, lambdas=(1e-4,))
+    chance = nn.functional.one_hot(targets).double().var(0, unbiased=False).sum().item()  # predicting the mean
+    assert loss.item() > chance
 
 
 def test_ridge_leave_one_out_loss_is_scale_free_and_sees_held_out_labels():

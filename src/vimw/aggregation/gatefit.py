@@ -8,10 +8,11 @@ head on the gated features.
 
 - :func:`ridge_loo_loss`: leave-one-out squared error of a ridge classifier (one-hot
   targets) on features ``F``. In the dual, with ``K = F F^T`` and ``H = K (K + lam I)^-1``,
-  the leave-one-out residuals are ``(y - H y) / (1 - H_ii)`` (Allen's PRESS), so every
-  image is predicted by a head that never saw it, and the loss is differentiable in
-  ``F``, hence in the gates. ``lam`` is relative to the mean feature energy, so scaling
-  every feature alike changes nothing; the best of a few ``lam`` is used.
+  the leave-one-out residuals are ``(y - H y) / (1 - H_ii)`` (Allen's PRESS; with the
+  intercept, ``H_ii`` includes its ``1/n``), so every image is predicted exactly as by a
+  head refitted without it, and the loss is differentiable in ``F``, hence in the gates.
+  ``lam`` is relative to the mean feature energy, so scaling every feature alike changes
+  nothing; the best of a few ``lam`` is used.
 - :class:`ScaledZooAggregate`: ViM gates times a learned positive per-site scale, so
   the combination can amplify (or damp) the zoo, which softmax gates alone cannot.
 - :func:`fit_gates_gradient`: Adam on gate logits and log-scales against the ridge
@@ -76,30 +77,47 @@ def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return nn.functional.one_hot(targets.long(), num_classes).to(torch.float64)
 
 
+def _centred_dual(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram matrix of the centred features (float64) and its mean diagonal, the lambda unit."""
+    f = features.to(torch.float64)
+    f = f - f.mean(0, keepdim=True)
+    gram = f @ f.T
+    return gram, gram.diagonal().mean().clamp_min(1e-12)
+
+
+def _loo_residuals(gram: torch.Tensor, energy: torch.Tensor, centred_targets: torch.Tensor, lam: float) -> torch.Tensor:
+    """Exact leave-one-out residuals ``y_i - f_{-i}(x_i)`` of ridge with an unpenalised intercept.
+
+    With ``A = (K_c + a I)^-1`` on the centred Gram ``K_c`` and ``C = I - 11^T/n``, the hat
+    matrix is ``11^T/n + K_c A``, so ``I - H = a C A C`` and Allen's PRESS residual
+    ``e_i / (1 - H_ii)`` (denominator ``1 - 1/n - (K_c A)_ii``) equals ``(B y_c)_i / B_ii``
+    with ``B = C A C``: the same number without the cancellation near ``h_ii = 1 - 1/n``.
+    """
+    n = gram.shape[0]
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    centring = eye - 1.0 / n
+    inner = centring @ torch.linalg.solve(gram + lam * energy * eye, centring)
+    return (inner @ centred_targets) / inner.diagonal().clamp_min(1e-300)[:, None]
+
+
 def ridge_loo_loss(
     features: torch.Tensor, targets: torch.Tensor, num_classes: int, lambdas: Sequence[float] = RIDGE_LAMBDAS
 ) -> tuple[torch.Tensor, float]:
     """Leave-one-out mean squared error of a ridge head (with intercept) and the ``lam`` used.
 
     ``features``: ``n x D``; ``targets``: ``n`` class indices. Computed in float64 in the
-    dual (``n x n``), which is small at few shots. The intercept is handled by centring
-    features and targets (an approximation of at most ``1/n`` in the leave-one-out sense).
+    dual (``n x n``), which is small at few shots, and exact: each image's residual is the
+    one a head refitted without it (intercept included) would leave.
     """
-    f = features.to(torch.float64)
-    f = f - f.mean(0, keepdim=True)
-    y = one_hot(targets, num_classes)
-    y = y - y.mean(0, keepdim=True)
-    n = f.shape[0]
+    n = features.shape[0]
     if n < 3:
         raise VimwError(f"a leave-one-out gate fit needs at least 3 images, got {n}")
-    gram = f @ f.T
-    energy = gram.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(n, dtype=f.dtype, device=f.device)
+    gram, energy = _centred_dual(features)
+    y = one_hot(targets, num_classes).to(gram.device)
+    y = y - y.mean(0, keepdim=True)
     best, best_lam = None, lambdas[0]
     for lam in lambdas:
-        hat = torch.linalg.solve(gram + lam * energy * eye, gram).T  # K (K + lam I)^-1 (symmetric)
-        residual = (y - hat @ y) / (1.0 - hat.diagonal()).clamp_min(1e-6)[:, None]
-        loss = residual.pow(2).sum(1).mean()
+        loss = _loo_residuals(gram, energy, y, lam).pow(2).sum(1).mean()
         if best is None or loss.item() < best.item():
             best, best_lam = loss, lam
     return best, float(best_lam)
@@ -108,16 +126,9 @@ def ridge_loo_loss(
 def ridge_loo_accuracy(features: torch.Tensor, targets: torch.Tensor, num_classes: int, lam: float) -> float:
     """Leave-one-out accuracy of the same ridge head (for reports)."""
     with torch.no_grad():
-        f = features.to(torch.float64)
-        f = f - f.mean(0, keepdim=True)
-        y = one_hot(targets, num_classes)
-        mean = y.mean(0, keepdim=True)
-        yc = y - mean
-        gram = f @ f.T
-        energy = gram.diagonal().mean().clamp_min(1e-12)
-        hat = torch.linalg.solve(gram + lam * energy * torch.eye(len(f), dtype=f.dtype), gram).T
-        residual = (yc - hat @ yc) / (1.0 - hat.diagonal()).clamp_min(1e-6)[:, None]
-        predicted = (yc - residual + mean).argmax(1)
+        gram, energy = _centred_dual(features)
+        y = one_hot(targets, num_classes).to(gram.device)
+        predicted = (y - _loo_residuals(gram, energy, y - y.mean(0, keepdim=True), lam)).argmax(1)
         return float((predicted == targets.to(predicted.device)).double().mean())
 
 
