@@ -9,7 +9,8 @@ import torch
 
 from vimw.errors import TrainingError, VimwError
 from vimw.evaluation.selection import best_candidate, is_better, selection_key
-from vimw.training.engine import cosine_lr, run_fit, warmup_steps
+from vimw.training.config import FitConfig
+from vimw.training.engine import RunOutputs, Trainable, cosine_lr, run_fit, warmup_steps
 
 
 # -- the selection rule --------------------------------------------------------------------
@@ -85,11 +86,13 @@ class Quadratic:
             self.w.copy_(state["w"])
 
 
-def fit(problem, **kwargs):
-    settings = dict(epochs=5, steps_per_epoch=2, snapshot=problem.snapshot, restore=problem.restore,
-                    validate=problem.validate, progress=False)
-    settings.update(kwargs)
-    return run_fit(problem.groups(), problem.batches, problem.loss, **settings)
+def fit(problem, *, warmup_fraction=0.05, checkpoint_dir=None, settings=None, resume=False, **kwargs):
+    options = dict(steps_per_epoch=2, validate=problem.validate)
+    options.update(kwargs)
+    return run_fit(Trainable(problem.groups(), problem.snapshot, problem.restore), problem.batches, problem.loss,
+                   config=FitConfig(epochs=5, warmup_fraction=warmup_fraction, grad_clip=None),
+                   outputs=RunOutputs(checkpoint_dir=checkpoint_dir, settings=settings, resume=resume, progress=False),
+                   **options)
 
 
 def test_engine_trains_and_keeps_the_best_epoch_by_the_selection_rule():
@@ -136,16 +139,17 @@ def test_each_group_keeps_its_own_learning_rate_under_the_schedule():
         seen.append(record["lr"])
 
     groups = [{"params": [a], "lr": 0.01}, {"params": [b], "lr": 1.0}]
-    run_fit(groups, lambda e: [torch.ones(1)], loss, epochs=2, steps_per_epoch=1,
-            snapshot=lambda: {}, restore=lambda s: None, warmup_fraction=0.0, on_epoch_end=on_epoch_end)
+    run_fit(Trainable(groups, lambda: {}, lambda s: None), lambda e: [torch.ones(1)], loss,
+            config=FitConfig(epochs=2, warmup_fraction=0.0, weight_decay=0.0), steps_per_epoch=1,
+            on_epoch_end=on_epoch_end)
     assert float(b) > 10 * float(a) > 0  # Adam moves each by about its own rate
 
 
 def test_a_non_finite_loss_stops_before_any_update():
     w = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(TrainingError, match="loss became"):
-        run_fit([{"params": [w], "lr": 0.1}], lambda e: [torch.ones(1)], lambda b: (w * float("nan")).sum(),
-                epochs=1, steps_per_epoch=1, snapshot=lambda: {}, restore=lambda s: None)
+        run_fit(Trainable([{"params": [w], "lr": 0.1}], lambda: {}, lambda s: None), lambda e: [torch.ones(1)],
+                lambda b: (w * float("nan")).sum(), config=FitConfig(epochs=1), steps_per_epoch=1)
     assert torch.equal(w.detach(), torch.ones(2))
 
 

@@ -31,6 +31,7 @@ import torch
 from vimw.errors import TrainingError
 from vimw.evaluation.selection import DEFAULT_CRITERION, is_better
 from vimw.training import distributed as dist_utils
+from vimw.training.config import FitConfig
 from vimw.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
 from vimw.training.progress import progress_bar, progress_enabled, progress_write
 from vimw.training.run_log import RunLog
@@ -92,41 +93,62 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], where:
                             "resume with the same settings or start afresh without --resume")
 
 
+# -- what a run trains, and where it reports -------------------------------------------------------
+@dataclass
+class Trainable:
+    """What the engine trains: AdamW parameter groups, and how to snapshot and restore them.
+
+    Each group carries its own ``"lr"`` (and optionally ``"weight_decay"``); the schedule
+    scales every group's rate alike. ``train_mode(flag)`` switches dropout and the like.
+    """
+
+    groups: list[dict]
+    snapshot: Callable[[], dict[str, torch.Tensor]]
+    restore: Callable[[dict[str, torch.Tensor]], None]
+    train_mode: Callable[[bool], None] | None = None
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run reports: checkpoints (and resuming from them), its log, TensorBoard, progress bars.
+
+    ``settings`` are saved with each checkpoint; resuming with other settings is refused.
+    """
+
+    checkpoint_dir: str | os.PathLike | None = None
+    resume: bool = False
+    settings: Mapping[str, Any] | None = None
+    log_path: str | os.PathLike | None = None
+    tensorboard_dir: str | os.PathLike | None = None
+    progress: bool | None = None
+    desc: str = "train"
+
+
 # -- the engine ---------------------------------------------------------------------------------
 def run_fit(
-    groups: list[dict],
+    trainable: Trainable,
     batches: Callable[[int], Iterable[Batch]],
     loss: Callable[[Batch], torch.Tensor],
     *,
-    epochs: int,
+    config: FitConfig,
     steps_per_epoch: int,
-    snapshot: Callable[[], dict[str, torch.Tensor]],
-    restore: Callable[[dict[str, torch.Tensor]], None],
-    weight_decay: float = 0.0,
-    warmup_fraction: float = 0.05,
-    grad_clip: float | None = None,
     validate: Callable[[], Mapping[str, float]] | None = None,
     include_start: bool = False,
     criterion: str = DEFAULT_CRITERION,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    settings: Mapping[str, Any] | None = None,
-    log_path: str | os.PathLike | None = None,
-    tensorboard_dir: str | os.PathLike | None = None,
-    progress: bool | None = None,
-    desc: str = "train",
+    outputs: RunOutputs = RunOutputs(),
     on_epoch_end: Callable[[int, dict], None] | None = None,
-    train_mode: Callable[[bool], None] | None = None,
 ) -> FitResult:
-    """Train with AdamW over ``groups`` for ``epochs`` x ``steps_per_epoch`` steps.
+    """Train ``trainable`` with AdamW for ``config.epochs`` x ``steps_per_epoch`` steps.
 
-    Each group carries its own ``"lr"`` (and optionally ``"weight_decay"``); the schedule
-    scales every group's rate alike. ``batches(epoch)`` yields that epoch's batches (make it
-    a pure function of the epoch so a resumed run sees the same data); ``loss(batch)``
-    returns a scalar. ``validate()`` returns held-out metrics with ``"score"`` (higher is
-    better) and ``"loss"``; without it the last epoch is kept. The kept state is restored
-    into the model before returning.
+    ``config`` gives the schedule (warm-up fraction, epochs), weight decay and gradient
+    clipping. ``batches(epoch)`` yields that epoch's batches (make it a pure function of the
+    epoch so a resumed run sees the same data); ``loss(batch)`` returns a scalar.
+    ``validate()`` returns held-out metrics with ``"score"`` (higher is better) and ``"loss"``;
+    without it the last epoch is kept. The kept state is restored before returning.
     """
+    epochs, warmup_fraction, grad_clip = config.epochs, config.warmup_fraction, config.grad_clip
+    groups, snapshot, restore, train_mode = trainable.groups, trainable.snapshot, trainable.restore, trainable.train_mode
+    checkpoint_dir, desc = outputs.checkpoint_dir, outputs.desc
     if epochs < 1 or steps_per_epoch < 1:
         raise TrainingError(f"epochs and steps per epoch must be >= 1, got {epochs} and {steps_per_epoch}")
     params = [p for g in groups for p in g["params"]]
@@ -134,13 +156,13 @@ def run_fit(
         raise TrainingError("nothing to train: the parameter groups are empty")
     for group in groups:
         group.setdefault("base_lr", group["lr"])
-    optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay)
     total_steps = epochs * steps_per_epoch
     warm = warmup_steps(total_steps, warmup_fraction)
-    settings = dict(settings or {})
+    settings = dict(outputs.settings or {})
 
     state = TrainingState(settings=settings)
-    if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+    if outputs.resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir)
         check_resumable(state.settings, settings, checkpoint_dir)
         missing = set(snapshot()) - set(state.model)
@@ -151,8 +173,8 @@ def run_fit(
         if state.rng is not None:
             torch.set_rng_state(state.rng)
     main = dist_utils.is_main_process()
-    run_log = RunLog(log_path, tensorboard_dir) if main else RunLog()
-    show = progress_enabled(progress)
+    run_log = RunLog(outputs.log_path, outputs.tensorboard_dir) if main else RunLog()
+    show = progress_enabled(outputs.progress)
 
     best_metrics: dict[str, float] | None = None
     if state.best_epoch >= 0:
@@ -243,4 +265,4 @@ def run_fit(
     )
 
 
-__all__ = ["FitResult", "check_resumable", "cosine_lr", "run_fit", "warmup_steps"]
+__all__ = ["FitResult", "RunOutputs", "Trainable", "check_resumable", "cosine_lr", "run_fit", "warmup_steps"]

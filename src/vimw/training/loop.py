@@ -21,10 +21,10 @@ from vimw.errors import DataError, TrainingError
 from vimw.evaluation.evaluate import evaluate, model_device, task_loss
 from vimw.training import distributed as dist_utils
 from vimw.training.config import TrainConfig
-from vimw.training.engine import FitResult, run_fit
+from vimw.training.engine import FitResult, RunOutputs, Trainable, run_fit
 from vimw.training.task_model import TaskModel
 
-__all__ = ["FitResult", "fit", "parameter_groups", "task_model_settings"]
+__all__ = ["FitResult", "fit", "parameter_groups", "task_model_trainable"]
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -37,17 +37,14 @@ def parameter_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
     return model.parameter_groups(config.lr, {"gates": config.gate_lr} if config.gate_lr else None)
 
 
-def task_model_settings(model: TaskModel, config: TrainConfig) -> dict:
-    """What ``run_fit`` needs to train a task model's trainable tensors under ``config``."""
-    return {
-        "groups": parameter_groups(model, config),
-        "epochs": config.epochs,
-        "snapshot": model.trainable_state,
-        "restore": lambda state: model.load_state_dict(state, strict=False),
-        "weight_decay": config.weight_decay,
-        "warmup_fraction": config.warmup_fraction,
-        "grad_clip": config.grad_clip,
-    }
+def task_model_trainable(model: TaskModel, config: TrainConfig, train_mode=None) -> Trainable:
+    """What ``run_fit`` trains of a task model under ``config`` (``train_mode``: default the model's)."""
+    return Trainable(
+        groups=parameter_groups(model, config),
+        snapshot=model.trainable_state,
+        restore=lambda state: model.load_state_dict(state, strict=False),
+        train_mode=train_mode or model.train,
+    )
 
 
 def fit(
@@ -116,18 +113,14 @@ def fit(
         return task_loss(logits, targets[index].to(device))
 
     return run_fit(
-        batches=batches,
-        loss=loss,
+        task_model_trainable(model, config),
+        batches,
+        loss,
+        config=config,
         steps_per_epoch=steps_per_epoch,
-        **task_model_settings(model, config),
         validate=lambda: evaluate(model, data.val, config.eval_batch_size),
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        settings={"train": config.to_dict(), "task": data.spec.name},
-        log_path=log_path,
-        tensorboard_dir=tensorboard_dir,
-        progress=progress,
-        desc="train",
+        outputs=RunOutputs(checkpoint_dir=checkpoint_dir, resume=resume,
+                           settings={"train": config.to_dict(), "task": data.spec.name}, log_path=log_path,
+                           tensorboard_dir=tensorboard_dir, progress=progress, desc="train"),
         on_epoch_end=on_epoch_end,
-        train_mode=model.train,
     )

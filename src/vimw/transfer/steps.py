@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,8 @@ from torch.nn.utils import parametrize
 
 from vimw.errors import DataError
 from vimw.evaluation.selection import DEFAULT_CRITERION, best_candidate
+from vimw.training.config import FitConfig
+from vimw.training.engine import RunOutputs, Trainable
 from vimw.transfer.adapter import TransMiterAdapter
 from vimw.transfer.procrustes import normalised_lambda, orthogonal_alignment
 from vimw.transfer.scoring import validation_metrics
@@ -37,53 +39,52 @@ LAMBDA_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 @dataclass(frozen=True)
-class ExtractionConfig:
-    """Settings of :func:`extract_adapter`; the defaults are the reference's."""
+class ExtractionConfig(FitConfig):
+    """Settings of :func:`extract_adapter`; the defaults are the reference's (which does not clip)."""
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-3
     warmup_fraction: float = 0.05
+    grad_clip: float | None = None
     tau: float = 1.0
     teacher_temperature: float = 0.5
     noise_prob: float = 0.5
     noise_scale: float = 0.5
     hidden_mult: int = 4
     orthogonal_map: str = "cayley"
-    seed: int = 0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise DataError(f"extraction needs epochs >= 1, batch_size >= 1 and lr > 0, got {self.epochs}, "
                             f"{self.batch_size}, {self.lr}")
         if not self.tau > 0 or not self.teacher_temperature > 0 or not 0 <= self.noise_prob <= 1:
             raise DataError("tau and teacher_temperature must be positive and noise_prob in [0, 1]")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class RefineConfig:
-    """Settings of :func:`refine_adapter` (TransMiter+); ``lrs`` are candidates."""
+class RefineConfig(FitConfig):
+    """Settings of :func:`refine_adapter` (TransMiter+); ``lrs`` are candidates (``lr`` is unused).
+
+    No gradient clipping, as in the reference's recipe.
+    """
 
     lrs: tuple[float, ...] = (1e-3,)
     epochs: int = 10
     batch_size: int = 32
     weight_decay: float = 1e-3
     warmup_fraction: float = 0.05
-    seed: int = 0
+    grad_clip: float | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.lrs or any(not lr > 0 for lr in self.lrs) or self.epochs < 1 or self.batch_size < 1:
             raise DataError(f"refinement needs positive learning rates, epochs >= 1 and batch_size >= 1, got "
                             f"lrs={self.lrs}, epochs={self.epochs}, batch_size={self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # -- checks ---------------------------------------------------------------------------------------------
@@ -180,11 +181,10 @@ def extract_adapter(
         zb, yb = batch
         return kd_loss(adapter(zb), yb, tau=cfg.tau, teacher_temperature=cfg.teacher_temperature)
 
-    result = run_fit([{"params": list(adapter.parameters()), "lr": cfg.lr}], batches, loss, epochs=cfg.epochs,
-                     steps_per_epoch=steps, snapshot=lambda: _adapter_state(adapter),
-                     restore=lambda s: adapter.load_state_dict(s), weight_decay=cfg.weight_decay,
-                     warmup_fraction=cfg.warmup_fraction, progress=cfg.progress, desc="extract",
-                     train_mode=lambda on: adapter.train(on))
+    trainable = Trainable([{"params": list(adapter.parameters()), "lr": cfg.lr}], lambda: _adapter_state(adapter),
+                          adapter.load_state_dict, adapter.train)
+    result = run_fit(trainable, batches, loss, config=cfg, steps_per_epoch=steps,
+                     outputs=RunOutputs(progress=cfg.progress, desc="extract"))
     adapter.eval()
     return adapter, {"history": result.history, "seconds": result.seconds, "config": cfg.to_dict()}
 
@@ -306,12 +306,11 @@ def refine_adapter(
         def validate(_m=model) -> dict[str, float]:
             return validation_metrics(adapter_logits(_m, zv), yv, base, novel, protocol)
 
-        result = run_fit([{"params": list(model.parameters()), "lr": float(lr)}], batches, loss, epochs=cfg.epochs,
-                         steps_per_epoch=steps, snapshot=lambda _m=model: _adapter_state(_m),
-                         restore=lambda s, _m=model: _m.load_state_dict(s), weight_decay=cfg.weight_decay,
-                         warmup_fraction=cfg.warmup_fraction, validate=validate, include_start=True,
-                         criterion=criterion, progress=cfg.progress, desc=f"refine lr {lr:g}",
-                         train_mode=lambda on, _m=model: _m.train(on))
+        trainable = Trainable([{"params": list(model.parameters()), "lr": float(lr)}],
+                              lambda _m=model: _adapter_state(_m), model.load_state_dict, model.train)
+        result = run_fit(trainable, batches, loss, config=cfg.replace(lr=float(lr)), steps_per_epoch=steps,
+                         validate=validate, include_start=True, criterion=criterion,
+                         outputs=RunOutputs(progress=cfg.progress, desc=f"refine lr {lr:g}"))
         model.eval()
         runs.append((model, {"lr": float(lr), "epoch": result.best_epoch, **result.best_metrics,
                              "history": result.history, "seconds": result.seconds}))

@@ -19,11 +19,10 @@ class names, template, training settings and result), written atomically, manife
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from vimw.errors import DataError, FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
 from vimw.io.names import FINETUNED_MANIFEST_FILE, FINETUNED_WEIGHTS_FILE
 from vimw.modules.registry import DEFAULT_MODULE_KIND
+from vimw.training.config import FitConfig
 from vimw.transfer.scoring import json_safe, validation_metrics
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
 from vimw.version import __version__
@@ -44,28 +44,26 @@ TEACHER_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(FitConfig):
     """How a zero-shot model is fine-tuned on the base classes (the teacher and the strong
-    fine-tuned reference use the same recipe)."""
+    fine-tuned reference use the same recipe; no gradient clipping, as in PromptSRC's)."""
 
     lr: float = 3e-3
     epochs: int = 10
     batch_size: int = 16
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
+    grad_clip: float | None = None
     consistency: float = 1.0  # weight of KL(zero-shot || fine-tuned) over all task classes
-    seed: int = 0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
             raise DataError(f"teacher training needs lr > 0, epochs >= 1 and batch_size >= 1, got "
                             f"lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}")
         if self.consistency < 0 or self.weight_decay < 0:
             raise DataError("consistency and weight_decay must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FineTunedZeroShot(nn.Module):
@@ -178,7 +176,7 @@ def finetune_teacher(
     several protocols): ``info["states"][protocol]``.
     """
     from vimw.evaluation.selection import is_better
-    from vimw.training.engine import run_fit
+    from vimw.training.engine import RunOutputs, Trainable, run_fit
 
     cfg = config or TeacherConfig()
     base_t = torch.as_tensor(list(base), dtype=torch.long)
@@ -242,10 +240,9 @@ def finetune_teacher(
 
     started = time.perf_counter()
     result = run_fit(
-        [{"params": params, "lr": cfg.lr}], batches, loss, epochs=cfg.epochs, steps_per_epoch=steps,
-        snapshot=snapshot, restore=restore, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
-        validate=validate, include_start=True, progress=cfg.progress, desc="fine-tune",
-        on_epoch_end=consider_extra, train_mode=lambda on: model.plugin.train(on),
+        Trainable([{"params": params, "lr": cfg.lr}], snapshot, restore, model.plugin.train), batches, loss,
+        config=cfg, steps_per_epoch=steps, validate=validate, include_start=True,
+        outputs=RunOutputs(progress=cfg.progress, desc="fine-tune"), on_epoch_end=consider_extra,
     )
     model.eval()
     info: dict[str, Any] = {

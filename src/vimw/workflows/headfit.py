@@ -20,8 +20,8 @@ from vimw.data.augment import AugmentConfig, augment_images, flips_allowed, view
 from vimw.evaluation.evaluate import task_loss
 from vimw.evaluation.metrics import accuracy
 from vimw.training.config import TrainConfig
-from vimw.training.engine import FitResult, run_fit
-from vimw.training.loop import task_model_settings
+from vimw.training.engine import FitResult, RunOutputs, run_fit
+from vimw.training.loop import task_model_trainable
 from vimw.training.task_model import TaskModel
 
 DEFAULT_VIEWS = 8
@@ -94,15 +94,14 @@ def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: in
         return {"loss": task_loss(logits, val_targets).item(), "accuracy": acc, "score": acc}
 
     return run_fit(
-        batches=batches,
-        loss=loss,
+        task_model_trainable(model, config, train_mode=model.head.train),
+        batches,
+        loss,
+        config=config,
         steps_per_epoch=steps_per_epoch,
-        **task_model_settings(model, config),
         validate=validate,
-        settings={"train": config.to_dict(), "task": data.spec.name, "views": views},
-        progress=progress,
-        desc="head",
-        train_mode=model.head.train,
+        outputs=RunOutputs(settings={"train": config.to_dict(), "task": data.spec.name, "views": views},
+                           progress=progress, desc="head"),
     )
 
 
