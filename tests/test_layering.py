@@ -156,7 +156,7 @@ LAYERS = (
     ("training",),
     ("aggregation", "interop"),
     ("workflows", "report", "deploy", "transfer"),
-    ("recipes",),
+    ("recipes", "serve"),
     ("cli",),
 )
 
@@ -177,3 +177,57 @@ def test_modules_and_backbones_meet_only_through_the_site_contract():
     assert "vimw.backbones" not in graph["vimw.modules"], graph["vimw.modules"].get("vimw.backbones")
     assert "vimw.modules" not in graph["vimw.backbones"], graph["vimw.backbones"].get("vimw.modules")
     assert "vimw.sites" in graph["vimw.modules"] and "vimw.sites" in graph["vimw.backbones"]
+
+
+# -- circles between files inside one package ---------------------------------------------------
+def _file_node(module: str) -> str | None:
+    """The file a dotted vimw module name is (``vimw.transfer`` -> its ``__init__``), if it exists."""
+    parts = module.split(".")
+    if parts[0] != "vimw":
+        return None
+    path = SRC.joinpath(*parts)
+    if path.with_suffix(".py").is_file():
+        return module
+    if (path / "__init__.py").is_file():
+        return module + ".__init__"
+    return None
+
+
+def _file_imports(path: Path) -> list[tuple[str, int]]:
+    """(imported vimw file, line) for every run-time import in one file.
+
+    ``from vimw.pkg import name`` imports the file ``vimw/pkg/name.py`` when it exists (a
+    submodule), else the package's ``__init__``.
+    """
+    submodules: dict[tuple[str, int], list[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level and node.module.startswith("vimw."):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            if all(SRC.joinpath(*name.split(".")).with_suffix(".py").is_file() for name in names):
+                submodules[(node.module, node.lineno)] = names
+    found = []
+    for module, line in _imports(path):
+        for name in submodules.get((module, line), [module]):
+            target = _file_node(name)
+            if target is not None:
+                found.append((target, line))
+    return found
+
+
+@lru_cache(maxsize=1)
+def file_graph() -> dict[str, dict[str, list[str]]]:
+    """file -> {file of the same package it imports: ["file:line", ...]} (lazy imports included)."""
+    graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(ROOT.rglob("*.py")):
+        source = _module_name(path) + (".__init__" if path.name == "__init__.py" else "")
+        graph[source]
+        for target, line in _file_imports(path):
+            if target != source and _node(target) == _node(source) != "vimw":
+                graph[source][target].append(f"{path.relative_to(SRC)}:{line}")
+    return {source: dict(targets) for source, targets in graph.items()}
+
+
+def test_no_import_circle_between_files_of_one_package():
+    graph = file_graph()
+    found = cycles(graph)
+    assert not found, "import circles between files of one package:\n" + "\n".join(_describe(graph, c) for c in found)
