@@ -111,6 +111,24 @@ def test_gate_fit_recovers_the_module_that_carries_the_signal(strategy):
     assert result.loo_accuracy == 1.0
 
 
+def test_a_non_finite_gate_objective_stops_the_gradient_fit_with_an_error_and_is_counted_by_cma():
+    from vimw.errors import TrainingError
+
+    zoo = SyntheticZoo()
+
+    def broken() -> torch.Tensor:  # finite at uniform gates only
+        out = zoo.features()
+        return out if float(zoo.gate_logits.detach().abs().max()) == 0.0 else out * math.nan
+
+    with pytest.raises(TrainingError, match="gate fit"):
+        fit_gates_gradient(zoo.gate_logits, zoo.log_scale, broken, zoo.targets, 3, steps=5)
+    zoo = SyntheticZoo()
+    result = fit_gates_cma(zoo.gate_logits, zoo.log_scale, broken, zoo.targets, 3, evaluations=12)
+    assert result.non_finite > 0 and result.to_dict()["non_finite"] == result.non_finite
+    assert math.isfinite(result.objective)  # the uniform start is kept, not a broken candidate
+    assert float(zoo.gate_logits.detach().abs().max()) == 0.0
+
+
 def refit_without_each_point(features: torch.Tensor, targets: torch.Tensor, classes: int, alpha: float):
     """Brute force: for each i, ridge (unpenalised intercept) on the others in the primal, predict i."""
     f, y = features.double(), nn.functional.one_hot(targets, classes).double()

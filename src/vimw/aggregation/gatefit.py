@@ -15,8 +15,8 @@ head on the gated features.
   nothing; the best of a few ``lam`` is used.
 - :class:`ScaledZooAggregate`: ViM gates times a learned positive per-site scale, so
   the combination can amplify (or damp) the zoo, which softmax gates alone cannot.
-- :func:`fit_gates_gradient`: Adam on gate logits and log-scales against the ridge
-  leave-one-out loss, with a pull toward uniform gates and unit scale.
+- :func:`fit_gates_gradient`: gate logits and log-scales fitted on the fitting engine
+  against the ridge leave-one-out loss, with a pull toward uniform gates and unit scale.
 - :func:`fit_gates_cma`: gradient-free CMA-ES (the ``cma`` package) over one logit per
   module (shared by all sites) and one global log-scale on the same objective, penalised
   toward uniform, as LoraHub searches its combination weights.
@@ -42,6 +42,8 @@ from vimw.errors import MissingExtraError, VimwError
 RIDGE_LAMBDAS = (1e-2, 1e-1, 1.0)
 # Largest per-site amplification: exp(MAX_LOG_SCALE).
 MAX_LOG_SCALE = math.log(4.0)
+# What CMA-ES is told for a candidate whose objective is not finite (it needs a number).
+WORST_OBJECTIVE = 1e9
 
 
 class ScaledZooAggregate(ZooAggregate):
@@ -151,10 +153,12 @@ class GateFit:
     evaluations: int
     seconds: float
     history: list[float] = field(default_factory=list)
+    non_finite: int = 0  # candidates whose objective was not finite (CMA-ES scores them as the worst)
 
     def to_dict(self) -> dict:
         return {
             "strategy": self.strategy,
+            "non_finite": self.non_finite,
             "objective": round(self.objective, 6),
             "start_objective": round(self.start_objective, 6),
             "loo_accuracy": round(self.loo_accuracy, 4),
@@ -180,51 +184,57 @@ def fit_gates_gradient(
     penalty: float = 1e-2,
     scale_penalty: float = 1e-2,
 ) -> GateFit:
-    """Adam on ``logits`` (and ``log_scale``) minimising ridge LOO loss + pulls to uniform / unit.
+    """Gradient steps on ``logits`` (and ``log_scale``) minimising ridge LOO loss + pulls to uniform / unit.
 
     ``features()`` must compute features from the current parameters (with autograd).
-    The parameters are left at the best point seen (lowest penalised objective).
+    Runs on the fitting engine (``training.engine.run_fit``: one full-batch step per
+    epoch, its schedule, gradient clip and non-finite guard, which raises ``TrainingError``);
+    each point is scored by the same objective without autograd, and the parameters are
+    left at the best one (the start included) by the selection rule on that loss.
     """
+    from vimw.training.config import FitConfig
+    from vimw.training.engine import RunOutputs, Trainable, run_fit
+
     started = time.perf_counter()
-    params = [logits] + ([log_scale] if log_scale is not None else [])
-    flags = [p.requires_grad for p in params]
-    for p in params:
+    params = {"logits": logits, **({"log_scale": log_scale} if log_scale is not None else {})}
+    flags = {k: p.requires_grad for k, p in params.items()}
+
+    def objective() -> tuple[torch.Tensor, float]:
+        loss, lam = ridge_loo_loss(features(), targets, num_classes)
+        total = loss + penalty * uniform_penalty(logits)
+        return (total + scale_penalty * log_scale.pow(2).mean() if log_scale is not None else total), lam
+
+    def held_out() -> dict[str, float]:
+        with torch.no_grad():
+            value, lam = objective()
+        return {"score": -float(value), "loss": float(value), "lam": lam}
+
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, value in state.items():
+                params[key].copy_(value)
+
+    trainable = Trainable([{"params": list(params.values()), "lr": lr, "weight_decay": 0.0}],
+                          snapshot=lambda: {k: p.detach().clone() for k, p in params.items()}, restore=restore)
+    # The pulls toward uniform gates and unit scale are the regulariser: no weight decay.
+    config = FitConfig(epochs=steps, batch_size=len(targets), lr=lr, weight_decay=0.0)
+    for p in params.values():
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    best = None
-    history: list[float] = []
-    start_value = math.nan
-    lam = RIDGE_LAMBDAS[0]
     try:
-        for step in range(steps + 1):
-            optimizer.zero_grad(set_to_none=True)
-            loss, used = ridge_loo_loss(features(), targets, num_classes)
-            total = loss + penalty * uniform_penalty(logits)
-            if log_scale is not None:
-                total = total + scale_penalty * log_scale.pow(2).mean()
-            value = float(total.detach())
-            if not math.isfinite(value):
-                break
-            history.append(value)
-            if step == 0:
-                start_value = value
-            if best is None or value < best[0]:
-                best = (value, logits.detach().clone(), None if log_scale is None else log_scale.detach().clone())
-                lam = used
-            if step == steps:
-                break
-            total.backward()
-            optimizer.step()
+        fit = run_fit(trainable, lambda epoch: [None], lambda batch: objective()[0], config=config, steps_per_epoch=1,
+                      validate=held_out, include_start=True, criterion="loss",
+                      outputs=RunOutputs(progress=False, desc="gate fit"))
     finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+        for key, p in params.items():
+            p.requires_grad_(flags[key])
+    history = [float(r["val_loss"]) for r in fit.history]
     with torch.no_grad():
-        logits.copy_(best[1])
-        if log_scale is not None:
-            log_scale.copy_(best[2])
-        accuracy = ridge_loo_accuracy(features(), targets, num_classes, lam)
-    return GateFit("ridge_loo_gradient", best[1].cpu(), (best[2] if best[2] is not None else torch.zeros(len(best[1]))).cpu(),
-                   best[0], start_value, accuracy, len(history), time.perf_counter() - started, history)
+        accuracy = ridge_loo_accuracy(features(), targets, num_classes, fit.best_metrics["lam"])
+    kept = fit.best_state
+    return GateFit("ridge_loo_gradient", kept["logits"].cpu(),
+                   kept["log_scale"].cpu() if log_scale is not None else torch.zeros(len(logits)),
+                   float(fit.best_metrics["loss"]), history[0], accuracy, len(history), time.perf_counter() - started,
+                   history)
 
 
 # -- strategy 2: CMA-ES over per-module logits and a global scale --------------------------------
@@ -243,8 +253,10 @@ def fit_gates_cma(
     """CMA-ES over ``N`` module logits (the same at every site) and one log-scale.
 
     Gradient-free: each candidate costs one forward pass without autograd. The kept
-    point is the best penalised objective seen; the parameters are left there.
+    point is the best penalised objective seen; the parameters are left there. A
+    non-finite candidate is scored as the worst and counted in ``GateFit.non_finite``.
     """
+    # Not on training.engine.run_fit: the engine takes gradient steps, CMA-ES takes none.
     try:
         import cma
     except ImportError as exc:  # pragma: no cover - cma is a dependency
@@ -261,8 +273,10 @@ def fit_gates_cma(
 
     history: list[float] = []
     cache: dict[tuple, tuple[float, float]] = {}
+    non_finite = 0
 
     def objective(z) -> float:
+        nonlocal non_finite
         key = tuple(round(float(v), 10) for v in z)
         if key in cache:
             return cache[key][0]
@@ -274,7 +288,8 @@ def fit_gates_cma(
         if log_scale is not None:
             value += penalty * float(z[n]) ** 2
         if not math.isfinite(value):
-            value = 1e9
+            non_finite += 1
+            value = WORST_OBJECTIVE
         cache[key] = (value, lam)
         history.append(value)
         return value
@@ -300,7 +315,8 @@ def fit_gates_cma(
         accuracy = ridge_loo_accuracy(features(), targets, num_classes, lam)
     return GateFit("cma_es", logits.detach().clone().cpu(),
                    (log_scale.detach().clone().cpu() if log_scale is not None else torch.zeros(sites)),
-                   best_value, start_value, accuracy, len(history), time.perf_counter() - started, history)
+                   best_value, start_value, accuracy, len(history), time.perf_counter() - started, history,
+                   non_finite)
 
 
 STRATEGIES = {"ridge": fit_gates_gradient, "cma": fit_gates_cma}
