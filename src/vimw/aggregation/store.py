@@ -15,6 +15,7 @@ backbone whose fingerprint differs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -117,10 +118,28 @@ def check_zoo_modules(zoo: Zoo, recorded: list[dict]) -> None:
         raise IntegrityError(f"the downstream model cannot use the zoo {zoo.root}: " + "; ".join(parts))
 
 
+def _cached_module(zoo: Zoo, recorded: dict, backbone: Backbone, cache: dict | None):
+    """Zoo module ``recorded["name"]``, from ``cache`` when there (then stored there), keyed by
+    its weights' sha256, its config and the backbone: equal keys are equal modules."""
+    if cache is None:
+        return zoo.load(recorded["name"], backbone)
+    config = json.dumps(zoo.manifest(recorded["name"]).module, sort_keys=True)
+    key = (recorded["sha256"], config, backbone.fingerprint())
+    module = cache.get(key)  # a local reference first: the cache may hold modules weakly
+    if module is None:
+        module = cache[key] = zoo.load(recorded["name"], backbone)
+    return module
+
+
 def load_downstream(
-    directory: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None, backbone: Backbone | None = None
+    directory: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None, backbone: Backbone | None = None,
+    module_cache: dict | None = None,
 ) -> tuple[TaskModel, dict]:
-    """Rebuild a saved downstream model (backbone, plug-in, head) ready for inference."""
+    """Rebuild a saved downstream model (backbone, plug-in, head) ready for inference.
+
+    ``module_cache`` (a dict, filled as modules load) lets models from one zoo share their
+    frozen modules: a server holding many models keeps one copy of each distinct module.
+    """
     from vimw.modules import ModuleSet, config_from_dict
 
     directory = Path(directory)
@@ -147,7 +166,8 @@ def load_downstream(
             from vimw.aggregation.gatefit import ScaledZooAggregate as aggregate_class
         else:
             aggregate_class = ZooAggregate
-        plugin = aggregate_class([zoo.load(n, backbone) for n in names], names, backbone, mode=agg["mode"],
+        experts = [_cached_module(zoo, m, backbone, module_cache) for m in modules]
+        plugin = aggregate_class(experts, names, backbone, mode=agg["mode"],
                               top_k=agg.get("top_k", 2), single_index=agg.get("single_index"))
         gates = tensors.get("gate_logits")
         if gates is None or tuple(gates.shape) != tuple(plugin.gate_logits.shape):

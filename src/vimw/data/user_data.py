@@ -8,13 +8,14 @@ path, since a researcher pointing vimw at a folder of thousands of files needs t
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vimw.data.imageset import ImageSet
 from vimw.data.splits import make_rng, split_by_fraction
@@ -57,8 +58,9 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _read_image(path: Path, size: int | None) -> np.ndarray:
-    """One image as uint8 ``H x W`` (grey) or ``H x W x 3``, resized to ``size`` x ``size``.
+def _read_image(path: Path | io.BytesIO, size: int | None, name: str | None = None) -> np.ndarray:
+    """One image (a file, or bytes in memory named ``name``) as uint8 ``H x W`` (grey) or
+    ``H x W x 3``, resized to ``size`` x ``size``.
 
     Alpha is dropped; the aspect ratio is not kept (like ``Resize((size, size))``);
     ``size=None`` keeps the image's own size.
@@ -69,8 +71,10 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
             if size is not None:
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError as exc:  # Pillow's message would name a memory buffer's repr
+        raise DataError(f"cannot read image {name or path}: not an image format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        raise DataError(f"cannot read image {name or path}: {exc}") from exc
 
 
 def read_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
@@ -79,6 +83,13 @@ def read_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor
     if not path.is_file():
         raise DataError(f"image file {path} does not exist")
     return _stack([_read_image(path, size)])[0]
+
+
+def decode_image(data: bytes, size: int | None = None, name: str = "upload") -> torch.Tensor:
+    """Image file bytes (an upload) as uint8 ``C x H x W``, decoded exactly as ``read_image`` decodes a file."""
+    if not data:
+        raise DataError(f"cannot read image {name}: it is empty")
+    return _stack([_read_image(io.BytesIO(data), size, name)])[0]
 
 
 def _stack(pixels: list[np.ndarray]) -> torch.Tensor:
