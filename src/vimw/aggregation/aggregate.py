@@ -35,7 +35,7 @@ from vimw.aggregation.batched import StackedModules, stack_modules
 from vimw.aggregation.gates import merge_parameters, softmax_gates, topk_gates
 from vimw.backbones.base import Backbone
 from vimw.errors import VimwError
-from vimw.modules import ModuleSet
+from vimw.modules import ModuleSet, get_module_kind
 
 MODES = ("ens", "topk", "uniform", "merge", "single")
 
@@ -80,6 +80,8 @@ class ZooAggregate(nn.Module):
             raise VimwError(f"zoo modules attach at different taps {sorted(taps)}; aggregate modules of one tap")
         if mode == "merge" and len({json_key(e.config.to_dict()) for e in experts}) != 1:
             raise VimwError("mode 'merge' needs modules of one kind and one configuration")
+        if mode == "merge" and not get_module_kind(experts[0].kind).mergeable:
+            raise VimwError(f"mode 'merge': module kind {experts[0].kind!r} does not declare its parameters mergeable")
         if mode == "single" and single_index is None:
             raise VimwError("mode 'single' needs the index of the chosen module")
         self.mode, self.top_k, self.tap = mode, int(top_k), taps.pop()
@@ -179,7 +181,7 @@ class ZooAggregate(nn.Module):
     def _run_merged(self, weights: torch.Tensor, site: str, h: torch.Tensor) -> torch.Tensor:
         holders = [e[site] for e in self.experts if site in e]
         mask = self.available[self.site_names.index(site)]
-        if all(hasattr(m, "delta_weight") for m in holders):
+        if get_module_kind(holders[0].kind).foldable:  # merge mode: one kind at every site
             # Linear modules (LoRA): merging the dense updates is exact.
             delta = sum(w * m.delta_weight() for w, m in zip(weights[mask], holders))
             return linear_over_channels_weight(h, delta, holders[0].site.layout)

@@ -21,8 +21,9 @@ Export (``vimw export``) writes the folded backbone state and the head to one
 safetensors file whose metadata holds a JSON manifest (arch, image size,
 preprocessing, class names, head config, the source model's sha256); a copy of the
 manifest is written next to it as ``FILE.json`` for people. ``load_exported`` rebuilds
-the model with no zoo and no bypass. Zoos of other kinds (convpass, adapter) are
-non-linear and cannot be folded: export refuses them with a ``VimwError``.
+the model with no zoo and no bypass. What folds is what a module kind declares
+(``foldable``, with ``delta_weight()`` as its fold rule: lora); other kinds (convpass,
+adapter) are non-linear and cannot be folded: export refuses them with a ``VimwError``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from torch import nn
 from vimw.backbones.base import Backbone, Preprocess
 from vimw.errors import FormatError, VimwError
 from vimw.io.names import FOLDED_EXPORT_FORMAT as EXPORT_FORMAT
-from vimw.modules import LoRAModule, ModuleSet
+from vimw.modules import ModuleSet
+from vimw.modules.registry import lookup_module_kind, module_kinds_where
 
 METADATA_KEY = "vimw_export"
 
@@ -52,11 +54,11 @@ def lora_deltas(plugin: nn.Module) -> dict[str, torch.Tensor]:
     from vimw.aggregation.aggregate import ZooAggregate
 
     if isinstance(plugin, ModuleSet):
-        _require_lora([plugin])
+        _require_foldable([plugin])
         with torch.no_grad():
             return {name: module.delta_weight().detach().clone() for name, module in plugin.items()}
     if isinstance(plugin, ZooAggregate):
-        _require_lora(list(plugin.experts))
+        _require_foldable(list(plugin.experts))
         deltas: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             gates = plugin.gates()
@@ -73,13 +75,21 @@ def lora_deltas(plugin: nn.Module) -> dict[str, torch.Tensor]:
     )
 
 
-def _require_lora(module_sets: list[ModuleSet]) -> None:
+def _require_foldable(module_sets: list[ModuleSet]) -> None:
+    """Refuse plug-ins with a module whose kind does not declare itself foldable."""
     kinds = sorted({m.kind for m in module_sets})
-    if kinds != ["lora"] or any(not isinstance(x, LoRAModule) for s in module_sets for x in s.values()):
+    refused = sorted({x.kind for s in module_sets for x in s.values() if not _foldable(x)})
+    if refused:
+        foldable = " or ".join(k.name for k in module_kinds_where(lambda k: k.foldable)) or "foldable"
         raise VimwError(
-            f"only lora modules can be folded into the backbone's weights; this model uses {kinds} "
-            "(convpass and adapter modules are non-linear: use mode 'topk' or 'merge' for cheap inference)"
+            f"only {foldable} modules can be folded into the backbone's weights; this model uses {kinds} "
+            f"({', '.join(refused)} modules are non-linear: use mode 'topk' or 'merge' for cheap inference)"
         )
+
+
+def _foldable(module: nn.Module) -> bool:
+    entry = lookup_module_kind(getattr(module, "kind", ""))
+    return entry is not None and entry.foldable and isinstance(module, entry.module_cls)
 
 
 # -- folding into a backbone -----------------------------------------------------------

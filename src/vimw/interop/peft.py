@@ -1,4 +1,9 @@
-"""PEFT LoRA adapters <-> vimw ``lora`` zoo modules on HF vision backbones (CLIP, ViT, DINOv2, SigLIP).
+"""PEFT adapters <-> vimw zoo modules on HF vision backbones (CLIP, ViT, DINOv2, SigLIP).
+
+A module kind that declares a PEFT mapping (``register_module_kind(..., peft=...)``;
+today ``lora``, see ``vimw.modules.lora.peft``) brings its side: PEFT's adapter type,
+the config's options and the per-site tensor names. This file holds what every kind
+shares: which backbone layer a site is, PEFT's key prefixes and its target matching.
 
 A vimw ``lora`` module at site ``layer{i}_attn`` resp. ``layer{i}_mlp`` adds
 ``(alpha / rank) * B A z`` to the output of that block's attention output projection
@@ -23,8 +28,8 @@ PEFT (the ``peft`` extra) is imported only when a function is called.
 from __future__ import annotations
 
 import copy
-import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -37,10 +42,20 @@ from vimw.errors import FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
 from vimw.io.names import PEFT_ADAPTER_CONFIG_FILE as ADAPTER_CONFIG
 from vimw.io.names import PEFT_ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS
+from vimw.modules.registry import ModuleKind, lookup_module_kind, module_kinds_where
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PEFT_PREFIX = "base_model.model."
-_ADAPTER_KEY = re.compile(r"^base_model\.model\.(?:vision_model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])\.weight$")
+
+
+def _adapter_key(names: tuple[str, ...]) -> re.Pattern:
+    """PEFT's key of a site tensor: prefix, the layer's path, the kind's tensor name."""
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(rf"^base_model\.model\.(?:vision_model\.)?(?P<path>.+)\.(?P<name>{alternatives})$")
+
+
+def _mapped_kinds() -> str:
+    return ", ".join(f"{k.name} ({k.peft_type})" for k in module_kinds_where(lambda k: k.peft is not None)) or "none"
 
 
 def _peft() -> ModuleType:
@@ -89,7 +104,7 @@ def _peft_source(backbone: Any) -> str:
 
 # -- export ------------------------------------------------------------------------------
 def export_peft_lora(zoo: Any, name: str, backbone: Backbone, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write zoo module ``name`` (kind ``lora``) as a PEFT LoRA adapter directory.
+    """Write zoo module ``name`` (a kind with a PEFT mapping: ``lora``) as a PEFT adapter directory.
 
     ``backbone`` must be the HF backbone the module was trained on (its fingerprint
     is checked). ``out_dir`` receives ``adapter_config.json`` and
@@ -99,12 +114,14 @@ def export_peft_lora(zoo: Any, name: str, backbone: Backbone, out_dir: str | Pat
     peft = _peft()
     clip = _hf_backbone(backbone)
     manifest = zoo.manifest(name)
-    if manifest.kind != "lora":
+    kind = lookup_module_kind(manifest.kind)
+    if kind is None or kind.peft is None:
         raise VimwError(
-            f"module {name!r} is a {manifest.kind} module; only lora modules can be exported as PEFT LoRA adapters"
+            f"module {name!r} is a {manifest.kind} module, a kind with no PEFT mapping; "
+            f"only these kinds export as PEFT adapters: {_mapped_kinds()}"
         )
+    mapping = kind.peft
     module = zoo.load(name, clip)  # checks the fingerprint and the weights' sha256
-    config = module.config
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise VimwError(f"{out_dir} is a file; PEFT adapters are directories")
@@ -118,26 +135,20 @@ def export_peft_lora(zoo: Any, name: str, backbone: Backbone, out_dir: str | Pat
     # An anchored regex over the covered projections only (no other layer, no text tower
     # of a full CLIPModel); the optional ``vision_model.`` also matches transformers 4.
     target = r"^(?:vision_model\.)?(?:" + "|".join(re.escape(p) for p in paths.values()) + r")$"
-    alpha: float | int = config.alpha
-    if float(alpha).is_integer():
-        alpha = int(alpha)  # PEFT types lora_alpha as int; the scale alpha / r is the same
-    lora_config = peft.LoraConfig(
-        r=config.rank,
-        lora_alpha=alpha,
+    peft_config = getattr(peft, mapping.config_class)(
+        **mapping.to_peft(module.config),
         target_modules=target,
-        lora_dropout=0.0,
-        bias="none",
         base_model_name_or_path=_peft_source(clip),
         inference_mode=True,
     )
-    tensors: dict[str, torch.Tensor] = {}
-    for site_name, path in paths.items():
-        lora = module[site_name]
-        key = PEFT_PREFIX + prefix + path
-        tensors[f"{key}.lora_A.weight"] = lora.lora_A.weight.detach().float().cpu()
-        tensors[f"{key}.lora_B.weight"] = lora.lora_B.weight.detach().float().cpu()
+    state = module.state_dict()
+    tensors = {
+        f"{PEFT_PREFIX}{prefix}{path}.{weight}": state[f"{site_name}.{weight}"].detach().float().cpu()
+        for site_name, path in paths.items()
+        for weight in mapping.weight_names
+    }
 
-    payload = lora_config.to_dict()
+    payload = peft_config.to_dict()
     for key, value in payload.items():
         if isinstance(value, set):
             payload[key] = sorted(value)
@@ -168,39 +179,12 @@ def _read_adapter(adapter_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return read_json(adapter_dir / ADAPTER_CONFIG), load_tensors(weights)
 
 
-def _number(raw: dict, key: str, where: str) -> float:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise FormatError(f"{where}: {key!r} must be a finite number, found {value!r}")
-    return value
-
-
-def _check_supported(raw: dict, where: str) -> None:
-    """Refuse every PEFT option a vimw lora module cannot represent exactly."""
+def _kind_for(raw: dict, where: str) -> ModuleKind:
+    """The module kind whose PEFT mapping reads this adapter's ``peft_type``."""
     peft_type = raw.get("peft_type")
-    if peft_type != "LORA":
-        raise VimwError(f"{where}: a {peft_type} adapter; only PEFT LoRA adapters can be imported")
-    unsupported = {
-        "use_dora": bool(raw.get("use_dora")),
-        "fan_in_fan_out": bool(raw.get("fan_in_fan_out")),
-        "lora_bias": bool(raw.get("lora_bias")),
-        "bias": raw.get("bias", "none") not in (None, "none"),
-        "modules_to_save": bool(raw.get("modules_to_save")),
-        "target_parameters": bool(raw.get("target_parameters")),
-        "layer_replication": bool(raw.get("layer_replication")),
-        "trainable_token_indices": bool(raw.get("trainable_token_indices")),
-        "use_qalora": bool(raw.get("use_qalora")),
-    }
-    bad = [f"{k}={raw.get(k)!r}" for k, v in unsupported.items() if v]
-    if bad:
-        raise VimwError(f"{where}: PEFT options vimw's lora module cannot represent: {', '.join(bad)}")
-    r, alpha = raw.get("r"), raw.get("lora_alpha")
-    for pattern, default in (("rank_pattern", r), ("alpha_pattern", alpha)):
-        values = raw.get(pattern) or {}
-        if not isinstance(values, dict):
-            raise FormatError(f"{where}: {pattern!r} must be an object")
-        if any(v != default for v in values.values()):
-            raise VimwError(f"{where}: {pattern} {values} gives sites different values; a vimw lora module has one rank and alpha")
+    for kind in module_kinds_where(lambda k: k.peft is not None and k.peft_type == peft_type):
+        return kind
+    raise VimwError(f"{where}: a {peft_type} adapter; vimw imports only these PEFT types: {_mapped_kinds()}")
 
 
 def _targeted(raw: dict, name: str) -> bool:
@@ -213,7 +197,7 @@ def _targeted(raw: dict, name: str) -> bool:
     return bool(found) and type(found).__name__ != "_ExcludedModule"
 
 
-def _config_sites(raw: dict, backbone: Any, where: str) -> set[str]:
+def _config_sites(raw: dict, backbone: Any, kind: str, where: str) -> set[str]:
     """The vimw sites the config's targets select; a target without a vimw site is refused."""
     if not raw.get("target_modules"):
         raise FormatError(f"{where}: no 'target_modules'")
@@ -231,10 +215,52 @@ def _config_sites(raw: dict, backbone: Any, where: str) -> set[str]:
             others.append(name)
     if others:
         raise VimwError(
-            f"{where}: the adapter targets {others[:5]}{' ...' if len(others) > 5 else ''}; vimw lora sites are "
+            f"{where}: the adapter targets {others[:5]}{' ...' if len(others) > 5 else ''}; vimw {kind} sites are "
             f"only each block's attention output projection and MLP output linear ({_projection_names(backbone)})"
         )
     return sites
+
+
+def _site_tensors(tensors: dict[str, torch.Tensor], kind: ModuleKind, backbone: Any,
+                  weights_file: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """site -> {tensor name: tensor}; every key must be one of the kind's tensors at a covered projection."""
+    names = kind.peft.weight_names
+    key = _adapter_key(names)
+    by_path = {path: site for site, path in _projection_paths(backbone).items()}
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for name, value in tensors.items():
+        match = key.match(name)
+        if match is None or match["path"] not in by_path:
+            unknown.append(name)
+            continue
+        found.setdefault(by_path[match["path"]], {})[match["name"]] = value
+    if unknown:
+        raise VimwError(
+            f"{weights_file}: tensors with no vimw {kind.name} site: {sorted(unknown)[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''} (vimw maps only {_projection_names(backbone)} "
+            f"{' / '.join(names)} of this backbone's encoder layers)"
+        )
+    if not found:
+        raise FormatError(f"{weights_file}: holds no {kind.peft_type} weights")
+    for site_name, present in sorted(found.items()):
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise FormatError(f"{weights_file}: {site_name} has {', '.join(sorted(present))} but not {', '.join(missing)}")
+    return found
+
+
+def _check_shapes(found: dict[str, dict[str, torch.Tensor]], expected: dict[str, torch.Tensor],
+                  config: Any, weights_file: Path) -> None:
+    """Every tensor must be a float of the shape the module built from the config expects."""
+    for site_name, present in sorted(found.items()):
+        for name, tensor in present.items():
+            want, got = tuple(expected[f"{site_name}.{name}"].shape), tuple(tensor.shape)
+            if got != want or not tensor.is_floating_point():
+                raise FormatError(
+                    f"{weights_file}: {site_name} {name} is {got} {tensor.dtype}; "
+                    f"{config} on this backbone needs a float {want}"
+                )
 
 
 def import_peft_lora(
@@ -245,74 +271,41 @@ def import_peft_lora(
     *,
     overwrite: bool = False,
 ) -> Any:
-    """Add a PEFT LoRA adapter (safetensors) on an HF vision model to ``zoo`` as lora module ``name``.
+    """Add a PEFT adapter (safetensors) on an HF vision model to ``zoo`` as module ``name``.
 
-    The adapter must target only the encoder layers' attention output projections and
-    MLP output linears (CLIP: ``self_attn.out_proj`` / ``mlp.fc2``), with one rank and alpha, no bias and no DoRA; every tensor must fit
-    ``backbone``. rsLoRA (``scale = alpha / sqrt(r)``) is stored as the equivalent vimw
-    alpha. Returns the new module's manifest.
+    The adapter's ``peft_type`` picks the vimw kind that maps it (``LORA``: a lora
+    module). It must target only the encoder layers' attention output projections and
+    MLP output linears (CLIP: ``self_attn.out_proj`` / ``mlp.fc2``), with options the
+    kind represents exactly (lora: one rank and alpha, no bias and no DoRA; rsLoRA is
+    stored as the equivalent vimw alpha); every tensor must fit ``backbone``. Returns
+    the new module's manifest.
     """
-    from vimw.modules import LoRAConfig, ModuleSet
+    from vimw.modules import ModuleSet
     from vimw.zoo.manifest import ModuleManifest, check_module_name
 
     _peft()
     check_module_name(name)
     clip = _hf_backbone(backbone)
-    by_path = {path: site for site, path in _projection_paths(clip).items()}
     adapter_dir = Path(adapter_dir).expanduser().resolve()
     where = str(adapter_dir / ADAPTER_CONFIG)
     raw, tensors = _read_adapter(adapter_dir)
-    _check_supported(raw, where)
-    r = raw.get("r")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise FormatError(f"{where}: 'r' must be a positive integer, found {r!r}")
-    lora_alpha = _number(raw, "lora_alpha", where)
-    scale = lora_alpha / math.sqrt(r) if raw.get("use_rslora") else lora_alpha / r
-    dropout = _number(raw, "lora_dropout", where) if raw.get("lora_dropout") is not None else 0.0
+    kind = _kind_for(raw, where)
+    config = kind.peft.from_peft(raw, where)  # refuses what the kind cannot represent
 
-    # The weights: every key must be a LoRA A/B matrix of a covered projection.
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, value in tensors.items():
-        match = _ADAPTER_KEY.match(key)
-        if match is None or match["path"] not in by_path:
-            unknown.append(key)
-            continue
-        pairs.setdefault(by_path[match["path"]], {})[match["ab"]] = value
     weights_file = adapter_dir / ADAPTER_WEIGHTS
-    if unknown:
+    found = _site_tensors(tensors, kind, clip, weights_file)
+    sites = [s.name for s in clip.sites if s.name in found]  # backbone order
+    config = replace(config, sites=sites)
+    module = ModuleSet.create(config, clip.sites)
+    _check_shapes(found, module.state_dict(), config, weights_file)
+    targeted = _config_sites(raw, clip, kind.name, where)
+    if targeted != set(found):
         raise VimwError(
-            f"{weights_file}: tensors with no vimw lora site: {sorted(unknown)[:5]}"
-            f"{' ...' if len(unknown) > 5 else ''} (vimw maps only {_projection_names(clip)} "
-            "lora_A / lora_B of this backbone's encoder layers)"
-        )
-    if not pairs:
-        raise FormatError(f"{weights_file}: holds no LoRA weights")
-    by_name = {site.name: site for site in clip.sites}
-    for site_name, pair in sorted(pairs.items()):
-        if site_name not in by_name:
-            raise VimwError(f"{weights_file}: weights for {site_name}, but the backbone has {clip.num_blocks} blocks")
-        if set(pair) != {"A", "B"}:
-            raise FormatError(f"{weights_file}: {site_name} has lora_{'A' if 'A' in pair else 'B'} but not the other")
-        site = by_name[site_name]
-        for ab, want in (("A", (r, site.inner_channels)), ("B", (site.out_channels, r))):
-            got = tuple(pair[ab].shape)
-            if got != want or not pair[ab].is_floating_point():
-                raise FormatError(
-                    f"{weights_file}: {site_name} lora_{ab} is {got} {pair[ab].dtype}; "
-                    f"r={r} on this backbone needs a float {want}"
-                )
-    targeted = _config_sites(raw, clip, where)
-    if targeted != set(pairs):
-        raise VimwError(
-            f"{where}: the config targets {sorted(targeted)} but the weights cover {sorted(pairs)}; "
+            f"{where}: the config targets {sorted(targeted)} but the weights cover {sorted(found)}; "
             "PEFT would not load this adapter as saved"
         )
 
-    sites = [s.name for s in clip.sites if s.name in pairs]  # backbone order
-    config = LoRAConfig(sites=sites, rank=r, alpha=float(scale * r), dropout=float(dropout))
-    module = ModuleSet.create(config, clip.sites)
-    module.load_weights({f"{site}.lora_{ab}.weight": pairs[site][ab].float() for site in sites for ab in "AB"})
+    module.load_weights({f"{site}.{n}": found[site][n].float() for site in sites for n in kind.peft.weight_names})
     module.eval().requires_grad_(False)
     manifest = ModuleManifest(
         name=name,
@@ -323,8 +316,7 @@ def import_peft_lora(
               "peft_version": raw.get("peft_version")},
         weights={},
         metrics={},
-        training={"imported_from": "peft", "r": r, "lora_alpha": lora_alpha,
-                  "use_rslora": bool(raw.get("use_rslora")), "target_modules": raw.get("target_modules")},
+        training={"imported_from": "peft", **kind.peft.import_record(raw)},
     )
     return zoo.add(manifest, module, overwrite=overwrite)
 

@@ -1,6 +1,8 @@
 """Plug-in modules attached to a frozen backbone's sites, behind one interface.
 
-Kinds: ``convpass`` (ViM's own, the default), ``lora`` and ``adapter``. Build one with
+Kinds: ``convpass`` (ViM's own, the default), ``lora`` and ``adapter``, one folder each
+(``vimw/modules/<kind>/``: its config, module, stacked runner and, for lora, its fold
+rule and PEFT mapping), registered with the capabilities they declare. Build one with
 ``ModuleSet.create(config, backbone.sites)`` and run it with
 ``backbone.forward_features(pixels, bypass=module_set.bypass)``.
 """
@@ -11,19 +13,17 @@ from vimw.modules.registry import (
     get_module_kind,
     list_module_kinds,
     register_module_kind,
+    unregister_module_kind,
 )
-from vimw.modules.config import (
-    AdapterConfig,
-    BottleneckConfig,
-    ConvpassConfig,
-    LoRAConfig,
-    ModuleConfig,
-    config_from_dict,
-)
+from vimw.modules.config import BottleneckConfig, ModuleConfig, config_from_dict
 from vimw.modules.base import BottleneckModule, ModuleSet, SiteModule
-from vimw.modules.adapter import AdapterModule
-from vimw.modules.convpass import ConvpassModule, QuickGELU, quick_gelu
-from vimw.modules.lora import LoRAModule
+from vimw.modules.stacked import StackedModules
+from vimw.modules.peft import PeftMapping
+
+# The built-in kinds: importing a kind's folder registers it.
+from vimw.modules.adapter import AdapterConfig, AdapterModule
+from vimw.modules.convpass import ConvpassConfig, ConvpassModule, QuickGELU, quick_gelu
+from vimw.modules.lora import LoRAConfig, LoRAModule
 
 __all__ = [
     "DEFAULT_MODULE_KIND",
@@ -38,11 +38,14 @@ __all__ = [
     "ModuleConfig",
     "ModuleKind",
     "ModuleSet",
+    "PeftMapping",
     "QuickGELU",
     "SiteModule",
+    "StackedModules",
     "config_from_dict",
     "get_module_kind",
     "list_module_kinds",
     "quick_gelu",
     "register_module_kind",
+    "unregister_module_kind",
 ]

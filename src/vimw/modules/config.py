@@ -1,4 +1,5 @@
-"""Module configs: dataclasses saved as JSON next to the weights.
+"""Module configs: dataclasses saved as JSON next to the weights (the shared base; each kind's
+own config lives in its folder, ``vimw/modules/<kind>/config.py``).
 
 A config says which kind of module to build, at which sites, and with which sizes.
 ``to_dict`` stamps the kind and the vimw version; ``config_from_dict`` reads a dict
@@ -8,7 +9,6 @@ written by this or a newer vimw: keys it does not know are dropped with a warnin
 
 from __future__ import annotations
 
-import math
 import types
 import typing
 import warnings
@@ -94,45 +94,7 @@ class BottleneckConfig(ModuleConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require_positive(self, "hidden_dim")
-
-
-@dataclass
-class ConvpassConfig(BottleneckConfig):
-    """Convpass bypass (Jie & Deng 2022): 1x1 down, 3x3 conv, 1x1 up; d = 8 as in Convpass."""
-
-    kind: ClassVar[str] = "convpass"
-
-
-@dataclass
-class LoRAConfig(ModuleConfig):
-    """Low-rank update of each site's final projection, scaled by ``alpha / rank``."""
-
-    kind: ClassVar[str] = "lora"
-
-    rank: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        super().validate()
-        _require_positive(self, "rank")
-        if not math.isfinite(self.alpha):
-            raise FormatError(f"lora: 'alpha' must be finite, got {self.alpha}")
-
-    @property
-    def scale(self) -> float:
-        """The LoRA scaling ``alpha / rank``."""
-        return self.alpha / self.rank
-
-
-@dataclass
-class AdapterConfig(BottleneckConfig):
-    """Bottleneck adapter parallel to each sublayer: down, GELU, up."""
-
-    kind: ClassVar[str] = "adapter"
-
-    hidden_dim: int = 16
+        require_positive(self, "hidden_dim")
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ModuleConfig:
@@ -158,7 +120,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ModuleConfig:
     return entry.config_cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _require_positive(config: ModuleConfig, name: str) -> None:
+def require_positive(config: ModuleConfig, name: str) -> None:
+    """Raise ``FormatError`` unless the integer field ``name`` is at least 1."""
     value = getattr(config, name)
     if value < 1:
         raise FormatError(f"{config.kind}: {name!r} must be >= 1, got {value}")
