@@ -20,7 +20,8 @@ from helpers.cli_chain import zoo_aggregate_evaluate  # noqa: E402
 from helpers.tap_modules import bypass_modules  # noqa: E402
 from vimw.aggregation.fold import fold_into_backbone, lora_deltas  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
-from vimw.backbones.hf_vit import FAMILIES, HFVisionBackbone, preprocess_from, save_tiny_hf  # noqa: E402
+from vimw.backbones.hf_base import FAMILIES, HFVisionBackbone, preprocess_from  # noqa: E402
+from vimw.backbones.hf_vit import save_tiny_hf  # noqa: E402
 from vimw.errors import VimwError  # noqa: E402
 from vimw.modules import LoRAConfig, ModuleSet  # noqa: E402
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from vimw._extras import require
 from vimw.backbones.base import Preprocess
-from vimw.backbones.hf_vit import (  # the shared loop and loading helpers of every HF family
+from vimw.backbones.hf_base import (  # the shared loop and loading helpers of every HF family
     CLIP_MEAN,  # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config
     CLIP_STD,
     FAMILIES,
@@ -65,7 +65,7 @@ class HFCLIPVisionBackbone(HFVisionBackbone):
     ``tower`` is the HF module holding ``embeddings``, ``pre_layrnorm``, ``encoder`` and
     ``post_layernorm``; ``visual_projection`` maps pooled features into CLIP's joint
     image-text space (``None`` for checkpoints saved without it). The encoder loop is the
-    one shared by every HF family (``hf_vit``).
+    one shared by every HF family (``hf_base``).
     """
 
     def __init__(
