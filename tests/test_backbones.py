@@ -99,3 +99,54 @@ def test_unknown_backbone_and_unknown_site_are_clear_errors():
     backbone = create_backbone("efficientnet_lite0", image_size=64)
     with pytest.raises(VimwError, match="no site named 'block99'"):
         backbone.site("block99")
+
+
+# -- the model-name grammar (NAME[@SIZE][+invert]), shared with the zero-shot loader ----------
+@pytest.mark.parametrize("text, arch, size, invert", [
+    ("efficientnet_lite0", "efficientnet_lite0", None, False),
+    ("efficientnet_lite0@96", "efficientnet_lite0", 96, False),
+    ("efficientnet_lite0@96+invert", "efficientnet_lite0", 96, True),
+    ("efficientnet_lite2+invert", "efficientnet_lite2", None, True),
+    ("hf:openai/clip-vit-base-patch16", "hf:openai/clip-vit-base-patch16", None, False),
+    ("hf:openai/clip-vit-base-patch16@224", "hf:openai/clip-vit-base-patch16", 224, False),
+    ("hf:/models/with@sign/clip", "hf:/models/with@sign/clip", None, False),
+])
+def test_model_names_parse_into_arch_size_and_inversion_and_print_back(text, arch, size, invert):
+    from vimw.backbones.names import parse_model_name
+
+    parsed = parse_model_name(text)
+    assert (parsed.arch, parsed.image_size, parsed.invert) == (arch, size, invert)
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "empty"), ("efficientnet_lite0@abc", "whole number"), ("efficientnet_lite0@", "whole number"),
+    ("efficientnet_lite0@8", "at least 16"), ("@96", "no model"), ("hf:", "no model"),
+])
+def test_bad_model_names_are_clear_errors(text, why):
+    from vimw.backbones.names import parse_model_name
+
+    with pytest.raises(RegistryError, match=f"bad model name .*{why}.*NAME\\[@SIZE\\]"):
+        parse_model_name(text)
+
+
+def test_an_hf_directory_whose_name_ends_in_a_size_is_taken_as_it_is(tmp_path):
+    from vimw.backbones.names import parse_model_name
+
+    (tmp_path / "clip@32").mkdir()
+    parsed = parse_model_name(f"hf:{tmp_path}/clip@32")
+    assert parsed.arch == f"hf:{tmp_path}/clip@32" and parsed.image_size is None
+
+
+def test_create_backbone_reads_the_size_from_the_name():
+    named = create_backbone("efficientnet_lite0@48")
+    keyword = create_backbone("efficientnet_lite0", image_size=48)
+    assert named.preprocess.size == keyword.preprocess.size == 48
+    assert named.fingerprint() == keyword.fingerprint()
+    assert create_backbone("efficientnet_lite0@48", image_size=48).preprocess.size == 48
+    with pytest.raises(RegistryError, match="names size 48 but image_size=64"):
+        create_backbone("efficientnet_lite0@48", image_size=64)
+    with pytest.raises(RegistryError, match="'\\+invert' is an option of zero-shot heads"):
+        create_backbone("efficientnet_lite0@48+invert")
+    with pytest.raises(RegistryError, match="unknown backbone 'resnet50'"):
+        create_backbone("resnet50@64")
