@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("aggregate", "evaluate a downstream model on a task's test split"),
     "transfer": ("transfer", "TransMiter: extract an adaptation and move it to a stronger model"),
     "export": ("export", "write a downstream model as one file for deployment"),
+    "serve": ("serve", "serve downstream models over HTTP, one backbone, batching across models"),
     "report": ("report", "write a static HTML report (tables, gate heatmaps, plots)"),
 }
 
