@@ -11,9 +11,14 @@ The contract, for a backbone B and a kind K:
 - a trained (here: randomised) module saved to a zoo loads back with identical outputs;
 - loading it into a backbone with other weights is refused (fingerprint);
 - a zoo aggregate of K modules gives the same output batched and looped, in every mode;
-- ``merge`` over copies of one module equals that module, and equals ``ens`` when K is
-  linear (it has ``delta_weight``); such modules fold into B's weights when B supports
-  folding, and folding anything else is refused with a clear error.
+- ``merge`` over copies of one module equals that module, and equals ``ens`` when K
+  declares itself ``foldable`` (linear, ``delta_weight``); such modules fold into B's
+  weights when B supports folding, and folding anything else is refused with a clear error;
+- a kind that declares a stacked runner takes the batched path; a kind that declares a
+  PEFT mapping round-trips its config through it.
+
+The toy kind declares every capability but PEFT (a stacked runner, foldable, mergeable),
+all inside this file: adding a kind touches only its own code.
 """
 
 from __future__ import annotations
@@ -36,14 +41,23 @@ from vimw.aggregation.fold import fold_into_backbone, lora_deltas
 from vimw.backbones import Backbone, Preprocess, Site, create_backbone, list_backbones, register_backbone
 from vimw.backbones import _registry as backbone_registry
 from vimw.errors import BackboneMismatchError, RegistryError, VimwError
-from vimw.modules import ModuleConfig, ModuleSet, SiteModule, get_module_kind, list_module_kinds, register_module_kind
+from vimw.modules import (
+    ModuleConfig,
+    ModuleSet,
+    SiteModule,
+    StackedModules,
+    get_module_kind,
+    list_module_kinds,
+    register_module_kind,
+    unregister_module_kind,
+)
 from vimw.modules import registry as module_registry
 from vimw.zoo import ModuleManifest, Zoo
 
 torch.set_num_threads(1)
 
 TOY_BACKBONE = "contract-toy"
-TOY_KIND = "contract-scale"
+TOY_KIND = "contract-linear"
 HF_FAMILIES = ("clip", "vit", "dinov2", "siglip")
 HF_SIZE = 32  # the tiny HF configs' native size: a 4 x 4 patch grid
 
@@ -89,37 +103,56 @@ def toy_backbone_factory(image_size: int | None = None) -> ToyBackbone:
 
 
 @dataclass
-class ScaleConfig(ModuleConfig):
-    """A toy kind: a zero-initialised linear map of the (stride-pooled) site input."""
+class LinearConfig(ModuleConfig):
+    """A toy kind: a zero-initialised dense linear map of the inner tap (a full-rank LoRA)."""
 
     kind: ClassVar[str] = TOY_KIND
 
 
-class ScaleModule(SiteModule):
-    tap = "input"
+class LinearModule(SiteModule):
+    tap = "inner"
 
-    def __init__(self, site: Site, config: ScaleConfig) -> None:
+    def __init__(self, site: Site, config: LinearConfig) -> None:
         super().__init__(site, config)
-        self.weight = nn.Parameter(torch.zeros(site.out_channels, site.in_channels))
+        self.weight = nn.Parameter(torch.zeros(site.out_channels, site.inner_channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.site.layout != "nchw":
-            return x @ self.weight.T
-        if self.site.stride > 1:
-            x = F.avg_pool2d(x, self.site.stride, ceil_mode=True)
-        return F.conv2d(x, self.weight[:, :, None, None])
+            return z @ self.weight.T
+        return F.conv2d(z, self.weight[:, :, None, None])
+
+    def delta_weight(self) -> torch.Tensor:
+        """Its fold rule: the map itself."""
+        return self.weight
+
+
+class StackedLinear(StackedModules):
+    """The toy's stacked runner: the gate-weighted sum of the N maps is one map."""
+
+    names = ("weight",)
+
+    def prepare(self, w: dict[str, torch.Tensor], gates: torch.Tensor) -> dict[str, torch.Tensor]:
+        dense = torch.tensordot(gates.to(w["weight"].dtype), w["weight"], dims=1)
+        return {"down": dense, "up": dense}  # one matrix: the first map and the last
+
+    def apply(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        return self._channels(h, p["up"], None)
+
+
+def register_toy_kind() -> None:
+    register_module_kind(TOY_KIND, LinearConfig, stacked=StackedLinear, foldable=True, mergeable=True)(LinearModule)
 
 
 @contextmanager
 def registered_toys() -> Iterator[None]:
     """Register the toys through the public decorators; remove them again afterwards."""
     register_backbone(TOY_BACKBONE, "a toy backbone for the contract tests", 32)(toy_backbone_factory)
-    register_module_kind(TOY_KIND, ScaleConfig)(ScaleModule)
+    register_toy_kind()
     try:
         yield
     finally:
         backbone_registry._REGISTRY.pop(TOY_BACKBONE, None)
-        module_registry._REGISTRY.pop(TOY_KIND, None)
+        unregister_module_kind(TOY_KIND)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,7 +164,9 @@ def toys():
 # -- the cases: read from the registries ------------------------------------------------------
 REGISTERED = [entry.name for entry in list_backbones()]
 BACKBONES = REGISTERED + [f"hf-{family}" for family in HF_FAMILIES] + [TOY_BACKBONE]
-KINDS = list_module_kinds() + [TOY_KIND]
+with registered_toys():
+    KINDS = list_module_kinds()  # the toy kind is among them by registering, not by name
+    PEFT_KINDS = [kind for kind in KINDS if get_module_kind(kind).peft is not None]
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +278,7 @@ def test_batched_aggregation_equals_the_looped_reference(backbone_name, kind, mo
     names = ["a", "b", "c"]
     batched = ZooAggregate(experts, names, backbone, mode=mode, top_k=2, batched=True)
     looped = ZooAggregate(experts, names, backbone, mode=mode, top_k=2, batched=False)
-    if kind in ("convpass", "lora", "adapter"):  # they have stacked runners: the comparison is not vacuous
+    if get_module_kind(kind).stacked_cls is not None:  # the comparison is not vacuous
         assert all(batched.is_batched(site) for site in batched.site_names)
     assert not any(looped.is_batched(site) for site in looped.site_names)
     with torch.no_grad():
@@ -263,9 +298,8 @@ def test_merge_of_copies_is_the_module_and_linear_kinds_fold(backbone_name, kind
     copies = ZooAggregate([module, copy.deepcopy(module)], ["a", "b"], backbone, mode="merge")
     assert _close(_features(backbone, pixels, copies.bypass), alone)
 
-    linear = hasattr(get_module_kind(kind).module_cls, "delta_weight")
-    if not linear:
-        with pytest.raises(VimwError, match="only lora"):
+    if not get_module_kind(kind).foldable:
+        with pytest.raises(VimwError, match=f"only .* can be folded.*{kind} modules are non-linear"):
             lora_deltas(module)
         return
     experts = [module, _trained(kind, backbone, seed=8)]
@@ -282,28 +316,60 @@ def test_merge_of_copies_is_the_module_and_linear_kinds_fold(backbone_name, kind
 
 
 # -- the registries themselves ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", PEFT_KINDS)
+def test_a_peft_mapping_round_trips_the_config_and_names_module_tensors(kind, backbones):
+    entry = get_module_kind(kind)
+    mapping = entry.peft
+    config = entry.config_cls()
+    raw = {"peft_type": entry.peft_type, "target_modules": ["any"], **mapping.to_peft(config)}
+    assert mapping.from_peft(raw, "adapter_config.json") == config
+    assert set(mapping.import_record(raw)) and entry.peft_type == mapping.peft_type
+    module = _fresh(kind, backbones("efficientnet_lite0"))
+    site = module.site_names[0]
+    assert {f"{site}.{name}" for name in mapping.weight_names} == {k for k in module.state_dict() if k.startswith(site + ".")}
+
+
+def test_a_kind_that_is_not_mergeable_is_refused_by_mode_merge():
+    @dataclass
+    class Config(ModuleConfig):
+        kind: ClassVar[str] = "contract-unmergeable"
+
+    register_module_kind("contract-unmergeable", Config, mergeable=False)(type("Module", (LinearModule,), {}))
+    try:
+        backbone = toy_backbone_factory(32)
+        experts = [ModuleSet.create(Config(), backbone.sites) for _ in range(2)]
+        ZooAggregate(experts, ["a", "b"], backbone, mode="ens")
+        with pytest.raises(VimwError, match="mergeable"):
+            ZooAggregate(experts, ["a", "b"], backbone, mode="merge")
+    finally:
+        unregister_module_kind("contract-unmergeable")
+    assert "contract-unmergeable" not in list_module_kinds()
+
+
 def test_the_cases_cover_every_registered_part():
     assert set(REGISTERED) <= set(BACKBONES) and {"efficientnet_lite0", TOY_BACKBONE} <= set(BACKBONES)
     assert set(list_module_kinds()) == set(KINDS)  # the toy kind is registered while this module runs
-    assert {"convpass", "lora", "adapter"} <= set(KINDS)
+    assert {"convpass", "lora", "adapter", TOY_KIND} <= set(KINDS)
 
 
 def test_registering_twice_is_refused_and_the_toys_leave_no_trace():
     with pytest.raises(RegistryError, match="registered twice"):
         register_backbone(TOY_BACKBONE, "again", 32)(toy_backbone_factory)
     with pytest.raises(RegistryError, match="registered twice"):
-        register_module_kind(TOY_KIND, ScaleConfig)(ScaleModule)
+        register_toy_kind()
     assert create_backbone(TOY_BACKBONE).arch == TOY_BACKBONE
     saved_backbones = dict(backbone_registry._REGISTRY)
     saved_kinds = dict(module_registry._REGISTRY)
     backbone_registry._REGISTRY.pop(TOY_BACKBONE)
-    module_registry._REGISTRY.pop(TOY_KIND)
+    assert unregister_module_kind(TOY_KIND).module_cls is LinearModule
     try:
         with registered_toys():
             assert TOY_BACKBONE in [e.name for e in list_backbones()] and TOY_KIND in list_module_kinds()
         assert TOY_BACKBONE not in [e.name for e in list_backbones()] and TOY_KIND not in list_module_kinds()
         with pytest.raises(RegistryError, match=TOY_BACKBONE):
             create_backbone(TOY_BACKBONE)
+        with pytest.raises(RegistryError, match=TOY_KIND):
+            unregister_module_kind(TOY_KIND)
     finally:
         backbone_registry._REGISTRY.clear()
         backbone_registry._REGISTRY.update(saved_backbones)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from vimw.modules import (
     get_module_kind,
     list_module_kinds,
     quick_gelu,
+    register_module_kind,
 )
 
 KINDS = list_module_kinds()
@@ -74,6 +77,26 @@ def test_unknown_kind_raises_registry_error_listing_known_kinds():
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_declares_a_known_tap(kind):
     assert get_module_kind(kind).module_cls.tap in ("input", "inner")
+
+
+def test_builtin_kinds_declare_their_capabilities():
+    declared = {k: get_module_kind(k) for k in ("convpass", "lora", "adapter")}
+    assert {k: e.foldable for k, e in declared.items()} == {"convpass": False, "lora": True, "adapter": False}
+    assert {k: e.peft_type for k, e in declared.items()} == {"convpass": None, "lora": "LORA", "adapter": None}
+    assert all(e.mergeable and e.stacked_cls is not None for e in declared.values())
+    assert {e.stacked_cls.__module__ for e in declared.values()} == {f"vimw.modules.{k}.stacked" for k in declared}
+
+
+@pytest.mark.parametrize("tap, with_delta", [("input", True), ("inner", False)])
+def test_declaring_foldable_needs_an_inner_tap_and_delta_weight(tap, with_delta):
+    @dataclasses.dataclass
+    class Config(ModuleConfig):
+        kind: ClassVar[str] = "modules-test-linear"
+
+    body = {"tap": tap, **({"delta_weight": lambda self: None} if with_delta else {})}
+    with pytest.raises(RegistryError, match="foldable"):
+        register_module_kind("modules-test-linear", Config, foldable=True)(type("Linear", (SiteModule,), body))
+    assert "modules-test-linear" not in list_module_kinds()
 
 
 # -- behaviour on the real backbone, for every kind ---------------------------------------

@@ -164,6 +164,16 @@ def test_refuses_adapters_vimw_cannot_represent(setup, tmp_path):
         export_peft_lora(setup.zoo, "lora-all", setup.backbone, out)
 
 
+def test_refuses_adapter_types_no_module_kind_maps(setup, tmp_path):
+    out = export_peft_lora(setup.zoo, "lora-all", setup.backbone, tmp_path / "loha")
+    config = json.loads((out / ADAPTER_CONFIG).read_text())
+    (out / ADAPTER_CONFIG).write_text(json.dumps({**config, "peft_type": "LOHA"}))
+    zoo = Zoo(tmp_path / "z")
+    with pytest.raises(VimwError, match=r"LOHA adapter; vimw imports only these PEFT types: lora \(LORA\)"):
+        import_peft_lora(out, zoo, "loha", setup.backbone)
+    assert zoo.names() == []
+
+
 def test_rslora_adapter_imports_with_the_same_scale(setup, tmp_path):
     out = export_peft_lora(setup.zoo, "lora-all", setup.backbone, tmp_path / "rs")
     config = json.loads((out / ADAPTER_CONFIG).read_text())
