@@ -79,6 +79,15 @@ def test_kind_declares_a_known_tap(kind):
     assert get_module_kind(kind).module_cls.tap in ("input", "inner")
 
 
+def test_every_kind_folder_is_registered_under_its_name():
+    import pkgutil
+
+    import vimw.modules
+
+    folders = {info.name for info in pkgutil.iter_modules(vimw.modules.__path__) if info.ispkg}
+    assert {"convpass", "lora", "adapter"} <= folders <= set(KINDS)
+
+
 def test_builtin_kinds_declare_their_capabilities():
     declared = {k: get_module_kind(k) for k in ("convpass", "lora", "adapter")}
     assert {k: e.foldable for k, e in declared.items()} == {"convpass": False, "lora": True, "adapter": False}

@@ -7,6 +7,9 @@ rule and PEFT mapping), registered with the capabilities they declare. Build one
 ``backbone.forward_features(pixels, bypass=module_set.bypass)``.
 """
 
+import importlib
+import pkgutil
+
 from vimw.modules.registry import (
     DEFAULT_MODULE_KIND,
     ModuleKind,
@@ -24,6 +27,16 @@ from vimw.modules.peft import PeftMapping
 from vimw.modules.adapter import AdapterConfig, AdapterModule
 from vimw.modules.convpass import ConvpassConfig, ConvpassModule, QuickGELU, quick_gelu
 from vimw.modules.lora import LoRAConfig, LoRAModule
+
+
+def _register_kind_folders() -> None:
+    """Import every kind folder (each registers itself): a new folder needs no line here."""
+    for folder in pkgutil.iter_modules(__path__):
+        if folder.ispkg:
+            importlib.import_module(f"{__name__}.{folder.name}")
+
+
+_register_kind_folders()
 
 __all__ = [
     "DEFAULT_MODULE_KIND",
