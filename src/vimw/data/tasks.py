@@ -8,8 +8,18 @@ classes); ``load_task`` turns it into tensors, always in this order so results a
 ``max_train`` / ``max_test`` -> 5. validation carved from train (never from test)
 -> 6. optional k-shot sampling from the rest of train.
 
-Every random draw comes from ``seed`` through a separate stream per stage, so the same
+Every random draw comes from a seed through a separate stream per stage, so the same
 arguments give identical tensors, and changing ``max_test`` does not change the shots.
+Three seeds, each for its own purpose:
+
+- the test split (its subsample and any random views of its kind) always comes from
+  ``TEST_SEED``: every run, seed and method is scored on the same test images;
+- ``split_seed`` chooses the images: the ``max_train`` subsample, validation and shots;
+- ``seed`` draws the training split's random views (rotations, noise, tile orders) and
+  stands in for ``split_seed`` when that is not given, as it did before the two were
+  told apart. A training seed proper (initialisation, batch order) belongs to the
+  training config, so a benchmark can vary the shots and the training apart.
+  (``rotation`` stratifies on its random turns, so there ``seed`` moves the choice too.)
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ _STREAM_KIND_TRAIN, _STREAM_KIND_TEST = 1, 2
 _STREAM_SUBSAMPLE_TRAIN, _STREAM_SUBSAMPLE_TEST = 3, 4
 _STREAM_VALIDATION = 5
 MIN_FEW_SHOT_VAL = 2
+# The test split's own seed: never a run's, so seeds and methods share one test set.
+TEST_SEED = 0
 
 
 @dataclass
@@ -112,13 +124,17 @@ def load_task(
     max_train: int | None = None,
     max_test: int | None = None,
     image_size: int | None = None,
+    split_seed: int | None = None,
 ) -> TaskData:
-    """Build a task's train / val / test ImageSets, deterministically from ``seed``.
+    """Build a task's train / val / test ImageSets, deterministically from the seeds.
 
     ``shots``: images per class for training (for segmentation: per class of the source
     images, e.g. per digit); val is then up to ``max(shots, 2)`` other training images
     per class and ``val_fraction`` is unused. ``max_train`` /
-    ``max_test``: stratified subsample before validation and shots are drawn.
+    ``max_test``: stratified subsample before validation and shots are drawn; the test
+    subsample is fixed (``TEST_SEED``), whatever the seeds.
+    ``split_seed``: which images are the shots and validation (default: ``seed``);
+    ``seed``: the training split's random views (see the module docstring).
     ``image_size``: for image folders only (default 64); other sources keep their
     native resolution (the backbone's ``Preprocess`` resizes batches on the fly).
     """
@@ -128,7 +144,9 @@ def load_task(
     _check_positive("image_size", image_size)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    make_rng(seed, 0)  # validates the seed before any data is read
+    split_seed = seed if split_seed is None else split_seed
+    for value in (seed, split_seed):
+        make_rng(value, 0)  # validates the seeds before any data is read
 
     source_train, source_test = load_dataset(spec.dataset, image_size=image_size)
     if spec.kind in SAME_SOURCE_KINDS:  # other views of the same instances, never the source's test images
@@ -136,13 +154,13 @@ def load_task(
     train_pool = make_pool(
         spec.kind, select_classes(source_train, spec.classes), make_rng(seed, _STREAM_KIND_TRAIN)
     )
-    test_pool = make_pool(spec.kind, select_classes(source_test, spec.classes), make_rng(seed, _STREAM_KIND_TEST),
-                          split="test")
+    test_pool = make_pool(spec.kind, select_classes(source_test, spec.classes),
+                          make_rng(TEST_SEED, _STREAM_KIND_TEST), split="test")
 
     if max_train is not None:
-        train_pool = train_pool.take(_limit(train_pool, max_train, seed, _STREAM_SUBSAMPLE_TRAIN), spec.name)
-    test_indices = _limit(test_pool, max_test, seed, _STREAM_SUBSAMPLE_TEST)
-    train_indices, val_indices = _train_val_indices(train_pool, shots, val_fraction, seed)
+        train_pool = train_pool.take(_limit(train_pool, max_train, split_seed, _STREAM_SUBSAMPLE_TRAIN), spec.name)
+    test_indices = _limit(test_pool, max_test, TEST_SEED, _STREAM_SUBSAMPLE_TEST)
+    train_indices, val_indices = _train_val_indices(train_pool, shots, val_fraction, split_seed)
 
     data = TaskData(
         spec=spec,
