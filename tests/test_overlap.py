@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers.reliability import tiny_manifest, tiny_module
 from vimw.data import get_task_spec
-from vimw.data.provenance import source_record
+from vimw.data.provenance import image_digests, source_record
 from vimw.data.sources import DATASET_ORIGINS
 from vimw.errors import DataError
 from vimw.workflows.midstream import DEFAULT_RECIPE
@@ -116,6 +116,9 @@ def test_user_folders_overlap_by_file_content_and_a_vanished_folder_is_untraceab
     assert overlap_reasons({"name": "a", "dataset": f"folder:{tmp_path / 'apart'}"}, task) == []
     gone = overlap_reasons({"name": "g", "dataset": f"folder:{tmp_path / 'gone'}"}, task)
     assert kinds(gone) == ["unknown"]
+    recorded = {"name": "g", "dataset": f"folder:{tmp_path / 'gone'}",
+                "image_digests": sorted(image_digests(f"folder:{tmp_path / 'theirs'}"))}
+    assert kinds(overlap_reasons(recorded, task)) == ["images"]  # digests written at training time still count
 
 
 def test_a_task_whose_images_cannot_be_traced_is_refused():

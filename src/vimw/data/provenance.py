@@ -11,8 +11,9 @@ reading the images of a built-in dataset:
   image file of a folder, of every image array of an archive (``image_digests``).
 
 A record is built from a ``TaskSpec`` or from the ``task`` entry of a zoo module's
-manifest (the spec's fields plus the ``origins`` written at training time), so a
-downstream task and a module are described the same way.
+manifest (the spec's fields plus the ``origins`` written at training time, and for user
+data the ``image_digests`` if they were written then), so a downstream task and a module
+are described the same way.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def source_record(task: TaskSpec | Mapping) -> SourceRecord:
     if _is_user_data(dataset):
         # Class names of user data are the user's words: they only compare within one dataset.
         classes = tuple(chosen) if chosen else None
-        return SourceRecord(dataset, kind, image_digests(dataset), classes, dataset)
+        # Digests written when a module was trained describe what it saw, even if the folder changed since.
+        recorded = entry.get("image_digests")
+        digests = frozenset(recorded) if recorded is not None else image_digests(dataset)
+        return SourceRecord(dataset, kind, digests, classes, dataset)
     classes = tuple(chosen) if chosen else sources.DATASET_CLASSES.get(dataset)
     images = _builtin_images(dataset, kind, classes, entry.get("origins"))
     return SourceRecord(dataset, kind, images, classes, sources.DATASET_LABEL_SPACES.get(dataset, dataset))
