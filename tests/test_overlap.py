@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from helpers.reliability import tiny_manifest, tiny_module
-from vimw.data import get_task_spec
+from vimw.data import TaskSpec, get_task_spec, sources
 from vimw.data.provenance import image_digests, source_record
 from vimw.data.sources import DATASET_ORIGINS
-from vimw.errors import DataError
+from vimw.errors import DataError, RegistryError
 from vimw.workflows.midstream import DEFAULT_RECIPE
 from vimw.zoo import Zoo
 from vimw.zoo.overlap import leave_overlap_out, overlap_reasons, zoo_overlaps
@@ -119,6 +119,21 @@ def test_user_folders_overlap_by_file_content_and_a_vanished_folder_is_untraceab
     recorded = {"name": "g", "dataset": f"folder:{tmp_path / 'gone'}",
                 "image_digests": sorted(image_digests(f"folder:{tmp_path / 'theirs'}"))}
     assert kinds(overlap_reasons(recorded, task)) == ["images"]  # digests written at training time still count
+
+
+def test_a_registered_dataset_declares_its_provenance(monkeypatch):
+    for table in ("_DATASETS", "DATASET_ORIGINS", "DATASET_CLASSES", "DATASET_LABEL_SPACES"):
+        monkeypatch.setattr(sources, table, dict(getattr(sources, table)))
+    sources.register_dataset("my-digits", lambda: None, origins={"train": "lab/scans", "test": "lab/scans"},
+                             classes=tuple("0123456789"), label_space="digits 0-9")
+    spec = TaskSpec("mine", "my-digits")
+    assert kinds(overlap_reasons(recipe_entry(next(r for r in DEFAULT_RECIPE if r.name == "mnist-digits")),
+                                 spec)) == ["classes"]
+    sources.register_dataset("my-digits", lambda: None, overwrite=True)  # no provenance any more
+    with pytest.raises(DataError, match="cannot be traced"):
+        overlap_reasons(toy_task("pets", ["cat"]), spec)
+    with pytest.raises(RegistryError, match="origins must name"):
+        sources.register_dataset("bad", lambda: None, origins={"train": "x"})
 
 
 def test_a_task_whose_images_cannot_be_traced_is_refused():

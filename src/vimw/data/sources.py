@@ -225,13 +225,33 @@ DATASET_LABEL_SPACES: dict[str, str] = {
 }
 
 
-def register_dataset(name: str, loader: DatasetLoader, *, overwrite: bool = False) -> None:
-    """Make ``loader`` (no arguments -> (train, test)) available to tasks as ``name``."""
+def register_dataset(
+    name: str,
+    loader: DatasetLoader,
+    *,
+    origins: dict[str, str] | None = None,
+    classes: tuple[str, ...] | None = None,
+    label_space: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Make ``loader`` (no arguments -> (train, test)) available to tasks as ``name``.
+
+    ``origins`` ({"train": ..., "test": ...}: the original files each split is drawn
+    from), ``classes`` and ``label_space`` declare where its images come from, so the
+    zoo can tell which modules overlap a task on it; without them it cannot.
+    """
     if name.startswith((FOLDER_PREFIX, NPZ_PREFIX)):
         raise RegistryError(f"dataset names may not start with {FOLDER_PREFIX!r} or {NPZ_PREFIX!r}")
     if name in _DATASETS and not overwrite:
         raise RegistryError(f"dataset {name!r} is already registered")
+    if origins is not None and set(origins) != {"train", "test"}:
+        raise RegistryError(f"dataset {name!r}: origins must name the 'train' and 'test' files, got {sorted(origins)}")
     _DATASETS[name] = loader
+    for table, value in ((DATASET_ORIGINS, origins), (DATASET_CLASSES, classes), (DATASET_LABEL_SPACES, label_space)):
+        if value is not None:
+            table[name] = dict(value) if isinstance(value, dict) else value
+        else:
+            table.pop(name, None)  # an overwritten dataset keeps nothing of the old one's provenance
 
 
 def list_datasets() -> tuple[str, ...]:
