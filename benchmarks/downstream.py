@@ -11,8 +11,8 @@ them label-safe), its settings chosen on validation by the one selection rule
 derived from the others, never by looking at test:
 
 - ``auto``: the method ``vimw aggregate`` (default ``--method auto``) keeps, among
-  ``workflows.compare.AUTO_CANDIDATES``, by validation accuracy, ties broken by loss;
-- ``best_zoo``: the zoo method (any of ``ZOO_METHODS`` that ran) kept the same way.
+  ``vimw.methods.auto_candidates()``, by validation accuracy, ties broken by loss;
+- ``best_zoo``: the zoo method (any of ``vimw.methods.zoo_methods()`` that ran) kept the same way.
 
 Each finished unit is written to ``results/downstream-units/<task>-k<shots>-s<seed>.json``
 (``results/<name>-units/`` for another ``--name``, e.g. another zoo)
@@ -49,8 +49,8 @@ import torch  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
 from vimw.io import atomic_write_text  # noqa: E402
-from vimw.workflows.compare import AUTO_CANDIDATES, MethodRow, choose, compare_methods, kfold_metrics  # noqa: E402
-from vimw.workflows.downstream import METHODS, ZOO_METHODS  # noqa: E402
+from vimw.methods import auto_candidates, list_methods, zoo_methods  # noqa: E402
+from vimw.workflows.compare import MethodRow, SearchSettings, choose, compare_methods, kfold_metrics  # noqa: E402
 from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
 TASKS = ("fmnist-footwear-bags", "fmnist", "digits8x8")
@@ -118,6 +118,11 @@ def earlier_rows(path: Path, settings: dict) -> list[MethodRow]:
     return [MethodRow(**r) for r in payload["rows"] if r["method"] in settings["methods"]]
 
 
+def _search(args, seed: int) -> SearchSettings:
+    """Every method's training recipe in this run (the same as ``vimw aggregate``'s)."""
+    return SearchSettings(steps=args.target_steps, augment=not args.no_augment, seed=seed)
+
+
 def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[MethodRow]:
     started = time.perf_counter()
     data = load_task(task, shots=shots, seed=seed, max_test=args.max_test)
@@ -128,14 +133,14 @@ def run_unit(args, backbone, zoo, task: str, shots: int, seed: int) -> list[Meth
     if kept:
         print(f"  kept from the earlier {'holdout ' if args.cv else ''}run: {', '.join(kept)}", flush=True)
     missing = [m for m in args.methods if m not in kept]
-    new = compare_methods(backbone, data, missing, zoo=zoo, seed=seed, shots=shots, target_steps=args.target_steps,
-                          augment=not args.no_augment, on_result=_print_row) if missing else []
+    new = compare_methods(backbone, data, missing, zoo=zoo, shots=shots, settings=_search(args, seed),
+                          on_result=_print_row) if missing else []
     fresh = {r.method: r for r in new}
     rows = [kept.get(m) or fresh[m] for m in args.methods]
-    cv_metrics = kfold_metrics(backbone, data, args.methods, folds=args.cv, zoo=zoo, seed=seed, shots=shots,
-                               target_steps=args.target_steps, augment=not args.no_augment,
+    cv_metrics = kfold_metrics(backbone, data, args.methods, folds=args.cv, zoo=zoo, shots=shots,
+                               settings=_search(args, seed),
                                on_result=_print_row) if args.cv else None
-    for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
+    for label, among in (("auto", auto_candidates()), ("best_zoo", zoo_methods())):
         derived = choose(rows, among, label, metrics=cv_metrics,
                          selection=f"{args.cv}-fold cross-validation" if args.cv else None)
         if derived is not None:
@@ -267,7 +272,7 @@ def selection_diagnostics(rows: list[MethodRow]) -> list[str]:
     by_unit: dict[tuple, list[MethodRow]] = {}
     for row in rows:
         by_unit.setdefault((row.task, row.shots, row.seed), []).append(row)
-    for label, among in (("auto", AUTO_CANDIDATES), ("best_zoo", ZOO_METHODS)):
+    for label, among in (("auto", auto_candidates()), ("best_zoo", zoo_methods())):
         for shots in sorted({k[1] for k in by_unit}):
             chosen, hindsight, hits, ties, n = [], [], 0, 0, 0
             for (task, k, seed), members in by_unit.items():
@@ -342,7 +347,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="task names or folder:DIR / npz:FILE")
     parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list_methods())
     parser.add_argument("--max-test", type=int, default=2000, help="test images per task (stratified, fixed)")
     parser.add_argument("--target-steps", type=int, default=120, help="optimiser steps per training run")
     parser.add_argument("--no-augment", action="store_true", help="train every method without augmentation")

@@ -26,10 +26,10 @@ from _common import ensure_zoo, sweep_parser, write_results  # noqa: E402
 import torch  # noqa: E402
 
 from vimw.aggregation.gates import gate_entropy  # noqa: E402
-from vimw.workflows.downstream import build_model  # noqa: E402
+from vimw.methods import build_model  # noqa: E402
 from vimw.backbones import create_backbone  # noqa: E402
 from vimw.data import load_task  # noqa: E402
-from vimw.workflows.compare import few_shot_config  # noqa: E402
+from vimw.workflows.compare import SearchSettings  # noqa: E402
 from vimw.training import evaluate, fit  # noqa: E402
 from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> None:
         for shots in args.shots:
             for seed in args.seeds:
                 data = load_task(task, shots=shots, seed=seed, max_test=args.max_test)
-                config = few_shot_config(len(data.train), seed).replace(lr=args.lr)
+                config = SearchSettings(seed=seed, augment=False).base_config(len(data.train)).replace(lr=args.lr)
                 key = {"task": task, "shots": shots, "seed": seed}
                 for index, name in enumerate(names):
                     _, val, test, fitting = run_one("single", backbone, data, config, zoo, names, single_index=index)

@@ -32,15 +32,15 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from vimw.data import load_task  # noqa: E402
 from vimw.training import evaluate  # noqa: E402
-from vimw.workflows.compare import SEARCH_GRID, few_shot_config  # noqa: E402
-from vimw.workflows.downstream import build_model  # noqa: E402
-from vimw.workflows.headfit import fit_head  # noqa: E402
+from vimw.methods import build_model, get_method  # noqa: E402
+from vimw.workflows.compare import SearchSettings  # noqa: E402
+from vimw.training.headfit import fit_head  # noqa: E402
 from vimw.workflows.rank import rank_modules, zoo_backbone  # noqa: E402
 from vimw.zoo import Zoo, verify_or_raise  # noqa: E402
 
 
 def single_scores(backbone, data, zoo, names, seed: int) -> dict[str, dict]:
-    config = few_shot_config(len(data.train), seed, augment=True).replace(**SEARCH_GRID["single"][0])
+    config = SearchSettings(seed=seed).base_config(len(data.train)).replace(**get_method("single").grid[0])
     scores = {}
     for index, name in enumerate(names):
         started = time.perf_counter()

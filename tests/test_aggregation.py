@@ -17,7 +17,7 @@ from vimw.aggregation import (
 from vimw.errors import IntegrityError
 from vimw.modules import LoRAConfig, ModuleSet
 from vimw.training import TrainConfig, fit, predict_logits
-from vimw.workflows.downstream import build_model, train_downstream
+from vimw.methods import build_model, train_downstream
 from vimw.zoo import ModuleManifest
 
 NAMES = list(ZOO_MODULES)

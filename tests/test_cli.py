@@ -257,12 +257,12 @@ def test_aggregate_refuses_more_shots_than_a_class_has(capsys, tiny_zoo, image_f
 
 
 def test_aggregate_refuses_full_fine_tuning_before_training(capsys, tiny_zoo, image_folder, tmp_path, monkeypatch):
-    from vimw.workflows import downstream as workflow
+    from vimw.methods import base
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("full fine-tuning ran before being refused")
 
-    monkeypatch.setattr(workflow, "fit", must_not_train)
+    monkeypatch.setattr(base, "fit", must_not_train)
     code, _, err = run(capsys, "aggregate", "--zoo", tiny_zoo.root, "--task", f"folder:{image_folder}",
                        "--method", "full_ft", "--out", tmp_path / "m")
     assert_clean_error(code, err, "full fine-tuning")
@@ -305,7 +305,7 @@ def test_zoo_train_names_a_user_npz_after_its_file(capsys, tmp_path):
 
 def test_predict_refuses_a_segmentation_model(capsys, lite0, make_task, tmp_path):
     from vimw.aggregation import save_downstream
-    from vimw.workflows.downstream import train_downstream
+    from vimw.methods import train_downstream
     from vimw.training import TrainConfig
 
     data = make_task(kind="segmentation", n_train=16, n_val=8, n_test=8)

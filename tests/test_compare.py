@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vimw.evaluation import evaluate
-from vimw.workflows.compare import compare_methods, format_table, summarise
+from vimw.workflows.compare import SearchSettings, compare_methods, format_table, summarise
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,9 @@ def compared(tiny_zoo, lite0):
         "linear_probe": ({"lr": 1e-9}, {"lr": 3e-2}),
         "ens": ({"lr": 3e-2, "gate_lr": 0.05},),
     }
-    rows = compare_methods(lite0, data, ["linear_probe", "ens"], zoo=tiny_zoo, seed=0, shots=8, target_steps=4,
-                           grid=grid, on_result=lambda row, result: kept.setdefault(row.method, result))
+    rows = compare_methods(lite0, data, ["linear_probe", "ens"], zoo=tiny_zoo, shots=8,
+                           settings=SearchSettings(steps=4, augment=False), grids=grid,
+                           on_result=lambda row, result: kept.setdefault(row.method, result))
     return data, rows, kept
 
 
@@ -59,7 +60,7 @@ def test_an_unknown_method_is_refused_before_training(lite0):
     from vimw.errors import VimwError
 
     with pytest.raises(VimwError, match="unknown method"):
-        compare_methods(lite0, synthetic_task(), ["best"], zoo=None, seed=0, shots=None)
+        compare_methods(lite0, synthetic_task(), ["best"], zoo=None, shots=None)
 
 
 def test_kfold_splits_partition_the_labelled_images_by_class_and_leave_test_alone():
@@ -88,7 +89,8 @@ def test_kfold_metrics_are_the_mean_of_the_folds_validation_numbers(lite0):
 
     data = synthetic_task(n_train=12, n_val=12, n_test=8, seed=2)
     seen = []
-    metrics = kfold_metrics(lite0, data, ["linear_probe"], folds=2, zoo=None, seed=0, shots=None, target_steps=2,
+    metrics = kfold_metrics(lite0, data, ["linear_probe"], folds=2, zoo=None, shots=None,
+                            settings=SearchSettings(steps=2, augment=False),
                             on_result=lambda row, _: seen.append(row.val_metrics))
     assert len(seen) == len(kfold_tasks(data, 2, seed=0)) == 2
     assert metrics["linear_probe"]["score"] == pytest.approx(statistics.fmean(m["score"] for m in seen))

@@ -26,7 +26,7 @@ from vimw.errors import VimwError
 from vimw.data.augment import AugmentConfig, augment_images, flips_allowed, random_affines, view_generator
 from vimw.data.specs import TaskSpec
 from vimw.workflows.compare import MethodRow, choose
-from vimw.workflows.downstream import build_model, zoo_average_module
+from vimw.methods import build_model, zoo_average_module
 
 NAMES = list(ZOO_MODULES)
 
@@ -201,6 +201,31 @@ def test_fitted_gates_and_scales_train_nothing_else_and_survive_save_and_load(ti
         torch.testing.assert_close(loaded.plugin.log_scale, model.plugin.log_scale)
 
 
+# -- the zoo as a frozen prior plus a new module ------------------------------------------------------
+def test_zoo_residual_starts_as_the_fitted_aggregate_and_trains_only_the_new_module_and_head(tiny_zoo, lite0,
+                                                                                           make_task):
+    from vimw.aggregation.residual import ZooResidual
+    from vimw.modules import ModuleSet, config_from_dict
+    from vimw.training import TaskModel, TrainConfig, fit, head_config_for
+
+    data = make_task(n_train=12, n_val=6, n_test=6)
+    gated, _ = build_model("gates_ridge", lite0, data, zoo=tiny_zoo)
+    fit_aggregate_gates(gated, data.train.images, data.train.targets, "ridge", steps=2)
+    zoo_state = {k: v.clone() for k, v in gated.plugin.state_dict().items()}
+    module = ModuleSet.create(config_from_dict(tiny_zoo.manifest(NAMES[0]).module), lite0.sites)
+    model = TaskModel(lite0, head_config_for(lite0, data.kind, data.num_classes), plugin=ZooResidual(gated.plugin, module))
+    pixels = lite0.preprocess(data.test.images)
+    with torch.no_grad():  # the new module adds exactly zero at the start
+        torch.testing.assert_close(lite0(pixels, bypass=model.bypass()), lite0(pixels, bypass=gated.plugin.bypass),
+                                   rtol=0, atol=0)
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"plugin.module", "head.fc"}
+    fit(model, data, TrainConfig(epochs=2, lr=1e-2, batch_size=4, seed=0), progress=False)
+    for key, value in model.plugin.zoo.state_dict().items():
+        assert torch.equal(value, zoo_state[key])  # gates, scales and zoo modules untouched
+    assert any(float(p.abs().max()) > 0 for n, p in model.plugin.module.named_parameters() if ".up." in n)
+
+
 # -- zoo-initialised module -----------------------------------------------------------------------------
 def test_zoo_init_at_step_zero_computes_exactly_the_merged_module(tiny_zoo, lite0, make_task):
     data = make_task(n_test=6)
@@ -243,7 +268,7 @@ def test_zoo_average_takes_each_sites_own_weights(tiny_zoo, lite0):
 def test_zoo_init_gated_starts_from_the_ridge_gates_average_and_trains_as_one_module(tiny_zoo, lite0, make_task,
                                                                                      tmp_path):
     from vimw.training import TrainConfig
-    from vimw.workflows.downstream import train_downstream
+    from vimw.methods import train_downstream
 
     data = make_task(n_train=12, n_val=6, n_test=6)
     with pytest.raises(VimwError, match="fitted gates"):
@@ -297,7 +322,7 @@ def test_vimw_aggregate_runs_auto_by_default_and_says_what_it_chose(tiny_zoo, tm
     assert code == 0
     printed = capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    auto = manifest["auto"]
+    auto = manifest["search"]
     tried = [c["method"] for c in auto["candidates"]]
     assert tried[:2] == ["linear_probe", "scratch"] and "zoo_init" in tried and "gates_ridge" in tried
     assert manifest["method"] == auto["chosen"] in tried

@@ -155,7 +155,8 @@ LAYERS = (
     ("evaluation", "zoo"),
     ("training",),
     ("aggregation", "interop"),
-    ("workflows", "report", "deploy", "transfer"),
+    ("methods", "transfer"),
+    ("workflows", "report", "deploy"),
     ("recipes", "serve"),
     ("cli",),
 )

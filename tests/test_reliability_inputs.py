@@ -21,7 +21,7 @@ from PIL import Image
 
 from helpers.reliability import listing, pattern_npz, report_counts
 from vimw.aggregation.store import load_downstream, save_downstream
-from vimw.workflows.downstream import build_model
+from vimw.methods import build_model
 from vimw.backbones import create_backbone
 from vimw.backbones.base import Preprocess
 from vimw.cli.main import main

@@ -41,3 +41,7 @@ class MissingExtraError(VimwError, ImportError):
 
 class TrainingError(VimwError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class BusyError(VimwError, RuntimeError):
+    """Another process is writing the same thing now (its lock is held)."""

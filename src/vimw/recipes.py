@@ -14,17 +14,19 @@
           train: {epochs: 3, lr: 0.002}  # TrainConfig fields
           max_train: 4000
           max_test: null
-    aggregate:
+    aggregate:                           # vimw.workflows.aggregate.AggregateSettings
       zoo: runs/recipe/zoo               # default: zoo.dir
       task: fmnist-footwear-bags
       shots: 10
-      method: ens
+      method: auto                       # or one method: ens, zoo_init, scratch, ...
+      budget: 900                        # auto: seconds for the whole search
+      cv: 0                              # auto: k-fold cross-validation (k >= 2) instead of a split
       top_k: 2
       modules: null                      # list of module names (default: all)
       image_size: null                   # default: the zoo's
       backbone: null                     # default: what the zoo was built on
       out: runs/recipe/model
-      train: {epochs: 30, lr: 0.03, gate_lr: 0.05, batch_size: 32}
+      train: {steps: 120, batch_size: 32, lr: null}  # SearchSettings (lr null: the method's grid)
     transfer:                            # options of `vimw transfer extract` (flags win)
       weak: efficientnet_lite0@64+invert
       apply: {to: efficientnet_lite2@224}  # options of `vimw transfer apply`; likewise refine
@@ -69,15 +71,17 @@ _MODULE = {
     "max_test": (_OPTIONAL_INT, False),
 }
 _AGGREGATE = {
-    "zoo": ((str,), False),
-    "task": ((str,), False),
+    "zoo": ((str, type(None)), False),
+    "task": ((str, type(None)), False),
     "shots": (_OPTIONAL_INT, False),
     "method": ((str,), False),
     "top_k": ((int,), False),
+    "budget": ((float, type(None)), False),
+    "cv": ((int,), False),
     "modules": ((list, type(None)), False),
     "image_size": (_OPTIONAL_INT, False),
     "backbone": ((str, type(None)), False),
-    "out": ((str,), False),
+    "out": ((str, type(None)), False),
     "train": ((dict,), False),
 }
 _MODULE_CONFIG = {"hidden_dim": (int,), "rank": (int,), "first_block": _OPTIONAL_INT, "alpha": (float,),
@@ -136,20 +140,7 @@ def validate_recipe(data: Any, *, source: str = "recipe") -> dict:
                     raise FormatError(f"{where}.{key}: must be >= 1, got {module[key]}")
     aggregate = data.get("aggregate")
     if aggregate is not None:
-        where = f"{source}: aggregate"
-        _check_mapping(aggregate, _AGGREGATE, where)
-        _check_train(aggregate.get("train") or {}, f"{where}.train")
-        _check_image_size(aggregate.get("image_size"), f"{where}.image_size")
-        if aggregate.get("shots") is not None and aggregate["shots"] < 1:
-            raise FormatError(f"{where}.shots: must be >= 1, got {aggregate['shots']}")
-        if aggregate.get("modules") is not None and not all(isinstance(m, str) for m in aggregate["modules"]):
-            raise FormatError(f"{where}.modules: must be a list of module names")
-        if "method" in aggregate:
-            from vimw.workflows.downstream import METHODS
-
-            if aggregate["method"] not in ("auto", *METHODS):
-                raise FormatError(f"{where}.method: unknown method {aggregate['method']!r}; "
-                                  f"choose from {['auto', *METHODS]}")
+        _check_aggregate(aggregate, f"{source}: aggregate")
     return copy.deepcopy(data)
 
 
@@ -212,23 +203,24 @@ def _check_module_config(kind: str, config: dict, where: str) -> None:
         raise FormatError(f"{where}: {exc}") from None
 
 
-def _train_types() -> dict[str, tuple]:
-    from vimw.training import TrainConfig
-
+def _field_types(cls) -> dict[str, tuple]:
+    """Accepted JSON types of each field of a settings dataclass (optional fields may be null)."""
     types: dict[str, tuple] = {}
-    for f in fields(TrainConfig):
+    for f in fields(cls):
         default = f.default
+        optional = default is None or f.name == "grad_clip"
         if isinstance(default, bool):
             types[f.name] = (bool,)
-        elif isinstance(default, int):
-            types[f.name] = (int,)
-        else:  # floats, and the optional ones (grad_clip, gate_lr) which may be null
-            types[f.name] = (float, type(None)) if default is None or f.name == "grad_clip" else (float,)
+        elif isinstance(default, int) or f.name in ("epochs", "steps"):
+            types[f.name] = (int, type(None)) if optional else (int,)
+        else:
+            types[f.name] = (float, type(None)) if optional else (float,)
     return types
 
 
-def _check_train(train: dict, where: str) -> None:
-    types = _train_types()
+def _check_settings(train: dict, where: str, cls) -> None:
+    """Keys, types and finiteness of a ``train`` mapping against the settings class ``cls``."""
+    types = _field_types(cls)
     if not isinstance(train, dict):
         raise FormatError(f"{where}: expected a mapping")
     unknown = sorted(str(k) for k in train if k not in types)
@@ -238,7 +230,32 @@ def _check_train(train: dict, where: str) -> None:
         _check_type(value, types[key], f"{where}.{key}")
         if isinstance(value, float) and not math.isfinite(value):
             raise FormatError(f"{where}.{key}: must be finite, got {value}")
+
+
+def _check_train(train: dict, where: str) -> None:
+    from vimw.training import TrainConfig
+
+    _check_settings(train, where, TrainConfig)
     train_config(train, where)  # TrainConfig's own range checks
+
+
+def _check_aggregate(section: dict, where: str) -> None:
+    from vimw.errors import VimwError
+    from vimw.workflows.aggregate import AggregateSettings
+    from vimw.workflows.compare import SearchSettings
+
+    _check_mapping(section, _AGGREGATE, where)
+    _check_settings(section.get("train") or {}, f"{where}.train", SearchSettings)
+    try:
+        SearchSettings(**{**SearchSettings().to_dict(), **(section.get("train") or {})})
+    except VimwError as exc:
+        raise FormatError(f"{where}.train: {exc}") from None
+    if section.get("modules") is not None and not all(isinstance(m, str) for m in section["modules"]):
+        raise FormatError(f"{where}.modules: must be a list of module names")
+    try:
+        AggregateSettings.from_section(section)  # the settings' own checks (method name, ranges)
+    except VimwError as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def train_config(train: dict | None, where: str = "recipe"):
@@ -270,50 +287,63 @@ def midstream_recipes(recipe: dict) -> tuple:
 
 
 def default_recipe() -> dict:
-    """The built-in default: the demo zoo (``DEFAULT_RECIPE``) and the demo's ViM aggregation."""
+    """The built-in default: the default zoo (``DEFAULT_RECIPE``) and the demo's aggregation, from the
+    settings objects (``recipes/default.yaml`` is this, written out; a test keeps them equal)."""
+    from vimw.workflows.demo import DemoSettings
     from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_RECIPE
 
+    demo = DemoSettings()
     return {
         "format": RECIPE_FORMAT,
-        "zoo": {"dir": "runs/demo/zoo", "backbone": DEFAULT_BACKBONE, "image_size": DEFAULT_IMAGE_SIZE,
+        "zoo": {"dir": demo.zoo_dir, "backbone": DEFAULT_BACKBONE, "image_size": DEFAULT_IMAGE_SIZE,
                 "modules": [r.to_dict() for r in DEFAULT_RECIPE]},
-        "aggregate": {"zoo": "runs/demo/zoo", "task": "fmnist-footwear-bags", "shots": 10, "method": "ens",
-                      "top_k": 2, "out": "runs/demo/models/ens-recipe",
-                      "train": {"epochs": 30, "lr": 3e-2, "gate_lr": 0.05, "batch_size": 32}},
+        "aggregate": demo.aggregate_settings().to_section(),
     }
 
 
-def apply_overrides(recipe: dict, section: str, overrides: dict) -> dict:
-    """A copy of ``recipe`` with ``overrides`` (flags the user gave; ``None`` = not given) applied.
+def resolve(recipe: str | os.PathLike | dict | None, section: str, flags: dict, *,
+            defaults: dict | None = None) -> dict:
+    """The effective recipe for one section: ``defaults`` <- the recipe's section <- ``flags``.
 
-    Keys of ``overrides`` are the section's keys; ``train`` is a mapping merged field by
-    field. The result is validated again.
+    ``recipe`` is a file to read, a recipe already read, or ``None``. ``flags`` are what the
+    user gave on the command line (``None`` = not given), keyed like the section; a ``train``
+    mapping merges field by field. The whole recipe is returned (other sections as they
+    were), validated. This is the one merge every command uses.
     """
-    result = copy.deepcopy(recipe)
-    target = result.setdefault(section, {})
-    for key, value in overrides.items():
-        if value is None:
+    loaded = recipe if isinstance(recipe, dict) else (load_recipe(recipe) if recipe else {})
+    body = _layer(defaults or {}, loaded.get(section) or {}, keep_none=True)
+    body = _layer(body, flags, keep_none=False)
+    return validate_recipe({**loaded, section: body}, source="effective recipe")
+
+
+def apply_overrides(recipe: dict, section: str, overrides: dict) -> dict:
+    """A copy of ``recipe`` with ``overrides`` (flags the user gave; ``None`` = not given) applied."""
+    return resolve(recipe, section, overrides)
+
+
+def _layer(section: dict, values: dict, *, keep_none: bool) -> dict:
+    """``section`` with ``values`` laid over it (``train`` merged field by field)."""
+    out = copy.deepcopy(section)
+    for key, value in values.items():
+        if value is None and not keep_none:
             continue
-        if key == "train":
-            target["train"] = {**(target.get("train") or {}), **{k: v for k, v in value.items() if v is not None}}
+        if key == "train" and isinstance(value, dict):
+            given = {k: v for k, v in value.items() if keep_none or v is not None}
+            out["train"] = {**(out.get("train") or {}), **copy.deepcopy(given)}
         else:
-            target[key] = value
-    return validate_recipe(result, source="effective recipe")
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def save_effective(directory: str | os.PathLike, recipe: dict) -> Path:
     """Write the effective recipe as ``DIRECTORY/recipe.json`` (atomically)."""
-    from vimw.io import write_json
-    from vimw.version import __version__
+    from vimw.zoo.recipe import write_recipe_file
 
-    path = Path(directory) / RECIPE_FILE
-    write_json(path, {"format": RECIPE_FORMAT, **{k: v for k, v in recipe.items() if k != "format"},
-                      "vimw_version": __version__})
-    return path
+    return write_recipe_file(directory, recipe)
 
 
 def read_effective(directory: str | os.PathLike) -> dict | None:
-    """The ``recipe.json`` saved in ``directory``, or ``None`` when there is none."""
+    """The ``recipe.json`` saved in ``directory``, validated, or ``None`` when there is none."""
     from vimw.io import read_json
 
     path = Path(directory) / RECIPE_FILE
@@ -326,6 +356,7 @@ def read_effective(directory: str | os.PathLike) -> dict | None:
 
 __all__ = [
     "RECIPE_FILE",
+    "resolve",
     "apply_overrides",
     "default_recipe",
     "load_recipe",

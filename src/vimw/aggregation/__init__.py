@@ -1,6 +1,6 @@
 """ViM downstream: per-site softmax gates over a frozen zoo and saved downstream models.
 
-Training a downstream model (and the baselines) is a workflow: :mod:`vimw.workflows.downstream`.
+Training a downstream model (and the baselines) is a method: :mod:`vimw.methods`.
 """
 
 from vimw.aggregation.aggregate import MODES, GatedSite, ZooAggregate

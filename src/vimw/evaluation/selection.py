@@ -22,6 +22,9 @@ CRITERIA = ("score", "loss")
 DEFAULT_CRITERION = "score"
 # Two scores closer than this are a tie (accuracies are ratios of small integers).
 SCORE_TIE = 1e-9
+# The default rule in words, for what vimw prints and records.
+SELECTION_RULE = ("highest validation accuracy; accuracy ties (within 1e-9) broken by the lower validation loss, "
+                  "then by the earlier candidate")
 
 
 def _number(metrics: Mapping[str, float], key: str) -> float:

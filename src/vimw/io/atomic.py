@@ -100,16 +100,23 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "") -> Iterator[None]:
     """Exclusive advisory lock held on ``path`` (created if needed) for the block's duration.
 
     The kernel drops the lock when the holder dies, so a killed writer never leaves a
-    stale lock behind.
+    stale lock behind. ``wait=False``: raise ``BusyError`` (naming ``what``) instead of
+    waiting when another process holds it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            from vimw.errors import BusyError
+
+            raise BusyError(f"another vimw process is writing {what or path.parent} now; "
+                            "wait for it to finish, or write somewhere else") from None
         try:
             yield
         finally:

@@ -27,6 +27,7 @@ TRAINING_LOG_FILE = "log.jsonl"  # one JSON line per epoch (zoo modules, downstr
 # -- a downstream model (vimw aggregate) ------------------------------------------------------
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_FORMAT = 1
+MODEL_LOCK_FILE = ".lock"  # held while a run writes the model directory
 GATES_PLOT_FILE = "gates.png"
 FOLDED_EXPORT_FORMAT = 1  # the metadata of a folded (plain backbone) export
 
@@ -47,6 +48,11 @@ LOGIT_CACHE_FORMAT = "vimw.logit-cache"
 LOGIT_CACHE_FORMAT_VERSION = 1
 FINETUNED_MANIFEST_FILE = "finetuned.json"  # a fine-tuned teacher plug-in
 FINETUNED_WEIGHTS_FILE = "plugin.safetensors"
+TEACHER_FORMAT = "vimw.transfer-teacher"
+TEACHER_FORMAT_VERSION = 1
+TEACHER_DIR = "teacher"  # where `vimw transfer extract` saves the teacher, inside its --out
+TRANSFER_CACHE_DIR = "transfer-cache"  # the logit cache, under runs/ (CLI, benchmark) or the demo's workdir
+TRANSFER_DEMO_RESULTS = "transfer_results"  # the demo's transfer step: .json and .md
 
 # -- reports ----------------------------------------------------------------------------------
 REPORT_PAGE_FILE = "index.html"

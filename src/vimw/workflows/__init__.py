@@ -1,9 +1,14 @@
-"""Workflows: what trains and scores models, built on the library's parts.
+"""Workflows: what the commands do, built on the library's parts. Each holds its own settings.
 
 - ``midstream``: train zoo modules (``train_module``, ``build_zoo``) and record them;
-- ``downstream``: one downstream method on a task (ViM aggregation or a baseline);
-- ``compare``: methods side by side, settings chosen on validation (the README's numbers).
+- ``compare``: downstream methods side by side, each searched on validation by one recipe
+  (``SearchSettings``); ``run_auto`` (``vimw aggregate --method auto``);
+- ``aggregate``: one aggregation run end to end, and the one place a downstream model is
+  written (``AggregateSettings``, ``aggregate``, ``save_model``);
+- ``predict``: top-k classes of image files (``vimw predict``, the demo, the server);
+- ``rank``: which zoo modules suit a task, before training (LogME);
+- ``demo``: the end-to-end demo (``DemoSettings``, ``run_demo``).
 
-Nothing here is imported by the parts below it (modules, backbones, zoo, training,
-aggregation); the command line and recipes call in.
+The downstream methods themselves are ``vimw.methods``. Nothing here is imported by the parts
+below it; the command line, recipes and the server call in.
 """

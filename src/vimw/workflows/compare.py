@@ -21,38 +21,59 @@ import torch
 from vimw.backbones import Backbone
 from vimw.data import TaskData
 from vimw.errors import VimwError
-from vimw.evaluation.selection import best_candidate
-from vimw.training import TrainConfig, evaluate
-from vimw.workflows.downstream import METHODS, train_downstream
+from vimw.evaluation import evaluate
+from vimw.evaluation.selection import SELECTION_RULE, best_candidate
+from vimw.methods import MethodContext, auto_candidates, get_method
+from vimw.training import TrainConfig
 from vimw.zoo import Zoo
 
-# Settings searched per method on validation. Gates and heads tolerate large steps;
-# a full backbone needs small ones. Learned gates get their own rate (the plug-in's
-# "gates" parameter group): with the head's rate they stay near uniform. Grids are
-# pruned by the complete benchmark of 27 units per method (git 15b63db): the gated
-# setting dropped here (lr 3e-2, gate lr 0.05) won 11 of 81 runs; single kept lr 3e-3
-# in 18 of 27 and trains one head per zoo module, so it gets that setting alone.
-_HEAD_ONLY = ({"lr": 3e-3}, {"lr": 3e-2})
-_GATED = ({"lr": 3e-3, "gate_lr": 0.05}, {"lr": 3e-2, "gate_lr": 0.5})
-_MODULE = ({"lr": 3e-3}, {"lr": 1e-2})
-SEARCH_GRID: dict[str, tuple[dict, ...]] = {
-    "linear_probe": _HEAD_ONLY,
-    "scratch": _MODULE,
-    "full_ft": ({"lr": 3e-4}, {"lr": 1e-3}),
-    "ens": _GATED,
-    "topk": _GATED,
-    "merge": _GATED,
-    "uniform": _HEAD_ONLY,
-    "single": ({"lr": 3e-3},),
-    "gates_ridge": _HEAD_ONLY,
-    "gates_cma": _HEAD_ONLY,
-    "zoo_init": _MODULE,
-    "zoo_init_gated": _MODULE,
-}
-# What ``auto`` chooses among: the zoo methods worth their cost, a new module, a probe.
-AUTO_CANDIDATES = ("linear_probe", "scratch", "uniform", "gates_ridge", "zoo_init", "ens")
-SELECTION_RULE = ("highest validation accuracy; accuracy ties (within 1e-9) broken by the lower validation loss, "
-                  "then by the earlier candidate")
+@dataclass(frozen=True)
+class SearchSettings:
+    """How every method trains and has its settings chosen: one recipe, alone or inside ``auto``.
+
+    Epochs are sized to reach about ``steps`` optimiser steps whatever the shot count
+    (``epochs`` fixes them instead). Each method's own grid (``DownstreamMethod.grid``) is
+    searched on validation unless ``lr`` / ``gate_lr`` fix the rate.
+    """
+
+    steps: int = 120
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    epochs: int | None = None
+    lr: float | None = None
+    gate_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or self.steps < 1:
+            raise VimwError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs < 1:
+            raise VimwError(f"epochs must be >= 1, got {self.epochs}")
+        self.base_config(1)  # TrainConfig's own range checks (batch size, rates, warm-up)
+
+    def base_config(self, num_train: int) -> TrainConfig:
+        """The training settings of one run on ``num_train`` images (its rate set by the grid)."""
+        steps_per_epoch = max(1, math.ceil(num_train / self.batch_size))
+        epochs = self.epochs or max(3, math.ceil(self.steps / steps_per_epoch))
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, seed=self.seed, lr=self.lr or 1e-3,
+                           warmup_fraction=self.warmup_fraction, weight_decay=self.weight_decay,
+                           augment=self.augment, gate_lr=self.gate_lr)
+
+    def grid(self, method: str) -> tuple[dict, ...]:
+        """The settings tried for ``method``: its registered grid, or the one rate the user fixed."""
+        grid = get_method(method).grid
+        if self.lr is None and self.gate_lr is None:
+            return grid
+        fixed = {k: v for k, v in (("lr", self.lr), ("gate_lr", self.gate_lr)) if v is not None}
+        return ({**grid[0], **fixed},)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "SearchSettings":
+        return replace(self, **changes)
 
 
 @dataclass
@@ -78,6 +99,7 @@ class MethodRow:
     chosen: str | None = None  # auto / best-zoo rows: the method they picked
     search_seconds: float = 0.0  # all settings tried, not only the kept one
     info: dict = field(default_factory=dict)
+    test_metrics: dict = field(default_factory=dict)  # every test metric of the kept setting
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,15 +107,6 @@ class MethodRow:
     @property
     def val_metrics(self) -> dict[str, float]:
         return {"score": self.val, "loss": self.val_loss}
-
-
-def few_shot_config(num_train: int, seed: int, target_steps: int = 120, batch_size: int = 32,
-                    augment: bool = False) -> TrainConfig:
-    """Enough epochs for about ``target_steps`` optimiser steps, whatever the shot count."""
-    steps_per_epoch = max(1, math.ceil(num_train / batch_size))
-    epochs = max(3, math.ceil(target_steps / steps_per_epoch))
-    return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, warmup_fraction=0.1, weight_decay=1e-4,
-                       augment=augment)
 
 
 def choose(rows: Sequence[MethodRow], among: Sequence[str], label: str, *,
@@ -122,46 +135,46 @@ def compare_methods(
     methods: Sequence[str],
     *,
     zoo: Zoo | None,
-    seed: int,
     shots: int | None,
-    target_steps: int = 120,
-    grid: dict[str, tuple[dict, ...]] | None = None,
-    on_result=None,
-    augment: bool = False,
-    deadline: float | None = None,
+    settings: SearchSettings = SearchSettings(),
     names: list[str] | None = None,
+    on_result=None,
+    deadline: float | None = None,
+    grids: dict[str, tuple[dict, ...]] | None = None,
 ) -> list[MethodRow]:
-    """Train every method with each of its settings; keep the setting the selection rule picks.
+    """Train every method with each setting of its grid; keep the setting the selection rule picks.
 
-    ``deadline`` (a ``time.perf_counter()`` value): methods not started by then are skipped
-    (the rows returned say which ran). Each row records every setting's validation numbers.
+    ``grids`` replaces a method's registered grid, for experiments only (``auto``, ``vimw
+    aggregate`` and the benchmarks search the registered grids).
+    ``deadline`` (a ``time.perf_counter()`` value): methods after the first that have not
+    started by then are skipped (the rows returned say which ran). Each row records every setting's validation numbers.
+    Runs share one :class:`MethodContext`, so work that does not depend on the settings (a
+    gate fit) is done once.
     """
-    grid = {**SEARCH_GRID, **(grid or {})}
-    base = few_shot_config(len(data.train), seed, target_steps, augment=augment)
     for method in methods:  # refuse before training anything
-        if method not in METHODS:
-            raise VimwError(f"unknown method {method!r}; choose from {METHODS}")
+        get_method(method)
+    base = settings.base_config(len(data.train))
+    context = MethodContext(backbone, data, zoo=zoo, names=names)
     rows = []
     for method in methods:
-        if deadline is not None and time.perf_counter() > deadline:
-            continue
+        if deadline is not None and rows and time.perf_counter() > deadline:
+            continue  # past the deadline: skipped (the first method always runs, so there is a result)
         tried = []
-        for settings in grid[method]:
-            config = base.replace(**settings)
-            tried.append((config, train_downstream(method, backbone, data, config, zoo=zoo, names=names)))
+        for setting in (grids or {}).get(method) or settings.grid(method):
+            config = base.replace(**setting)
+            tried.append((config, get_method(method).train(context, config)))
         config, result = tried[best_candidate([r.val_metrics for _, r in tried])]
         test = evaluate(result.model, data.test, base.eval_batch_size)
         row = MethodRow(
-            task=data.spec.name, shots=shots, seed=seed, method=method, lr=config.lr, gate_lr=config.gate_lr,
-            val=result.val_score,
-            test=test["score"], trainable=result.trainable, seconds=round(result.seconds, 2),
-            epochs=base.epochs,
-            val_loss=result.val_metrics.get("loss", math.nan), test_loss=test["loss"],
-            augment=base.augment,
+            task=data.spec.name, shots=shots, seed=settings.seed, method=method, lr=config.lr,
+            gate_lr=config.gate_lr, val=result.val_score, test=test["score"], trainable=result.trainable,
+            seconds=round(result.seconds, 2), epochs=base.epochs,
+            val_loss=result.val_metrics.get("loss", math.nan), test_loss=test["loss"], augment=base.augment,
             candidates=[{"lr": c.lr, "gate_lr": c.gate_lr, "val": r.val_score, "val_loss": r.val_metrics.get("loss"),
                          "best_epoch": r.fit.best_epoch} for c, r in tried],
             search_seconds=round(sum(r.seconds for _, r in tried), 2),
             info={k: v for k, v in result.info.items() if k in ("gate_fit", "chosen", "single_val_scores")},
+            test_metrics=dict(test),
         )
         rows.append(row)
         if on_result is not None:
@@ -205,19 +218,17 @@ def kfold_metrics(
     *,
     folds: int,
     zoo: Zoo | None,
-    seed: int,
     shots: int | None,
-    target_steps: int = 120,
-    augment: bool = True,
+    settings: SearchSettings = SearchSettings(),
     names: list[str] | None = None,
     on_result=None,
 ) -> dict[str, dict]:
     """Each method's mean validation ``{"score", "loss"}`` over ``folds`` folds of the labelled
     images (each fold trains on the rest, settings searched within it)."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
-    for split in kfold_tasks(data, folds, seed):
-        for r in compare_methods(backbone, split, methods, zoo=zoo, seed=seed, shots=shots,
-                                 target_steps=target_steps, augment=augment, names=names, on_result=on_result):
+    for split in kfold_tasks(data, folds, settings.seed):
+        for r in compare_methods(backbone, split, methods, zoo=zoo, shots=shots, settings=settings, names=names,
+                                 on_result=on_result):
             per_method[r.method].append(r.val_metrics)
     return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
             for m, ms in per_method.items()}
@@ -259,13 +270,11 @@ def run_auto(
     data: TaskData,
     *,
     zoo: Zoo | None,
-    seed: int,
     shots: int | None,
-    candidates: Sequence[str] = AUTO_CANDIDATES,
+    settings: SearchSettings = SearchSettings(),
+    candidates: Sequence[str] | None = None,
     budget_seconds: float | None = None,
     folds: int = 0,
-    target_steps: int = 120,
-    augment: bool = True,
     names: list[str] | None = None,
 ) -> AutoResult:
     """Train the candidates (settings searched on validation), keep the one the rule prefers.
@@ -277,25 +286,24 @@ def run_auto(
     """
     started = time.perf_counter()
     deadline = None if budget_seconds is None else started + budget_seconds
+    candidates = auto_candidates() if candidates is None else tuple(candidates)
     order = [m for m in ("linear_probe", "scratch") if m in candidates] + [
         m for m in candidates if m not in ("linear_probe", "scratch")]
     if zoo is None:
-        order = [m for m in order if m in ("linear_probe", "scratch", "full_ft")]
+        order = [m for m in order if not get_method(m).uses_zoo]
     results: dict[str, object] = {}
 
     def keep(row, result):
         results[row.method] = result
 
-    rows = compare_methods(backbone, data, order[:1], zoo=zoo, seed=seed, shots=shots, target_steps=target_steps,
-                           on_result=keep, augment=augment, names=names)  # always at least one
-    rows += compare_methods(backbone, data, order[1:], zoo=zoo, seed=seed, shots=shots, target_steps=target_steps,
-                            on_result=keep, augment=augment, deadline=deadline, names=names)
+    rows = compare_methods(backbone, data, order, zoo=zoo, shots=shots, settings=settings, on_result=keep,
+                           deadline=deadline, names=names)
     ran = [r.method for r in rows]
     skipped = [m for m in order if m not in ran]
     cv_scores: dict[str, dict] = {}
     if folds >= 2:
-        cv_scores = kfold_metrics(backbone, data, ran, folds=folds, zoo=zoo, seed=seed, shots=shots,
-                                  target_steps=target_steps, augment=augment, names=names)
+        cv_scores = kfold_metrics(backbone, data, ran, folds=folds, zoo=zoo, shots=shots, settings=settings,
+                                  names=names)
         best = rows[best_candidate([cv_scores[r.method] for r in rows])]
         selection = f"{folds}-fold cross-validation"
     else:

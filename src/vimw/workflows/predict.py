@@ -69,6 +69,15 @@ def top_classes(probabilities: torch.Tensor, sources: Sequence[str], class_names
     return rows
 
 
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    """Each image's name, then one line per class: probability, index, name."""
+    lines = []
+    for row in predictions:
+        lines.append(row.source)
+        lines += [f"  {p:6.3f}  {index:4d}  {name}" for p, index, name in row.classes]
+    return "\n".join(lines)
+
+
 def model_predictor(model, manifest: dict, source: str = "") -> Predictor:
     """A :class:`Predictor` for a loaded downstream model (refuses dense models: no image class)."""
     from vimw.data.kinds import DENSE_KINDS
@@ -145,5 +154,5 @@ def predict_files(paths: Sequence[str | os.PathLike], predictor: Predictor, *, t
     return predictions, skipped
 
 
-__all__ = ["Prediction", "Predictor", "check_top", "load_predictor", "model_predictor", "predict_files",
+__all__ = ["Prediction", "Predictor", "check_top", "format_predictions", "load_predictor", "model_predictor", "predict_files",
            "read_images", "top_classes"]

@@ -46,6 +46,27 @@ def record_modules(root: str | os.PathLike, entries: Sequence[Mapping], *, backb
     return path
 
 
+def write_recipe_file(directory: str | os.PathLike, recipe: Mapping) -> Path:
+    """Write ``DIRECTORY/recipe.json`` (atomically), stamped with the format and vimw version."""
+    path = Path(directory) / RECIPE_FILE
+    write_json(path, {"format": RECIPE_FORMAT, **{k: v for k, v in recipe.items() if k not in ("format", "vimw_version")},
+                      "vimw_version": __version__})
+    return path
+
+
+def read_recipe_file(directory: str | os.PathLike) -> dict | None:
+    """``DIRECTORY/recipe.json`` as written (unvalidated), or ``None`` when there is none or it cannot be read."""
+    path = Path(directory) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = dict(read_json(path))
+    except (VimwError, TypeError, ValueError):
+        return None
+    data.pop("vimw_version", None)
+    return data
+
+
 def backbone_source(root: str | os.PathLike, recorded: Mapping) -> str:
     """What ``create_backbone`` rebuilds a zoo module's backbone from, given its manifest's ``backbone``.
 

@@ -1,0 +1,237 @@
+"""What a downstream method is, and the registry of methods.
+
+A method (``scratch``, ``ens``, ``zoo_init``, ...) is one registered object that knows how to
+*build* a fresh downstream model from a context (backbone, task, zoo), what to do to it
+*before* training (e.g. fit its gates), how to *fit* it, and what to *record* so the saved
+model can be rebuilt (the record is the method's part of the model's manifest; tensors are
+saved by ``vimw.aggregation.store`` from the model itself). It also carries its *search grid*:
+the settings tried on held-out data, the same whether it runs alone (``vimw aggregate
+--method NAME``) or as a candidate of ``auto``.
+
+Register a new method by subclassing :class:`DownstreamMethod` and decorating it with
+:func:`register_method`; ``vimw aggregate --method``, ``auto``, the benchmark and the contract
+tests read the registry, so nothing else needs an edit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from vimw.backbones import Backbone
+from vimw.data import TaskData
+from vimw.errors import RegistryError, VimwError
+from vimw.evaluation import evaluate
+from vimw.modules import ModuleSet
+from vimw.training import FitResult, TaskModel, TrainConfig, fit, head_config_for
+from vimw.training.headfit import fit_head, head_only
+from vimw.training.heads import HeadConfig
+from vimw.zoo import Zoo
+
+# Search grids (settings tried on held-out data). Gates and heads tolerate large steps; a full
+# backbone needs small ones. Learned gates get their own rate (the plug-in's "gates" group):
+# with the head's rate they stay near uniform.
+HEAD_ONLY_GRID: tuple[dict, ...] = ({"lr": 3e-3}, {"lr": 3e-2})
+GATED_GRID: tuple[dict, ...] = ({"lr": 3e-3, "gate_lr": 0.05}, {"lr": 3e-2, "gate_lr": 0.5})
+MODULE_GRID: tuple[dict, ...] = ({"lr": 3e-3}, {"lr": 1e-2})
+
+
+@dataclass
+class MethodContext:
+    """What a method builds from: the frozen backbone, the task's data, the zoo and its chosen modules.
+
+    ``cache`` keeps what a settings search can reuse across its runs on the same data (a gate
+    fit does not depend on the head's learning rate); make a new context for new data.
+    """
+
+    backbone: Backbone
+    data: TaskData
+    zoo: Zoo | None = None
+    names: list[str] | None = None  # zoo modules to use (default: every module on this backbone)
+    top_k: int = 2  # modules kept per site by ``topk``
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def require_zoo(self, method: str) -> Zoo:
+        if self.zoo is None:
+            raise VimwError(f"method {method!r} needs a zoo (--zoo)")
+        return self.zoo
+
+    def zoo_names(self, method: str) -> list[str]:
+        """The zoo modules this run uses (every module recorded for this backbone by default)."""
+        zoo = self.require_zoo(method)
+        names = self.names or [n for n, e in zoo.list() if e.get("fingerprint") == self.backbone.fingerprint()]
+        if not names:
+            raise VimwError(f"the zoo {zoo.root} has no module for backbone {self.backbone.arch}")
+        return list(names)
+
+    def experts(self, method: str) -> tuple[list[str], list[ModuleSet]]:
+        """The chosen zoo modules, loaded (and checked) for this backbone."""
+        names = self.zoo_names(method)
+        return names, [self.zoo.load(n, self.backbone) for n in names]
+
+    def zoo_record(self, names: list[str]) -> dict:
+        """The manifest's record of the zoo modules a model uses: the zoo's path, names and checksums."""
+        index = self.zoo.read_index()
+        return {"path": str(self.zoo.root.resolve()),
+                "modules": [{"name": n, "sha256": index[n]["sha256"]} for n in names]}
+
+    def head(self) -> HeadConfig:
+        return head_config_for(self.backbone, self.data.kind, self.data.num_classes)
+
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+
+@dataclass
+class DownstreamResult:
+    """One trained downstream method: its model, fit result, validation score and cost."""
+
+    method: str
+    model: TaskModel
+    fit: FitResult
+    val_score: float
+    seconds: float
+    trainable: int
+    info: dict  # the method's record (goes into the saved model's manifest)
+    val_metrics: dict = field(default_factory=dict)  # loss and score on the validation split
+
+
+class DownstreamMethod:
+    """One downstream method: build, prepare, fit, and the grid of settings it is searched over."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    uses_zoo: ClassVar[bool] = False  # what "the zoo helps" is measured over
+    saved: ClassVar[bool] = True  # whether its models can be saved (full fine-tuning: no)
+    auto_rank: ClassVar[int | None] = None  # position among auto's candidates (None: not one)
+    grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
+
+    def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
+        """A fresh model for this task and the record that rebuilds it (fresh heads seeded by the caller)."""
+        raise NotImplementedError
+
+    def prepare(self, model: TaskModel, ctx: MethodContext, config: TrainConfig) -> dict:
+        """Anything done to a built model before training (e.g. fitting its gates); returns its record."""
+        return {}
+
+    def fit(self, model: TaskModel, ctx: MethodContext, config: TrainConfig, progress: bool | None) -> FitResult:
+        """Train what the model leaves trainable; the epoch is chosen on validation by the engine."""
+        if head_only(model):  # frozen below the head: features computed once per image and view
+            return fit_head(model, ctx.data, config, progress=progress)
+        return fit(model, ctx.data, config, progress=progress)
+
+    def train(self, ctx: MethodContext, config: TrainConfig, *, progress: bool | None = False) -> DownstreamResult:
+        """Build, prepare and fit one model with ``config``; score it on validation."""
+        started = time.perf_counter()
+        model, info = self.build_seeded(ctx, config)
+        info = {**info, **self.prepare(model, ctx, config)}
+        if head_only(model):
+            info["head_training"] = "cached features"
+        result = self.fit(model, ctx, config, progress)
+        return finish(self.name, model, info, result, ctx, config, started)
+
+    def before_seed(self, ctx: MethodContext, config: TrainConfig) -> None:
+        """Work ``build`` needs that must not move the seeded initialisation (e.g. a gate fit)."""
+
+    def build_seeded(self, ctx: MethodContext, config: TrainConfig, **options) -> tuple[TaskModel, dict]:
+        """``build`` with new heads (and new modules) initialised from the run's seed: same seed, same result."""
+        self.before_seed(ctx, config)
+        torch.manual_seed(config.seed)
+        model, info = self.build(ctx, config, **options)
+        return model.to(ctx.device()), info  # zoo modules and heads are built on the CPU
+
+
+def finish(name: str, model: TaskModel, info: dict, result: FitResult, ctx: MethodContext, config: TrainConfig,
+           started: float) -> DownstreamResult:
+    """The result of a trained model: its validation numbers, cost and record."""
+    val = evaluate(model, ctx.data.val, config.eval_batch_size)
+    return DownstreamResult(method=name, model=model, fit=result, val_score=val["score"],
+                            seconds=time.perf_counter() - started, trainable=model.num_trainable(), info=info,
+                            val_metrics=dict(val))
+
+
+# -- the registry -------------------------------------------------------------------------------------
+_METHODS: dict[str, DownstreamMethod] = {}
+
+
+def register_method(cls: type[DownstreamMethod]) -> type[DownstreamMethod]:
+    """Class decorator: register one instance of a :class:`DownstreamMethod` under its ``name``."""
+    if not cls.name or not isinstance(cls.name, str):
+        raise RegistryError(f"{cls.__name__} needs a name")
+    if cls.name in _METHODS or cls.name == "auto":
+        raise RegistryError(f"downstream method {cls.name!r} is registered twice (or is reserved)")
+    if not cls.grid:
+        raise RegistryError(f"downstream method {cls.name!r} needs at least one setting in its grid")
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (for tests that register a toy one)."""
+    _METHODS.pop(name, None)
+
+
+def get_method(name: str) -> DownstreamMethod:
+    """The registered method ``name``; a ``VimwError`` listing the known ones otherwise."""
+    method = _METHODS.get(name)
+    if method is None:
+        raise VimwError(f"unknown method {name!r}; choose from {', '.join(list_methods())}")
+    return method
+
+
+def list_methods(*, where: Callable[[DownstreamMethod], bool] | None = None) -> tuple[str, ...]:
+    """Registered method names in registration order (``where`` filters them)."""
+    return tuple(n for n, m in _METHODS.items() if where is None or where(m))
+
+
+def zoo_methods() -> tuple[str, ...]:
+    """The methods that use the zoo."""
+    return list_methods(where=lambda m: m.uses_zoo)
+
+
+def auto_candidates() -> tuple[str, ...]:
+    """The methods ``auto`` chooses among, in the order it tries them."""
+    ranked = [(m.auto_rank, n) for n, m in _METHODS.items() if m.auto_rank is not None]
+    return tuple(n for _, n in sorted(ranked))
+
+
+def train_downstream(method: str, backbone: Backbone, data: TaskData, config: TrainConfig, *,
+                     zoo: Zoo | None = None, names: list[str] | None = None, top_k: int = 2,
+                     progress: bool | None = False, context: MethodContext | None = None) -> DownstreamResult:
+    """Train one registered method on ``data`` with ``config`` (one setting; no search)."""
+    ctx = context or MethodContext(backbone, data, zoo=zoo, names=names, top_k=top_k)
+    return get_method(method).train(ctx, config, progress=progress)
+
+
+def build_model(method: str, backbone: Backbone, data: TaskData, *, zoo: Zoo | None = None,
+                names: list[str] | None = None, top_k: int = 2, config: TrainConfig | None = None,
+                **options) -> tuple[TaskModel, dict]:
+    """A fresh, untrained model for ``method`` and its record (``prepare`` not run).
+
+    ``options`` go to the method's ``build`` (e.g. ``single_index`` for ``single``).
+    """
+    ctx = MethodContext(backbone, data, zoo=zoo, names=names, top_k=top_k)
+    return get_method(method).build(ctx, config or TrainConfig(), **options)
+
+
+__all__ = [
+    "GATED_GRID",
+    "HEAD_ONLY_GRID",
+    "MODULE_GRID",
+    "DownstreamMethod",
+    "DownstreamResult",
+    "MethodContext",
+    "auto_candidates",
+    "build_model",
+    "finish",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "train_downstream",
+    "unregister_method",
+    "zoo_methods",
+]

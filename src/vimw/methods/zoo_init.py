@@ -1,0 +1,109 @@
+"""A new module initialised from the zoo, then fine-tuned with the head like ``scratch``.
+
+``zoo_init``: each site's parameters are the uniform average of the zoo modules' (what
+``merge`` computes with uniform gates, at one module's cost). ``zoo_init_gated``: each site's
+average is weighted by the softmax gates ``gates_ridge`` fits on the training images (no
+validation data). Either is saved and served as one module.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from vimw.aggregation.aggregate import ZooAggregate, json_key
+from vimw.aggregation.gates import merge_parameters, softmax_gates
+from vimw.backbones import Backbone
+from vimw.errors import VimwError
+from vimw.methods.base import MODULE_GRID, DownstreamMethod, MethodContext, get_method, register_method
+from vimw.methods.fitted import fitted_gates
+from vimw.modules import ModuleSet, config_from_dict, get_module_kind
+from vimw.training import TaskModel, TrainConfig
+
+
+@register_method
+class ZooInit(DownstreamMethod):
+    name: ClassVar[str] = "zoo_init"
+    summary: ClassVar[str] = "a new module initialised as the zoo modules' parameter average, then fine-tuned"
+    uses_zoo: ClassVar[bool] = True
+    auto_rank: ClassVar[int | None] = 4
+    grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
+
+    def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor] | None:
+        """Per site, one weight per zoo module (``None``: uniform)."""
+        return None
+
+    def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
+        names, experts = ctx.experts(self.name)
+        weights = self.site_weights(ctx, config)
+        module = zoo_average_module(experts, ctx.backbone, weights)
+        gates = "uniform" if weights is None else {k: [round(float(g), 6) for g in v] for k, v in weights.items()}
+        return TaskModel(ctx.backbone, ctx.head(), plugin=module), {
+            "module": module.config.to_dict(),
+            "init": {"from": "zoo_average", "gates": gates, "zoo_modules": ctx.zoo_record(names)["modules"]},
+        }
+
+
+@register_method
+class ZooInitGated(ZooInit):
+    name: ClassVar[str] = "zoo_init_gated"
+    summary: ClassVar[str] = "zoo_init with each site's average weighted by the gates gates_ridge fits"
+    auto_rank: ClassVar[int | None] = None
+    gates_from: ClassVar[str] = "gates_ridge"
+
+    def before_seed(self, ctx: MethodContext, config: TrainConfig) -> None:
+        """Fit the gates first (it builds and fits a gated model) so the seeded build stays as it was."""
+        key = ("zoo_init_weights", self.gates_from, config.seed)
+        if key in ctx.cache:
+            return
+        method = get_method(self.gates_from)
+        gated, _ = method.build(ctx, config)
+        gated.to(ctx.device())
+        fitted_gates(gated, ctx, method.strategy, config.seed)
+        with torch.no_grad():
+            # the softmax gates alone: a site scale would be renormalised away by the average
+            ctx.cache[key] = dict(zip(gated.plugin.site_names, ZooAggregate.gates(gated.plugin).cpu()))
+
+    def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor]:
+        key = ("zoo_init_weights", self.gates_from, config.seed)
+        if key not in ctx.cache:
+            raise VimwError(f"method {self.name!r} is built from fitted gates: train it with train_downstream")
+        return ctx.cache[key]
+
+
+def zoo_average_module(experts: list[ModuleSet], backbone: Backbone,
+                       weights: torch.Tensor | dict[str, torch.Tensor] | None = None) -> ModuleSet:
+    """One trainable module whose parameters at each site are the weighted average of the zoo's.
+
+    ``weights`` (``N``, default uniform; or a dict giving each site its own ``N`` weights)
+    are renormalised over the modules present at a site, as the gates of mode ``merge``
+    are; the result computes exactly what ``merge`` computes with those gates, at one
+    module's cost, and then trains like a new module.
+    """
+    if len({json_key(e.config.to_dict()) for e in experts}) != 1:
+        raise VimwError("zoo_init needs zoo modules of one kind and one configuration")
+    if not get_module_kind(experts[0].kind).mergeable:
+        raise VimwError(f"zoo_init averages parameters, which module kind {experts[0].kind!r} does not declare meaningful")
+    module = ModuleSet.create(config_from_dict(experts[0].config.to_dict()), backbone.sites)
+
+    def site_logits(site: str) -> torch.Tensor:
+        w = weights.get(site) if isinstance(weights, dict) else weights
+        if w is None:
+            return torch.zeros(len(experts))
+        w = torch.as_tensor(w, dtype=torch.float32)
+        if w.shape != (len(experts),) or not bool((w >= 0).all()):
+            raise VimwError(f"zoo_init: site {site!r} needs {len(experts)} non-negative weights, got {tuple(w.shape)}")
+        return w.log()
+
+    state = {}
+    for site in module.site_names:
+        present = torch.tensor([site in e for e in experts])
+        if not bool(present.any()):
+            raise VimwError(f"zoo_init: no zoo module has site {site!r}")
+        gates = softmax_gates(site_logits(site), present)
+        holders = [dict(e[site].named_parameters()) for e in experts if site in e]
+        merged = merge_parameters(holders, gates[present])
+        state.update({f"{site}.{k}": v.detach().clone() for k, v in merged.items()})
+    module.load_weights(state)
+    return module
