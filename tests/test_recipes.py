@@ -12,11 +12,11 @@ from conftest import IMAGE_SIZE, write_image_folder, write_npz
 from vimw.cli.main import main
 from vimw.errors import FormatError, MissingExtraError
 from vimw.recipes import (
-    apply_overrides,
     default_recipe,
     load_recipe,
     midstream_recipes,
     read_effective,
+    resolve,
     validate_recipe,
 )
 from vimw.zoo import Zoo
@@ -94,11 +94,11 @@ def test_missing_pyyaml_names_the_extra(tmp_path, monkeypatch):
 
 def test_overrides_replace_and_merge_training_settings():
     recipe = {"aggregate": {"task": "a", "shots": 10, "train": {"epochs": 30, "lr": 0.03}}}
-    result = apply_overrides(recipe, "aggregate", {"shots": 5, "task": None, "train": {"lr": 0.1, "epochs": None}})
+    result = resolve(recipe, "aggregate", {"shots": 5, "task": None, "train": {"lr": 0.1, "epochs": None}})
     assert result["aggregate"] == {"task": "a", "shots": 5, "train": {"epochs": 30, "lr": 0.1}}
     assert recipe["aggregate"]["shots"] == 10  # the input is not changed
     with pytest.raises(FormatError):
-        apply_overrides(recipe, "aggregate", {"shots": "many"})
+        resolve(recipe, "aggregate", {"shots": "many"})
 
 
 def _write_recipe(tmp_path: Path) -> Path:

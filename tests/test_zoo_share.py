@@ -21,7 +21,7 @@ from helpers.reliability import (
 from vimw.cli.main import main
 from vimw.errors import BackboneMismatchError, IntegrityError
 from vimw.zoo import Zoo, ZooError
-from vimw.zoo.card import CARD_FILE
+from vimw.io.names import MODULE_CARD_FILE as CARD_FILE
 from vimw.zoo.share import diff_zoos, import_modules, parse_renames
 from vimw.zoo.store import MODULES_DIR
 

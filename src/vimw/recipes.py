@@ -31,7 +31,7 @@
       weak: efficientnet_lite0@64+invert
       apply: {to: efficientnet_lite2@224}  # options of `vimw transfer apply`; likewise refine
 
-Every section is optional. Command-line flags override the file (``apply_overrides``);
+Every section is optional. Command-line flags override the file (``resolve``, the one merge);
 the effective recipe (after overrides) is written as ``recipe.json`` next to every
 result (``save_effective``), so any number can be reproduced from it. PyYAML (the
 ``recipes`` extra) is imported only when a YAML file is read; ``.json`` recipes need
@@ -316,20 +316,15 @@ def resolve(recipe: str | os.PathLike | dict | None, section: str, flags: dict, 
     return validate_recipe({**loaded, section: body}, source="effective recipe")
 
 
-def apply_overrides(recipe: dict, section: str, overrides: dict) -> dict:
-    """A copy of ``recipe`` with ``overrides`` (flags the user gave; ``None`` = not given) applied."""
-    return resolve(recipe, section, overrides)
-
-
 def _layer(section: dict, values: dict, *, keep_none: bool) -> dict:
-    """``section`` with ``values`` laid over it (``train`` merged field by field)."""
+    """``section`` with ``values`` laid over it (mappings such as ``train`` merged field by field)."""
     out = copy.deepcopy(section)
     for key, value in values.items():
         if value is None and not keep_none:
             continue
-        if key == "train" and isinstance(value, dict):
+        if isinstance(value, dict):
             given = {k: v for k, v in value.items() if keep_none or v is not None}
-            out["train"] = {**(out.get("train") or {}), **copy.deepcopy(given)}
+            out[key] = {**(out.get(key) or {}), **copy.deepcopy(given)}
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -357,7 +352,6 @@ def read_effective(directory: str | os.PathLike) -> dict | None:
 __all__ = [
     "RECIPE_FILE",
     "resolve",
-    "apply_overrides",
     "default_recipe",
     "load_recipe",
     "midstream_recipes",

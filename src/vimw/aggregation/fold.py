@@ -38,6 +38,7 @@ from torch import nn
 
 from vimw.backbones.base import Backbone, Preprocess
 from vimw.errors import FormatError, VimwError
+from vimw.io.names import EXPORT_MANIFEST_SUFFIX
 from vimw.io.names import FOLDED_EXPORT_FORMAT as EXPORT_FORMAT
 from vimw.modules import ModuleSet
 from vimw.modules.registry import lookup_module_kind, module_kinds_where
@@ -164,7 +165,7 @@ def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_d
     tensors.update({f"head.{k}": v for k, v in folded.head.state_dict().items()})
     digest = save_tensors(out, tensors, metadata={METADATA_KEY: json.dumps(payload)})
     payload["sha256"] = digest
-    write_json(Path(str(out) + ".json"), payload)
+    write_json(Path(str(out) + EXPORT_MANIFEST_SUFFIX), payload)
     return payload
 
 

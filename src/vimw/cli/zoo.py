@@ -8,57 +8,74 @@ import sys
 
 
 def register(commands) -> None:
-    from vimw.modules import list_module_kinds
-    from vimw.workflows.midstream import MidstreamRecipe
-
     parser = commands.add_parser("zoo", help="build and inspect a module zoo")
     sub = parser.add_subparsers(dest="zoo_command", metavar="ACTION")
     sub.required = True
+    for add in (_add_train, _add_build, _add_rank, _add_sharing, _add_inspection, _add_peft):
+        add(sub)
+
+
+def _add_train(sub) -> None:
+    from vimw.cli.options import nonneg_int, positive_int
+    from vimw.modules import list_module_kinds
+    from vimw.workflows.midstream import MidstreamRecipe
 
     train = sub.add_parser("train", help="train one module on a midstream task and add it to the zoo")
     train.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
     train.add_argument("--task", required=True, help="midstream task name (see 'vimw data list') or folder:/npz: path")
     train.add_argument("--name", help="module name in the zoo (default: the task name)")
-    train.add_argument("--kind", default=MidstreamRecipe.kind,
-                       help=f"module kind: {', '.join(list_module_kinds())} (default {MidstreamRecipe.kind})")
-    train.add_argument("--hidden-dim", type=int, help="convpass/adapter hidden size d")
-    train.add_argument("--rank", type=int, help="lora rank")
-    train.add_argument("--first-block", type=int, help="attach only to sites from this block on")
+    train.add_argument("--kind", default=MidstreamRecipe.kind, choices=list_module_kinds(),
+                       help=f"module kind (default {MidstreamRecipe.kind})")
+    train.add_argument("--hidden-dim", type=positive_int, help="convpass/adapter hidden size d")
+    train.add_argument("--rank", type=positive_int, help="lora rank")
+    train.add_argument("--first-block", type=nonneg_int, help="attach only to sites from this block on")
     _add_backbone_args(train)
     _add_train_args(train)
-    train.add_argument("--max-train", type=int, help="use at most this many training images (stratified)")
-    train.add_argument("--max-test", type=int, help="evaluate on at most this many test images")
+    train.add_argument("--max-train", type=positive_int, help="use at most this many training images (stratified)")
+    train.add_argument("--max-test", type=positive_int, help="evaluate on at most this many test images")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
     train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars here (extra 'tensorboard')")
     train.set_defaults(handler=run_train)
+
+
+def _add_build(sub) -> None:
+    from vimw.cli.options import nonneg_int, positive_int
 
     build = sub.add_parser("build", help="train the default zoo recipe, or a --recipe (skips modules already present)")
     build.add_argument("--zoo", help="zoo directory (required unless the recipe's zoo section sets 'dir')")
     build.add_argument("--recipe", help="a recipe file (YAML or JSON) whose 'zoo' section lists the modules; "
                                         "flags override it (default: the built-in default zoo)")
     build.add_argument("--backbone", help="backbone name (overrides the recipe's)")
-    build.add_argument("--image-size", type=int, help="input resolution in pixels (overrides the recipe's; "
-                                                      "0 = the backbone's native)")
+    build.add_argument("--image-size", type=nonneg_int, help="input resolution in pixels (overrides the recipe's; "
+                                                             "0 = the backbone's native)")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
-    build.add_argument("--jobs", type=int, default=1,
+    build.add_argument("--jobs", type=positive_int, default=1,
                        help="train this many modules at once, each in its own process (default 1); under "
                             "torchrun each rank trains its share of the modules instead")
     build.add_argument("--demo", action="store_true", help="build the demo's subset of the default zoo")
     build.set_defaults(handler=run_build)
 
+
+def _add_rank(sub) -> None:
+    from vimw.cli.options import nonneg_int, positive_int
+    from vimw.workflows.rank import RANK_MAX_IMAGES
+
     rank = sub.add_parser("rank", help="score every module for a task without fine-tuning (LogME on features "
                                         "with the module plugged in) and print them best first")
     rank.add_argument("--zoo", required=True)
     rank.add_argument("--task", required=True, help="downstream task name or folder:/npz: path")
-    rank.add_argument("--shots", type=int, help="labelled images per class to score on (default: the whole "
-                                                "training split, at most --max-images)")
-    rank.add_argument("--seed", type=int, default=0)
-    rank.add_argument("--max-images", type=int, default=2000, help="score on at most this many images")
-    rank.add_argument("--image-size", type=int, help="input resolution (default: the zoo's)")
+    rank.add_argument("--shots", type=positive_int, help="labelled images per class to score on (default: the "
+                                                         "whole training split, at most --max-images)")
+    rank.add_argument("--seed", type=nonneg_int, default=0)
+    rank.add_argument("--max-images", type=positive_int, default=RANK_MAX_IMAGES,
+                      help=f"score on at most this many images (default {RANK_MAX_IMAGES})")
+    rank.add_argument("--image-size", type=nonneg_int, help="input resolution (default: the zoo's)")
     rank.add_argument("--json", action="store_true", help="machine-readable output")
     rank.set_defaults(handler=run_rank)
 
+
+def _add_sharing(sub) -> None:
     imp = sub.add_parser("import", help="copy modules from another zoo directory (sha256 and backbone checked)")
     imp.add_argument("source", help="the zoo directory to copy from")
     imp.add_argument("--zoo", required=True, help="the zoo to copy into (created if missing)")
@@ -77,6 +94,8 @@ def register(commands) -> None:
     card.add_argument("names", nargs="*", help="only these modules")
     card.set_defaults(handler=run_card)
 
+
+def _add_inspection(sub) -> None:
     add_list_arguments(sub.add_parser("list", help=LIST_HELP))
 
     show = sub.add_parser("show", help="print one module's manifest")
@@ -96,16 +115,20 @@ def register(commands) -> None:
     remove.add_argument("--zoo", required=True)
     remove.set_defaults(handler=run_remove)
 
-    export_peft = sub.add_parser("export-peft", help="write a lora module on an HF backbone (CLIP, ViT, DINOv2, SigLIP) as a PEFT LoRA adapter")
+
+def _add_peft(sub) -> None:
+    export_peft = sub.add_parser("export-peft", help="write a lora module on an HF backbone (CLIP, ViT, DINOv2, "
+                                                     "SigLIP) as a PEFT LoRA adapter")
     export_peft.add_argument("name", help="the lora module in the zoo")
     export_peft.add_argument("--zoo", required=True)
-    export_peft.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+    export_peft.add_argument("--out", required=True, help="adapter directory (adapter_config.json + "
+                                                          "adapter_model.safetensors)")
     export_peft.add_argument("--backbone", help="hf:<name or dir> (default: the module manifest's backbone source)")
     export_peft.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     export_peft.set_defaults(handler=run_export_peft)
 
-    import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on an HF vision model (CLIP, ViT, DINOv2, SigLIP) "
-                                                     "to the zoo as a lora module")
+    import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on an HF vision model "
+                                                     "(CLIP, ViT, DINOv2, SigLIP) to the zoo as a lora module")
     import_peft.add_argument("adapter", help="PEFT adapter directory")
     import_peft.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
     import_peft.add_argument("--name", help="module name in the zoo (default: the adapter directory's name)")
@@ -115,22 +138,24 @@ def register(commands) -> None:
 
 
 def _add_backbone_args(parser) -> None:
+    from vimw.cli.options import nonneg_int
     from vimw.workflows.midstream import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE
 
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default {DEFAULT_BACKBONE})")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+    parser.add_argument("--image-size", type=nonneg_int, default=DEFAULT_IMAGE_SIZE,
                         help=f"input resolution in pixels (default {DEFAULT_IMAGE_SIZE}; 0 = the backbone's native)")
 
 
 def _add_train_args(parser) -> None:
+    from vimw.cli.options import nonneg_float, nonneg_int, positive_float, positive_int
     from vimw.training import TrainConfig
 
     defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=nonneg_float, default=defaults.weight_decay)
+    parser.add_argument("--seed", type=nonneg_int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -189,9 +214,9 @@ def run_train(args) -> int:
 
 
 def effective_zoo_recipe(args) -> dict:
-    """The build's recipe: ``--recipe`` (or the built-in default) <- flags."""
+    """The build's recipe: ``--recipe`` (or the built-in default zoo) <- flags."""
     from vimw.errors import VimwError
-    from vimw.recipes import apply_overrides, default_recipe, load_recipe
+    from vimw.recipes import default_recipe, load_recipe, resolve
 
     if args.recipe:
         recipe = load_recipe(args.recipe)
@@ -201,7 +226,7 @@ def effective_zoo_recipe(args) -> dict:
         recipe = {"zoo": default_recipe()["zoo"]}
         if args.zoo:
             recipe["zoo"].pop("dir")
-    recipe = apply_overrides(recipe, "zoo", {"dir": args.zoo, "backbone": args.backbone, "image_size": args.image_size})
+    recipe = resolve(recipe, "zoo", {"dir": args.zoo, "backbone": args.backbone, "image_size": args.image_size})
     if not recipe["zoo"].get("dir"):
         raise VimwError("vimw zoo build needs --zoo (or a --recipe whose 'zoo' section sets 'dir')")
     return recipe

@@ -38,7 +38,7 @@ from vimw.data.imageset import ImageSet
 from vimw.data.photos import PHOTO_CLASSES, load_photos
 from vimw.data.specs import FOLDER_PREFIX, NPZ_PREFIX
 from vimw.data.splits import make_rng, split_by_count
-from vimw.data.user_data import DEFAULT_IMAGE_SIZE, load_image_folder_split, load_npz_split
+from vimw.data.user_data import FOLDER_IMAGE_SIZE, load_image_folder_split, load_npz_split
 from vimw.errors import DataError, FormatError, MissingExtraError, RegistryError
 
 DatasetLoader = Callable[[], tuple[ImageSet, ImageSet]]
@@ -266,7 +266,7 @@ def load_dataset(name: str, *, image_size: int | None = None) -> tuple[ImageSet,
     resized to stack; every other source keeps its native resolution.
     """
     if name.startswith(FOLDER_PREFIX):
-        size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        size = FOLDER_IMAGE_SIZE if image_size is None else image_size
         return load_image_folder_split(name[len(FOLDER_PREFIX) :], image_size=size)
     if name.startswith(NPZ_PREFIX):
         return load_npz_split(name[len(NPZ_PREFIX) :])

@@ -24,7 +24,8 @@ from vimw.errors import DataError, FormatError
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-DEFAULT_IMAGE_SIZE = 64
+# A user folder's images are stored at this side when read (backbones resize them again to their input).
+FOLDER_IMAGE_SIZE = 64
 # User data without an explicit test split: 80/20 per class, always with this seed, so
 # the test set is the same whatever seed a run uses.
 USER_TEST_FRACTION = 0.2
@@ -103,7 +104,7 @@ def _stack(pixels: list[np.ndarray]) -> torch.Tensor:
 def load_image_folder(
     path: str | os.PathLike,
     *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
+    image_size: int = FOLDER_IMAGE_SIZE,
     class_names: tuple[str, ...] | None = None,
 ) -> ImageSet:
     """Read ``path/<class>/**/<image>`` like torchvision's ``ImageFolder``.
@@ -139,7 +140,7 @@ def split_user_set(imageset: ImageSet) -> tuple[ImageSet, ImageSet]:
 
 
 def load_image_folder_split(
-    path: str | os.PathLike, *, image_size: int = DEFAULT_IMAGE_SIZE
+    path: str | os.PathLike, *, image_size: int = FOLDER_IMAGE_SIZE
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) from ``path/train`` and ``path/test`` if both exist, else an 80/20 split."""
     root = Path(path)

@@ -176,9 +176,10 @@ def export_module_onnx(
     payload["max_abs_diff"] = float((torch.from_numpy(got) - expected).abs().max())
     from vimw.io import write_json
     from vimw.io.atomic import atomic_write_bytes
+    from vimw.io.names import EXPORT_MANIFEST_SUFFIX
 
     atomic_write_bytes(out, data)
-    write_json(Path(str(out) + ".json"), payload)
+    write_json(Path(str(out) + EXPORT_MANIFEST_SUFFIX), payload)
     return payload
 
 

@@ -18,6 +18,7 @@ ZOO_TRASH_DIR = ".trash"
 ZOO_WORK_DIR = ".work"  # checkpoints of modules being trained
 MODULE_WEIGHTS_FILE = "module.safetensors"
 MODULE_HEAD_FILE = "head.safetensors"
+MODULE_CARD_FILE = "README.md"  # the module card, for people and model hubs
 MODULE_FORMAT = 1
 
 # -- shared by every directory that describes itself ----------------------------------------
@@ -30,6 +31,7 @@ MODEL_FORMAT = 1
 MODEL_LOCK_FILE = ".lock"  # held while a run writes the model directory
 GATES_PLOT_FILE = "gates.png"
 FOLDED_EXPORT_FORMAT = 1  # the metadata of a folded (plain backbone) export
+EXPORT_MANIFEST_SUFFIX = ".json"  # an export FILE's manifest for people: FILE.json
 
 # -- recipes ----------------------------------------------------------------------------------
 RECIPE_FILE = "recipe.json"  # the effective recipe, next to every result
@@ -38,6 +40,8 @@ RECIPE_FORMAT = 1
 # -- training checkpoints ---------------------------------------------------------------------
 CHECKPOINT_STATE_FILE = "state.json"
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_TENSORS_FILE = "state-{epoch:05d}.safetensors"  # one per kept epoch; older ones are removed
+CHECKPOINT_TENSORS_GLOB = "state-*.safetensors"
 
 # -- TransMiter -------------------------------------------------------------------------------
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
@@ -57,6 +61,15 @@ TRANSFER_DEMO_RESULTS = "transfer_results"  # the demo's transfer step: .json an
 # -- reports ----------------------------------------------------------------------------------
 REPORT_PAGE_FILE = "index.html"
 REPORT_IMAGES_DIR = "images"
+# benchmark results a report reads from a --results folder (benchmarks/results/)
+DOWNSTREAM_RESULTS_FILE = "downstream.json"
+TRANSFER_RESULTS_FILE = "transfer.json"
+
+# -- the demo's work directory (vimw demo) -------------------------------------------------------
+DEMO_ZOO_DIR = "zoo"
+DEMO_MODELS_DIR = "models"
+DEMO_PHOTOS_DIR = "photos"
+DEMO_VIM_RESULTS = "vim_results"  # .json (every row) and .md (the table)
 
 # -- other projects' names (read and written for interoperability) ---------------------------
 PEFT_ADAPTER_CONFIG_FILE = "adapter_config.json"

@@ -20,7 +20,7 @@ from typing import Any
 
 from vimw.errors import VimwError
 from vimw.io import atomic_write_text
-from vimw.io.names import GATES_PLOT_FILE, MANIFEST_FILE
+from vimw.io.names import DOWNSTREAM_RESULTS_FILE, GATES_PLOT_FILE, MANIFEST_FILE, TRANSFER_RESULTS_FILE
 from vimw.io.names import REPORT_IMAGES_DIR as IMAGES
 from vimw.io.names import REPORT_PAGE_FILE as PAGE
 from vimw.io.names import TRAINING_LOG_FILE as LOG_NAME
@@ -271,10 +271,10 @@ def build_report(
         results = Path(results)
         if not results.is_dir():
             raise VimwError(f"no results folder at {results}")
-        if (results / "downstream.json").is_file():
-            report.downstream_results(results / "downstream.json")
-        if (results / "transfer.json").is_file():
-            report.transfer_results(results / "transfer.json")
+        if (results / DOWNSTREAM_RESULTS_FILE).is_file():
+            report.downstream_results(results / DOWNSTREAM_RESULTS_FILE)
+        if (results / TRANSFER_RESULTS_FILE).is_file():
+            report.transfer_results(results / TRANSFER_RESULTS_FILE)
     log_files = [Path(f) for f in logs]
     for f in log_files:
         if not f.is_file():

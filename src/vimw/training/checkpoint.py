@@ -22,7 +22,7 @@ import torch
 
 from vimw.errors import FormatError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
-from vimw.io.names import CHECKPOINT_FORMAT
+from vimw.io.names import CHECKPOINT_FORMAT, CHECKPOINT_TENSORS_FILE, CHECKPOINT_TENSORS_GLOB
 from vimw.io.names import CHECKPOINT_STATE_FILE as STATE_JSON
 
 
@@ -74,7 +74,7 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> None:
     tensors.update(optim_tensors)
     if state.rng is not None:
         tensors["rng.torch"] = state.rng
-    tensors_name = f"state-{state.epoch:05d}.safetensors"
+    tensors_name = CHECKPOINT_TENSORS_FILE.format(epoch=state.epoch)
     digest = save_tensors(directory / tensors_name, tensors)
     best_score = state.best_score if state.best_score != float("-inf") else None
     write_json(
@@ -92,7 +92,7 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> None:
             "tensors_sha256": digest,
         },
     )
-    for stale in directory.glob("state-*.safetensors"):
+    for stale in directory.glob(CHECKPOINT_TENSORS_GLOB):
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)
     # Temporary files of a save that was killed half-way (one writer per directory).

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vimw.io.names import GATES_PLOT_FILE
+from vimw.io.names import DEMO_MODELS_DIR, DEMO_PHOTOS_DIR, DEMO_VIM_RESULTS, DEMO_ZOO_DIR, GATES_PLOT_FILE
 from vimw.workflows.aggregate import AggregateSettings
 from vimw.workflows.compare import SearchSettings
 
@@ -37,11 +37,11 @@ class DemoSettings:
 
     @property
     def zoo_dir(self) -> str:
-        return f"{self.workdir}/zoo"
+        return f"{self.workdir}/{DEMO_ZOO_DIR}"
 
     def aggregate_settings(self) -> AggregateSettings:
         """The demo's aggregation as ``vimw aggregate`` settings (the built-in recipe's section)."""
-        return AggregateSettings(zoo=self.zoo_dir, task=self.task, shots=self.shots, out=f"{self.workdir}/models/recipe",
+        return AggregateSettings(zoo=self.zoo_dir, task=self.task, shots=self.shots, out=f"{self.workdir}/{DEMO_MODELS_DIR}/recipe",
                                  search=SearchSettings(seed=self.seed))
 
 
@@ -75,7 +75,7 @@ def step_predictions(settings: DemoSettings, say: Callable[[str], None]):
     from vimw.workflows.midstream import DEFAULT_BACKBONE
     from vimw.workflows.predict import format_predictions, load_predictor, predict_files
 
-    photos = demo_photos(Path(settings.workdir) / "photos")
+    photos = demo_photos(Path(settings.workdir) / DEMO_PHOTOS_DIR)
     predictions, _ = predict_files(photos, load_predictor(backbone=DEFAULT_BACKBONE), top=3)
     say(format_predictions(predictions))
     return predictions
@@ -113,7 +113,7 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
     say(f"  train {len(data.train)}, val {len(data.val)}, test {len(data.test)} images; "
         f"classes: {', '.join(data.class_names)}")
     search = aggregate.search
-    models = Path(settings.workdir) / "models"
+    models = Path(settings.workdir) / DEMO_MODELS_DIR
 
     def keep(row, result):
         say(f"  {row.method:13s} val {row.val:.4f}  test {row.test:.4f}  ({row.trainable:,} trainable, "
@@ -143,8 +143,8 @@ def write_results(settings: DemoSettings, rows: list) -> str:
     from vimw.workflows.compare import format_table, summarise
 
     table = format_table(summarise(rows))
-    write_json(Path(settings.workdir) / "vim_results.json", {"rows": [r.to_dict() for r in rows]})
-    atomic_write_text(Path(settings.workdir) / "vim_results.md", table + "\n")
+    write_json(Path(settings.workdir) / f"{DEMO_VIM_RESULTS}.json", {"rows": [r.to_dict() for r in rows]})
+    atomic_write_text(Path(settings.workdir) / f"{DEMO_VIM_RESULTS}.md", table + "\n")
     return table
 
 
@@ -169,7 +169,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), say: Callable[[str], None]
     say(f"\n== 3. ViM aggregation on {settings.task}, {settings.shots} shots per class, seed {settings.seed} ==")
     outcome["aggregation"] = step_aggregation(settings, zoo, say)
     say("\n" + write_results(settings, outcome["aggregation"]))
-    say(f"\n  gate heatmap: {Path(settings.workdir) / 'models' / 'ens' / GATES_PLOT_FILE}")
+    say(f"\n  gate heatmap: {Path(settings.workdir) / DEMO_MODELS_DIR / 'ens' / GATES_PLOT_FILE}")
     if settings.transfer:
         say("\n== 4. TransMiter: a weak model's adaptation moved to a stronger model, no backprop ==")
         outcome["transfer"] = step_transfer(settings, say)

@@ -88,13 +88,16 @@ def zoo_backbone(zoo: Zoo, image_size: int | None = None) -> Backbone:
     return create_backbone(source, image_size=image_size or manifest.backbone.get("image_size"))
 
 
+RANK_MAX_IMAGES = 2000  # images a ranking scores at most (LogME on more adds time, not order)
+
+
 def rank_modules(
     zoo: Zoo,
     task: str | TaskData,
     *,
     shots: int | None = None,
     seed: int = 0,
-    max_images: int | None = 2000,
+    max_images: int | None = RANK_MAX_IMAGES,
     image_size: int | None = None,
     backbone: Backbone | None = None,
     names: list[str] | None = None,

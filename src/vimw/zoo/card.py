@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from vimw.zoo.manifest import ModuleManifest
 
-CARD_FILE = "README.md"
 
 
 def _number(value) -> str:

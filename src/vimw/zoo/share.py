@@ -25,7 +25,8 @@ from pathlib import Path
 from vimw.errors import BackboneMismatchError, IntegrityError
 from vimw.io import atomic_write_text, fsync_dir, sha256_file, write_json
 from vimw.io.names import ZOO_INDEX_FILE
-from vimw.zoo.card import CARD_FILE, module_card
+from vimw.io.names import MODULE_CARD_FILE as CARD_FILE
+from vimw.zoo.card import module_card
 from vimw.zoo.index import ZooError
 from vimw.zoo.manifest import check_module_name
 from vimw.zoo.store import HEAD_FILE, LOG_FILE, MANIFEST_FILE, WEIGHTS_FILE, Zoo

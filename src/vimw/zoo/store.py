@@ -66,7 +66,8 @@ from vimw.io.names import ZOO_STAGING_DIR as STAGING_DIR
 from vimw.io.names import ZOO_TRASH_DIR as TRASH_DIR
 from vimw.modules import ModuleSet, config_from_dict
 from vimw.zoo.index import ZooError, read_index, select, write_index
-from vimw.zoo.card import CARD_FILE, module_card
+from vimw.io.names import MODULE_CARD_FILE as CARD_FILE
+from vimw.zoo.card import module_card
 from vimw.zoo.manifest import ModuleManifest, check_module_name
 
 OWNER_SUFFIX = ".owner"
