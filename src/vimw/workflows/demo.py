@@ -34,6 +34,7 @@ class DemoSettings:
     max_test: int = 2000  # test images scored per method
     jobs: int = 2  # zoo modules trained at once
     transfer: bool = True
+    steps: int = SearchSettings.steps  # optimiser steps per training run of a method
 
     @property
     def zoo_dir(self) -> str:
@@ -42,7 +43,7 @@ class DemoSettings:
     def aggregate_settings(self) -> AggregateSettings:
         """The demo's aggregation as ``vimw aggregate`` settings (the built-in recipe's section)."""
         return AggregateSettings(zoo=self.zoo_dir, task=self.task, shots=self.shots, out=f"{self.workdir}/{DEMO_MODELS_DIR}/recipe",
-                                 search=SearchSettings(seed=self.seed))
+                                 search=SearchSettings(seed=self.seed, steps=self.steps))
 
 
 PHOTOS = ("chelsea", "coffee")  # scikit-image's bundled photos: an Egyptian cat and an espresso
