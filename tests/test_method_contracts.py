@@ -15,8 +15,6 @@ registering, and nothing here names the methods. For each method M:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import ClassVar
-
 import pytest
 import torch
 
@@ -45,20 +43,20 @@ TOY_METHOD = "contract-frozen-module"
 class FrozenFirstModule(DownstreamMethod):
     """A toy method written as a user would: the zoo's first module, frozen, under a new head."""
 
-    name: ClassVar[str] = TOY_METHOD
-    summary: ClassVar[str] = "the first zoo module, frozen, and a head"
-    uses_zoo: ClassVar[bool] = True
-    grid: ClassVar[tuple[dict, ...]] = HEAD_ONLY_GRID
-
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         names, experts = ctx.experts(self.name)
         module = experts[0].requires_grad_(False)
         return TaskModel(ctx.backbone, ctx.head(), plugin=module), {"module": module.config.to_dict()}
 
 
+def register_toy():
+    register_method(TOY_METHOD, "the first zoo module, frozen, and a head", grid=HEAD_ONLY_GRID,
+                    uses_zoo=True)(FrozenFirstModule)
+
+
 @contextmanager
 def registered_toy():
-    register_method(FrozenFirstModule)
+    register_toy()
     try:
         yield
     finally:
@@ -112,10 +110,6 @@ def test_the_cases_cover_every_registered_method():
 
 def test_a_method_name_registers_once_and_auto_is_reserved():
     with pytest.raises(RegistryError):
-        register_method(FrozenFirstModule)
-
-    class Auto(FrozenFirstModule):
-        name: ClassVar[str] = "auto"
-
+        register_toy()
     with pytest.raises(RegistryError):
-        register_method(Auto)
+        register_method("auto", "chooses among the others")(FrozenFirstModule)

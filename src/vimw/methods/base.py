@@ -8,9 +8,10 @@ saved by ``vimw.aggregation.store`` from the model itself). It also carries its 
 the settings tried on held-out data, the same whether it runs alone (``vimw aggregate
 --method NAME``) or as a candidate of ``auto``.
 
-Register a new method by subclassing :class:`DownstreamMethod` and decorating it with
-:func:`register_method`; ``vimw aggregate --method``, ``auto``, the benchmark and the contract
-tests read the registry, so nothing else needs an edit.
+Register a new method by subclassing :class:`DownstreamMethod` (at least its ``build``) and
+decorating it with ``@register_method("name", "what it does", grid=..., uses_zoo=...)``;
+``vimw aggregate --method``, ``auto``, the benchmark and the contract tests read the registry,
+so nothing else needs an edit.
 """
 
 from __future__ import annotations
@@ -158,16 +159,28 @@ def finish(name: str, model: TaskModel, info: dict, result: FitResult, ctx: Meth
 _METHODS: dict[str, DownstreamMethod] = {}
 
 
-def register_method(cls: type[DownstreamMethod]) -> type[DownstreamMethod]:
-    """Class decorator: register one instance of a :class:`DownstreamMethod` under its ``name``."""
-    if not cls.name or not isinstance(cls.name, str):
-        raise RegistryError(f"{cls.__name__} needs a name")
-    if cls.name in _METHODS or cls.name == "auto":
-        raise RegistryError(f"downstream method {cls.name!r} is registered twice (or is reserved)")
-    if not cls.grid:
-        raise RegistryError(f"downstream method {cls.name!r} needs at least one setting in its grid")
-    _METHODS[cls.name] = cls()
-    return cls
+def register_method(name: str, summary: str, *, grid: tuple[dict, ...] = MODULE_GRID, uses_zoo: bool = False,
+                    saved: bool = True, auto_rank: int | None = None):
+    """Class decorator: register one instance of a :class:`DownstreamMethod` subclass as ``name``.
+
+    ``grid``: the settings searched on held-out data; ``uses_zoo``: whether it reads the zoo
+    (what "the zoo helps" is measured over); ``saved``: whether its models can be saved;
+    ``auto_rank``: its place among ``auto``'s candidates (``None``: not one).
+    """
+    if not name or not isinstance(name, str) or name == "auto":
+        raise RegistryError(f"a downstream method needs a name other than 'auto', got {name!r}")
+    if name in _METHODS:
+        raise RegistryError(f"downstream method {name!r} is registered twice")
+    if not grid:
+        raise RegistryError(f"downstream method {name!r} needs at least one setting in its grid")
+
+    def decorator(cls: type[DownstreamMethod]) -> type[DownstreamMethod]:
+        cls.name, cls.summary, cls.grid = name, summary, tuple(grid)
+        cls.uses_zoo, cls.saved, cls.auto_rank = uses_zoo, saved, auto_rank
+        _METHODS[name] = cls()
+        return cls
+
+    return decorator
 
 
 def unregister_method(name: str) -> None:
@@ -218,20 +231,3 @@ def build_model(method: str, backbone: Backbone, data: TaskData, *, zoo: Zoo | N
     return get_method(method).build(ctx, config or TrainConfig(), **options)
 
 
-__all__ = [
-    "GATED_GRID",
-    "HEAD_ONLY_GRID",
-    "MODULE_GRID",
-    "DownstreamMethod",
-    "DownstreamResult",
-    "MethodContext",
-    "auto_candidates",
-    "build_model",
-    "finish",
-    "get_method",
-    "list_methods",
-    "register_method",
-    "train_downstream",
-    "unregister_method",
-    "zoo_methods",
-]

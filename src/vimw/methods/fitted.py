@@ -20,8 +20,6 @@ from vimw.training import TaskModel, TrainConfig
 class FittedGates(DownstreamMethod):
     """Scaled ViM gates fitted by ``strategy``; the fit is reused across a settings search."""
 
-    uses_zoo: ClassVar[bool] = True
-    grid: ClassVar[tuple[dict, ...]] = HEAD_ONLY_GRID
     strategy: ClassVar[str] = ""
 
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
@@ -55,16 +53,13 @@ def fitted_gates(model: TaskModel, ctx: MethodContext, strategy: str, seed: int)
     return fit.to_dict()
 
 
-@register_method
+@register_method("gates_ridge", "gates and per-site scales fitted by gradient to a ridge head's leave-one-out loss",
+                 grid=HEAD_ONLY_GRID, uses_zoo=True, auto_rank=3)
 class GatesRidge(FittedGates):
-    name: ClassVar[str] = "gates_ridge"
-    summary: ClassVar[str] = "gates and per-site scales fitted by gradient to a ridge head's leave-one-out loss"
-    auto_rank: ClassVar[int | None] = 3
     strategy: ClassVar[str] = "ridge"
 
 
-@register_method
+@register_method("gates_cma", "the same objective searched gradient-free with CMA-ES, pulled toward uniform",
+                 grid=HEAD_ONLY_GRID, uses_zoo=True)
 class GatesCma(FittedGates):
-    name: ClassVar[str] = "gates_cma"
-    summary: ClassVar[str] = "the same objective searched gradient-free with CMA-ES, pulled toward uniform"
     strategy: ClassVar[str] = "cma"

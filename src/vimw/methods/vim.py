@@ -9,8 +9,6 @@ learn) and the head train.
 from __future__ import annotations
 
 import time
-from typing import ClassVar
-
 from vimw.aggregation.aggregate import ZooAggregate
 from vimw.evaluation.selection import best_candidate
 from vimw.methods.base import (
@@ -28,9 +26,6 @@ from vimw.training import TaskModel, TrainConfig
 class ZooGates(DownstreamMethod):
     """A ViM aggregation mode: ``ZooAggregate(mode=name)`` over the zoo's modules and a head."""
 
-    uses_zoo: ClassVar[bool] = True
-    grid: ClassVar[tuple[dict, ...]] = GATED_GRID
-
     def build(self, ctx: MethodContext, config: TrainConfig, single_index: int | None = None
               ) -> tuple[TaskModel, dict]:
         names, experts = ctx.experts(self.name)
@@ -41,45 +36,26 @@ class ZooGates(DownstreamMethod):
         }
 
 
-@register_method
-class Ens(ZooGates):
-    name: ClassVar[str] = "ens"
-    summary: ClassVar[str] = "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head"
-    auto_rank: ClassVar[int | None] = 5
+# The modes differ only in what ``ZooAggregate`` does with the gates: one subclass each.
+for _name, _summary, _grid, _rank in (
+    ("ens", "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head", GATED_GRID, 5),
+    ("topk", "learned gates, only the top-k modules of each site run", GATED_GRID, None),
+    ("uniform", "gates fixed equal over the zoo; only the head trains", HEAD_ONLY_GRID, 2),
+    ("merge", "learned gates over the modules' parameters: one module's inference cost", GATED_GRID, None),
+):
+    register_method(_name, _summary, grid=_grid, uses_zoo=True, auto_rank=_rank)(type(f"ZooGates_{_name}", (ZooGates,), {}))
 
 
-@register_method
-class TopK(ZooGates):
-    name: ClassVar[str] = "topk"
-    summary: ClassVar[str] = "learned gates, only the top-k modules of each site run"
-
-
-@register_method
-class Uniform(ZooGates):
-    name: ClassVar[str] = "uniform"
-    summary: ClassVar[str] = "gates fixed equal over the zoo; only the head trains"
-    auto_rank: ClassVar[int | None] = 2
-    grid: ClassVar[tuple[dict, ...]] = HEAD_ONLY_GRID
-
-
-@register_method
-class Merge(ZooGates):
-    name: ClassVar[str] = "merge"
-    summary: ClassVar[str] = "learned gates over the modules' parameters: one module's inference cost"
-
-
-@register_method
+@register_method("single", "the one zoo module whose head scores best on validation", grid=({"lr": 3e-3},),
+                 uses_zoo=True)
 class Single(ZooGates):
-    name: ClassVar[str] = "single"
-    summary: ClassVar[str] = "the one zoo module whose head scores best on validation"
-    grid: ClassVar[tuple[dict, ...]] = ({"lr": 3e-3},)  # one head per zoo module: one setting
+    """Every zoo module with its own head (one setting: one head per module); the best on validation."""
 
     def build(self, ctx: MethodContext, config: TrainConfig, single_index: int | None = 0
               ) -> tuple[TaskModel, dict]:
         return super().build(ctx, config, single_index=single_index)
 
     def train(self, ctx: MethodContext, config: TrainConfig, *, progress: bool | None = False) -> DownstreamResult:
-        """Every zoo module with its own head; the best on validation is kept as it was trained."""
         started = time.perf_counter()
         names = ctx.zoo_names(self.name)
         runs = []

@@ -22,13 +22,9 @@ from vimw.modules import ModuleSet, config_from_dict, get_module_kind
 from vimw.training import TaskModel, TrainConfig
 
 
-@register_method
+@register_method("zoo_init", "a new module initialised as the zoo modules' parameter average, then fine-tuned",
+                 grid=MODULE_GRID, uses_zoo=True, auto_rank=4)
 class ZooInit(DownstreamMethod):
-    name: ClassVar[str] = "zoo_init"
-    summary: ClassVar[str] = "a new module initialised as the zoo modules' parameter average, then fine-tuned"
-    uses_zoo: ClassVar[bool] = True
-    auto_rank: ClassVar[int | None] = 4
-    grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
 
     def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor] | None:
         """Per site, one weight per zoo module (``None``: uniform)."""
@@ -45,11 +41,9 @@ class ZooInit(DownstreamMethod):
         }
 
 
-@register_method
+@register_method("zoo_init_gated", "zoo_init with each site's average weighted by the gates gates_ridge fits",
+                 grid=MODULE_GRID, uses_zoo=True)
 class ZooInitGated(ZooInit):
-    name: ClassVar[str] = "zoo_init_gated"
-    summary: ClassVar[str] = "zoo_init with each site's average weighted by the gates gates_ridge fits"
-    auto_rank: ClassVar[int | None] = None
     gates_from: ClassVar[str] = "gates_ridge"
 
     def before_seed(self, ctx: MethodContext, config: TrainConfig) -> None:
