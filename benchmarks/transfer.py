@@ -12,6 +12,11 @@ image measured in the same run.
     python benchmarks/transfer.py --pairs                           # zero-shot of candidate pairs only
     python benchmarks/transfer.py --weak efficientnet_lite0@96+invert --strong efficientnet_lite2@224 \\
         --base T-shirt/top Trouser Pullover Dress Coat
+    python benchmarks/transfer.py --task folder:DIR --base CLASS... --data-seed 1 --seeds 100 101
+
+Any split (``--base``, default the first half of the task's classes), any task vimw knows
+(``--task``, e.g. ``folder:DIR``), and the image sets drawn from ``--data-seed``; a seed's unit
+is deterministic on the CPU for its seed and thread count (``VIMW_THREADS``, default 1).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,22 +36,29 @@ PAIR_STRONG = ("efficientnet_lite2@160", "efficientnet_lite2@224", "efficientnet
 
 
 def _pairs(args, data) -> int:
+    from vimw.transfer.data import make_sets
     from vimw.transfer.protocol import measure_pairs
 
     rows = measure_pairs(data, args.pair_weak, args.pair_strong, args.cache, device=args.device,
                          log=lambda m: print(m, flush=True))
+    split = make_sets(data).split_names()
     lines = ["| role | model | base | novel | HM | ms per image |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['role']} | `{r['model']}` | {100 * r['base']:.1f} | {100 * r['novel']:.1f} | "
                      f"{100 * r['hm']:.1f} | {1000 * r['seconds_per_image']:.0f} |")
     md = "\n".join([
         "# Zero-shot accuracy of candidate weak / strong models (validation pool, never test images)", "",
-        f"Fashion-MNIST, base classes: {', '.join(data.base)}; {data.pool_per_class} labelled pool images per class "
-        f"(the images each seed draws its shots and validation images from); chance is {100 / 5:.0f}% per split.", "",
+        f"{_title(data.task)}, base classes: {', '.join(split['base'])}; {data.pool_per_class} labelled pool images "
+        f"per class (the images each seed draws its shots and validation images from); chance is "
+        f"{100 / len(split['base']):.0f}% per split.", "",
         *lines])
     write_results(args.name + "_pairs", {"rows": rows, "data": data.to_dict()}, md)
     print(md)
     return 0
+
+
+def _title(task: str) -> str:
+    return "Fashion-MNIST" if task == "fmnist" else task
 
 
 def _merge(paths: list[str]) -> dict:
@@ -77,22 +88,16 @@ def _merge(paths: list[str]) -> dict:
             "seconds": max(part["seconds"] for part in parts)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from vimw.transfer.protocol import (DEFAULT_STRONG, DEFAULT_WEAK, LABELS, DataConfig, ProtocolConfig,
-                                        format_table, run_protocol)
-    from vimw.transfer.steps import RefineConfig
-    from vimw.transfer.teacher import TeacherConfig
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(int(os.environ.get("VIMW_THREADS", "1")))
-    d, t = DataConfig(), TeacherConfig()
+def _parser(s) -> argparse.ArgumentParser:
+    """The options; every default is ``TransferSettings``' (``s``)."""
+    d, t = s.data, s.teacher
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weak", default=DEFAULT_WEAK)
-    parser.add_argument("--strong", default=DEFAULT_STRONG)
-    parser.add_argument("--plugin", default=ProtocolConfig.plugin, help="module kind, or a zoo directory (ViM aggregation)")
-    parser.add_argument("--base", nargs="+", default=list(d.base))
+    parser.add_argument("--weak", default=s.weak)
+    parser.add_argument("--strong", default=s.strong)
+    parser.add_argument("--plugin", default=s.finetuned, help="module kind, or a zoo directory (ViM aggregation)")
+    parser.add_argument("--task", default=d.task, help="any task vimw knows, e.g. fmnist or folder:DIR")
+    parser.add_argument("--base", nargs="+", default=list(d.base), help="default: the first half of the task's classes")
+    parser.add_argument("--data-seed", type=int, default=d.data_seed, help="draws the image sets")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-unlabeled", type=int, default=d.num_unlabeled)
     parser.add_argument("--num-align", type=int, default=d.num_align)
@@ -101,43 +106,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--K", type=int, default=d.K, help="zero-shot logits per image: task classes + auxiliary")
     parser.add_argument("--epochs", type=int, default=t.epochs, help="teacher and strong fine-tuning epochs")
     parser.add_argument("--consistency", type=float, default=t.consistency)
-    parser.add_argument("--refine-epochs", type=int, default=RefineConfig().epochs)
+    parser.add_argument("--refine-epochs", type=int, default=s.refine.epochs)
     parser.add_argument("--no-strong-ft", action="store_true")
     parser.add_argument("--pairs", action="store_true", help="only measure candidate pairs' zero-shot accuracy")
     parser.add_argument("--pair-weak", nargs="+", default=list(PAIR_WEAK))
     parser.add_argument("--pair-strong", nargs="+", default=list(PAIR_STRONG))
-    parser.add_argument("--cache", default="runs/transfer-cache")
+    parser.add_argument("--cache", default=s.cache)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--merge", nargs="+", metavar="RESULT_JSON",
                         help="merge per-seed result files of this script (same settings) into one table")
-    args = parser.parse_args(argv)
+    return parser
 
-    data = DataConfig(base=tuple(args.base), num_unlabeled=args.num_unlabeled, num_align=args.num_align,
-                      num_test=args.num_test, views=args.views, K=args.K)
-    if args.pairs:
-        return _pairs(args, data)
-    base = ProtocolConfig()
-    cfg = replace(base, data=data, weak=args.weak, strong=args.strong, plugin=args.plugin,
-                  teacher=replace(base.teacher, epochs=args.epochs, consistency=args.consistency),
-                  refine=replace(base.refine, epochs=args.refine_epochs), strong_ft=not args.no_strong_ft,
-                  device=args.device)
-    started = time.perf_counter()
-    if args.merge:
-        result = _merge(args.merge)
-    else:
-        result = run_protocol(cfg, args.cache, seeds=args.seeds, log=lambda m: print(m, flush=True))
-    args.seeds = result["seeds"]
-    titles = {"all": "(a) every choice on validation images of all classes (HM)",
-              "base": "(b) every choice on base-class validation images only (novel labels never seen)",
-              "fixed": "fixed blends: TransMiter alpha = 1, proxy alpha = 1, ensemble alpha = 0.5 (lambda, refinement as in b)"}
+
+TITLES = {"all": "(a) every choice on validation images of all classes (HM)",
+          "base": "(b) every choice on base-class validation images only (novel labels never seen)",
+          "fixed": "fixed blends: TransMiter alpha = 1, proxy alpha = 1, ensemble alpha = 0.5 (lambda, refinement as in b)"}
+
+
+def _markdown(result: dict, cfg, merged: bool) -> str:
+    from vimw.transfer.protocol import format_table
+
+    data, seeds = cfg.data, result["seeds"]
     sections = []
     for protocol, summary in result["summaries"].items():
-        sections += [f"## {titles.get(protocol, protocol)}", "", format_table(summary), ""]
+        sections += [f"## {TITLES.get(protocol, protocol)}", "", format_table(summary), ""]
     ratio = result["plus_over_strong_ft"]
-    md = "\n".join([
-        f"# TransMiter base-to-novel on Fashion-MNIST ({len(args.seeds)} seeds: {args.seeds})", "",
-        f"Weak: `{result['models']['weak']}`; strong: `{result['models']['strong']}`; teacher plug-in: `{args.plugin}`, "
+    return "\n".join([
+        f"# TransMiter base-to-novel on {_title(data.task)} ({len(seeds)} seeds: {seeds})", "",
+        f"Weak: `{result['models']['weak']}`; strong: `{result['models']['strong']}`; teacher plug-in: `{cfg.plugin}`, "
         f"consistency weight {cfg.teacher.consistency:g}.",
         f"Base classes: {', '.join(result['split']['base'])}. Novel classes: {', '.join(result['split']['novel'])}.",
         f"Images: {data.shots} shots per base class; {data.val_per_class} validation images per class; "
@@ -155,9 +152,35 @@ def main(argv: list[str] | None = None) -> int:
         "TransMiter+ time / strong fine-tuning time: "
         + ", ".join(f"{p}: {v:.3f}" for p, v in ratio.items()) + ".",
         f"Total wall time: {result['seconds']:.0f} s" + (" (the longest of the merged per-seed processes)."
-                                                         if args.merge else "."),
+                                                         if merged else "."),
     ])
-    del LABELS
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from vimw.transfer.protocol import ProtocolConfig, run_protocol
+    from vimw.transfer.settings import TransferSettings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(int(os.environ.get("VIMW_THREADS", "1")))
+    s = TransferSettings()
+    args = _parser(s).parse_args(argv)
+    data = replace(s.data, task=args.task, base=tuple(args.base), data_seed=args.data_seed,
+                   num_unlabeled=args.num_unlabeled, num_align=args.num_align, num_test=args.num_test,
+                   views=args.views, K=args.K)
+    if args.pairs:
+        return _pairs(args, data)
+    base = ProtocolConfig()
+    cfg = replace(base, data=data, weak=args.weak, strong=args.strong, plugin=args.plugin,
+                  teacher=replace(base.teacher, epochs=args.epochs, consistency=args.consistency),
+                  refine=replace(base.refine, epochs=args.refine_epochs), strong_ft=not args.no_strong_ft,
+                  device=args.device)
+    if args.merge:
+        result = _merge(args.merge)
+    else:
+        result = run_protocol(cfg, args.cache, seeds=args.seeds, log=lambda m: print(m, flush=True))
+    md = _markdown(result, cfg, merged=bool(args.merge))
     json_path, md_path = write_results(args.name, result, md)
     print(md)
     print(f"\nwrote {json_path} and {md_path}")

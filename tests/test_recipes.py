@@ -174,20 +174,23 @@ def test_zoo_train_records_its_module_in_the_zoo_recipe(tmp_path, capsys):
 
 
 def test_transfer_steps_take_their_options_from_the_recipe_and_flags_win(tmp_path):
-    from vimw.cli.transfer import expand_recipe_argv
+    from vimw.cli.main import build_parser
+    from vimw.cli.transfer import effective_transfer
 
     recipe = tmp_path / "tm.json"
     recipe.write_text(json.dumps({"transfer": {
         "weak": "efficientnet_lite0@64+invert", "task": "fmnist", "shots": 16, "base": ["Coat", "Dress"],
         "out": "runs/tm/weak", "apply": {"to": "efficientnet_lite2@224", "lambdas": [0.1, 1.0]},
     }}))
-    extract = expand_recipe_argv(["transfer", "extract", "--recipe", str(recipe), "--shots", "8"])
-    assert extract[:2] == ["transfer", "extract"] and "--recipe" not in extract
-    assert extract[extract.index("--weak") + 1] == "efficientnet_lite0@64+invert"
-    assert extract[extract.index("--base") + 1: extract.index("--base") + 3] == ["Coat", "Dress"]
-    assert extract[-2:] == ["--shots", "8"]  # the user's flag comes last, so it wins
-    apply = expand_recipe_argv(["transfer", "apply", "--recipe", str(recipe), "--adapter", "a"])
-    assert apply == ["transfer", "apply", "--to", "efficientnet_lite2@224", "--lambdas", "0.1", "1.0", "--adapter", "a"]
+
+    def effective(argv):
+        return effective_transfer(build_parser(argv).parse_args(argv), argv[1])
+
+    _, options, extract = effective(["transfer", "extract", "--recipe", str(recipe), "--shots", "8"])
+    assert extract.weak == "efficientnet_lite0@64+invert" and extract.data.base == ("Coat", "Dress")
+    assert extract.data.shots == 8 and options["out"] == "runs/tm/weak"  # the user's flag wins
+    _, options, apply = effective(["transfer", "apply", "--recipe", str(recipe), "--adapter", "a", "--out", "b"])
+    assert (apply.strong, apply.lambdas, options["adapter"]) == ("efficientnet_lite2@224", (0.1, 1.0), "a")
 
 
 def test_a_transfer_recipe_with_a_bad_step_section_is_refused(tmp_path):

@@ -12,28 +12,24 @@ import torch
 from vimw.errors import DataError, FormatError, TrainingError
 from vimw.transfer import (
     ExtractionConfig,
-    LogitCache,
     RefineConfig,
     TransMiterAdapter,
     adapter_logits,
     apply_adapter,
-    aux_vocabulary,
-    aux_words_sha256,
     base_novel_scores,
     blend_logits,
-    build_class_list,
-    destandardize,
     extract_adapter,
-    kd_loss,
     load_adapter,
-    normalised_lambda,
-    orthogonal_alignment,
-    random_orthogonal,
     refine_adapter,
     select_lambda,
-    standardize,
     validation_metrics,
 )
+from vimw.transfer.adapter import random_orthogonal
+from vimw.transfer.cache import LogitCache
+from vimw.transfer.procrustes import normalised_lambda, orthogonal_alignment
+from vimw.transfer.standardize import destandardize, standardize
+from vimw.transfer.steps import kd_loss
+from vimw.transfer.vocab import aux_vocabulary, aux_words_sha256, build_class_list
 
 K, C = 32, 8
 

@@ -10,7 +10,8 @@ import torch
 
 from vimw.errors import DataError
 from vimw.evaluation.selection import best_candidate
-from vimw.transfer.protocol import LABELS, DataConfig, ProtocolConfig, format_table, run_protocol
+from vimw.transfer.data import DataConfig
+from vimw.transfer.protocol import LABELS, ProtocolConfig, format_table, run_protocol
 
 torch.set_num_threads(1)
 

@@ -317,3 +317,141 @@ def test_vim_chain_plugin_trains_only_the_gates(tiny_zoo, lite0):
     assert torch.equal(model.rows, rows)
     for key, value in plugin.experts.state_dict().items():
         assert torch.equal(value, experts_before[key]), key
+
+
+# -- one home for the defaults, and the command line that reads them -----------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+RECIPE = "recipes/default.yaml"
+PATH_KEYS = ("out", "adapter", "cache")  # where a recipe reads and writes, not a setting
+
+
+def _without_paths(section: dict) -> dict:
+    return {k: (_without_paths(v) if isinstance(v, dict) else v) for k, v in section.items() if k not in PATH_KEYS}
+
+
+def test_the_built_in_recipe_transfer_section_equals_the_settings_defaults():
+    from vimw.recipes import load_recipe
+    from vimw.transfer.settings import TransferSettings
+
+    recipe = load_recipe(REPO / RECIPE)["transfer"]
+    assert _without_paths(recipe) == _without_paths(TransferSettings().to_section())
+
+
+def _effective(argv: list[str]):
+    from vimw.cli.main import build_parser
+    from vimw.cli.transfer import effective_transfer
+
+    args = build_parser(argv).parse_args(argv)
+    return effective_transfer(args, argv[1])
+
+
+@pytest.mark.parametrize("step", ["extract", "apply", "refine", "evaluate"])
+def test_the_built_in_recipe_runs_every_step_with_the_default_settings(step, monkeypatch):
+    """`vimw transfer STEP --recipe recipes/default.yaml` on a fresh clone: vimw's defaults, the recipe's paths."""
+    from vimw.recipes import load_recipe
+    from vimw.transfer.settings import TransferSettings
+
+    monkeypatch.chdir(REPO)
+    recipe, options, settings = _effective(["transfer", step, "--recipe", RECIPE])
+    assert settings == TransferSettings()
+    section = load_recipe(RECIPE)["transfer"]
+    expected = section if step == "extract" else section[step]
+    assert {k: options.get(k) for k in ("out", "adapter")} == {k: expected.get(k) for k in ("out", "adapter")}
+    assert recipe["transfer"]["weak"] == TransferSettings().weak  # the whole effective recipe is kept
+
+
+def test_flags_win_over_the_recipe_and_the_recipe_over_the_defaults(tmp_path, monkeypatch):
+    from vimw.transfer.settings import TransferSettings
+
+    monkeypatch.chdir(REPO)
+    _, options, s = _effective(["transfer", "apply", "--recipe", RECIPE, "--to", "efficientnet_lite1@64",
+                                "--lambdas", "1", "--out", str(tmp_path / "x")])
+    assert (s.strong, s.lambdas, options["out"]) == ("efficientnet_lite1@64", (1.0,), str(tmp_path / "x"))
+    assert options["adapter"] == "runs/recipe/transfer/weak" and s.protocol == TransferSettings().protocol
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("transfer:\n  shots: 4\n  base: [Trouser, Bag]\n  evaluate: {blend: auto, adapter: a}\n")
+    _, _, s = _effective(["transfer", "extract", "--recipe", str(mine), "--out", "o", "--num-test", "50"])
+    assert (s.data.shots, s.data.base, s.data.num_test) == (4, ("Trouser", "Bag"), 50)
+    assert s.data.val_per_class == TransferSettings().data.val_per_class
+    _, options, s = _effective(["transfer", "evaluate", "--recipe", str(mine)])
+    assert s.blend is None and options["adapter"] == "a"
+
+
+def test_a_bad_recipe_value_or_a_missing_path_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    for body, message in (("transfer:\n  shots: many\n", "transfer.shots: expected int"),
+                          ("transfer:\n  shots: 0\n", "shots must be a positive integer"),
+                          ("transfer:\n  bogus: 1\n", "unknown option 'bogus'"),
+                          ("transfer:\n  apply: {protocol: test}\n", "protocol must be one of")):
+        bad.write_text(body)
+        step = "apply" if "apply" in body else "extract"
+        code, _, err = _cli(["transfer", step, "--recipe", str(bad), "--adapter", "a", "--out", "o"]
+                            if step == "apply" else ["transfer", step, "--recipe", str(bad), "--out", "o"], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (body, err)
+    code, _, err = _cli(["transfer", "extract"], capsys)
+    assert code == 2 and "needs --out (or transfer.out in the recipe)" in err
+    code, _, err = _cli(["transfer", "refine", "--adapter", "a"], capsys)
+    assert code == 2 and "needs --out (or transfer.refine.out in the recipe)" in err
+
+
+def test_every_step_documents_recipe_and_protocol_in_its_help(capsys):
+    for step in ("extract", "apply", "refine", "evaluate"):
+        code, stdout, _ = _cli(["transfer", step, "--help"], capsys)
+        assert code == 0 and "--recipe" in stdout and "--protocol" in stdout, step
+
+
+def test_a_missing_zoo_as_the_plugin_is_named_before_any_work(tmp_path, capsys, lite0):
+    from vimw.errors import VimwError
+    from vimw.transfer.teacher import make_plugin
+
+    missing = tmp_path / "runs" / "demo" / "zoo"
+    with pytest.raises(VimwError, match=f"the zoo directory {missing} does not exist"):
+        make_plugin(lite0, missing)
+    code, _, err = _cli(["transfer", "extract", "--finetuned", str(missing), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"the zoo directory {missing} does not exist" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_base_classes_default_to_the_first_half_of_any_task(tmp_path):
+    from conftest import write_image_folder
+
+    from vimw.transfer.data import DataConfig, base_classes, make_sets, seed_split
+
+    assert base_classes(["a", "b", "c", "d", "e"], ()) == ("a", "b")
+    assert base_classes(["a", "b", "c"], ("c",)) == ("c",)
+    with pytest.raises(DataError, match="proper subset"):
+        base_classes(["a"], ())
+    root = write_image_folder(tmp_path / "photos", per_class=12, classes=4)
+    data = DataConfig(task=f"folder:{root}", shots=2, val_per_class=2, pool_per_class=4, num_unlabeled=8,
+                      num_calibration=4, num_test=8, K=8)
+    sets = make_sets(data)
+    assert sets.split_names() == {"base": ["kind0", "kind1"], "novel": ["kind2", "kind3"]}
+    split = seed_split(sets, 0)
+    assert len(split.train) == 2 * 2 and len(split.val) == 4 * 2
+    assert set(sets.pool_labels[split.train].tolist()) <= {0, 1} and len(split.base_val) == 2 * 2
+    again = seed_split(sets, 0)
+    assert torch.equal(again.train, split.train) and torch.equal(again.val, split.val)
+
+
+def test_the_zero_shot_loader_reads_the_one_model_name_grammar():
+    from vimw.errors import RegistryError, VimwError
+    from vimw.transfer import load_zero_shot
+
+    head = load_zero_shot("efficientnet_lite0@40+invert")
+    assert (head.backbone_name, head.image_size, head.invert) == ("efficientnet_lite0", 40, True)
+    assert head.name == "imagenet-text-head/efficientnet_lite0@40/inverted"
+    with pytest.raises(RegistryError, match="at least 16"):
+        load_zero_shot("efficientnet_lite0@8+invert")
+    with pytest.raises(VimwError, match="not of a CLIP model"):
+        load_zero_shot("hf:openai/clip-vit-base-patch16+invert")
+
+
+def test_the_package_exports_the_user_steps_and_not_internals():
+    import vimw.transfer as transfer
+
+    for name in ("extract_step", "apply_step", "refine_step", "evaluate_step", "TransferSettings", "DataConfig",
+                 "TeacherConfig", "ExtractionConfig", "RefineConfig", "load_adapter", "save_adapter", "load_teacher",
+                 "load_zero_shot", "base_novel_scores", "demo_step"):
+        assert name in transfer.__all__ and getattr(transfer, name) is not None, name
+    for internal in ("kd_loss", "random_orthogonal", "standardize", "orthogonal_alignment"):
+        assert internal not in transfer.__all__, internal

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from vimw.transfer import HFCLIPZeroShot, ImageNetTextHead, ZeroShotClassifier, fit_ridge
+from vimw.transfer import HFCLIPZeroShot, ImageNetTextHead, ZeroShotClassifier
+from vimw.transfer.zeroshot import fit_ridge
 
 
 @pytest.fixture(scope="module")

@@ -89,10 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser = build_parser(argv)
     try:
-        if argv[:1] == ["transfer"]:
-            from vimw.cli.transfer import expand_recipe_argv
-
-            argv = expand_recipe_argv(argv)
         args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
     except VimwError as exc:

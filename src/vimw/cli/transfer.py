@@ -4,19 +4,22 @@
     vimw transfer apply    --adapter runs/tm/weak --to efficientnet_lite2@160 --out runs/tm/strong
     vimw transfer refine   --adapter runs/tm/strong --out runs/tm/strong-plus
     vimw transfer evaluate --adapter runs/tm/strong-plus --blend auto
+    vimw transfer extract  --recipe recipes/default.yaml      # the recipe's transfer section; flags win
 
-Each step calls one function of ``vimw.transfer.workflow``; every default comes from the
-library's configuration dataclasses. Misuse is a ``VimwError`` (exit 2, ``vimw: error: ...``).
+Each step parses its options, merges them over the recipe and the defaults
+(``vimw.recipes.resolve``; the defaults are ``vimw.transfer.settings.TransferSettings``), calls one
+function of ``vimw.transfer.workflow`` and prints what it returns. An option not given is
+``None`` here, so that the recipe or the default decides. Misuse is a ``VimwError`` (exit 2,
+``vimw: error: ...``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from pathlib import Path
 
-STEPS = ("extract", "apply", "refine", "evaluate")
+from vimw.cli.options import nonneg_float, nonneg_int, number, positive_float, positive_int
+
+MODEL_HELP = "NAME[@SIZE][+invert] (e.g. efficientnet_lite0@96+invert) or hf:<CLIP name or dir>[@SIZE]"
 
 
 def _usage_error(message: str):
@@ -25,165 +28,159 @@ def _usage_error(message: str):
     raise VimwError(message)
 
 
-def _number(kind, *, minimum=None, maximum=None, strict=False):
-    """An argparse type that refuses out-of-range values with a plain message."""
-    import argparse
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if minimum is not None and (value <= minimum if strict else value < minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
-        return value
-
-    return parse
-
-
 def _blend(text: str):
-    """``auto`` (None: chosen on validation images) or an alpha in [0, 1]."""
-    return None if text == "auto" else _number(float, minimum=0.0, maximum=1.0)(text)
+    """``auto`` (chosen on validation images) or an alpha in [0, 1]."""
+    return text if text == "auto" else number(float, minimum=0.0, maximum=1.0)(text)
 
 
-def expand_recipe_argv(argv: list[str]) -> list[str]:
-    """``vimw transfer STEP --recipe FILE ...``: the recipe's ``transfer`` section as flags.
-
-    Top-level keys of the section are options of ``extract``; the sub-sections ``apply``,
-    ``refine`` and ``evaluate`` hold those steps' options (keys are option names, ``_`` for
-    ``-``). They go before the user's own flags, so flags on the command line win.
-    """
-    if "--recipe" not in argv:
-        return argv
-    from vimw.errors import FormatError
-    from vimw.recipes import load_recipe
-
-    at = argv.index("--recipe")
-    if at + 1 >= len(argv):
-        raise FormatError("--recipe needs a file")
-    rest = argv[:at] + argv[at + 2:]
-    step = rest[1] if len(rest) > 1 else ""
-    if step not in STEPS:
-        raise FormatError(f"vimw transfer --recipe: the step must be one of {STEPS}, got {step!r}")
-    section = load_recipe(argv[at + 1]).get("transfer") or {}
-    if not isinstance(section, dict):
-        raise FormatError("recipe: transfer must be a mapping")
-    values = {k: v for k, v in section.items() if k not in STEPS} if step == "extract" else section.get(step) or {}
-    if not isinstance(values, dict):
-        raise FormatError(f"recipe: transfer.{step} must be a mapping of option names to values")
-    flags: list[str] = []
-    for key, value in values.items():
-        flag = "--" + str(key).replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            flags.append(flag)
-        elif isinstance(value, list):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return rest[:2] + flags + rest[2:]
-
-
+# -- the parsers ------------------------------------------------------------------------------------
 def register(commands) -> None:
-    from vimw.transfer.protocol import DEFAULT_WEAK, DataConfig, ProtocolConfig
-    from vimw.transfer.scoring import VALIDATION_PROTOCOLS
-    from vimw.transfer.steps import LAMBDA_GRID, ExtractionConfig, RefineConfig
-    from vimw.transfer.teacher import TeacherConfig
-    from vimw.transfer.workflow import DEFAULT_CACHE
-
-    pos_int, nonneg_int = _number(int, minimum=1), _number(int, minimum=0)
-    pos_float, nonneg_float = _number(float, minimum=0.0, strict=True), _number(float, minimum=0.0)
-    d, t, x, r = DataConfig, TeacherConfig, ExtractionConfig, RefineConfig
+    from vimw.transfer.settings import TransferSettings
 
     parser = commands.add_parser("transfer", help="TransMiter: extract an adaptation and move it to a stronger model")
     parser.error = _usage_error
     sub = parser.add_subparsers(dest="transfer_command", metavar="STEP")
     sub.required = True
+    settings = TransferSettings()
+    _extract_parser(sub, settings)
+    _apply_parser(sub, settings)
+    _refine_parser(sub, settings)
+    _evaluate_parser(sub, settings)
 
-    def step(name: str, help_text: str):
-        p = sub.add_parser(name, help=help_text)
-        p.error = _usage_error
-        p.add_argument("--cache", default=None, help=f"zero-shot logit cache (default: the adapter's, or {DEFAULT_CACHE})")
-        p.add_argument("--device", default="cpu")
-        return p
 
-    def protocol_option(p):
-        p.add_argument("--protocol", choices=VALIDATION_PROTOCOLS, default="all",
-                       help="validation images for every choice: all classes (HM) or base classes only")
+def _step(sub, name: str, help_text: str, cache_help: str):
+    """A step's parser with the options every step takes."""
+    p = sub.add_parser(name, help=help_text)
+    p.error = _usage_error
+    p.add_argument("--recipe", metavar="FILE", help=f"a recipe (YAML or JSON) whose transfer section gives this step's "
+                                                    f"options (transfer.{name} for apply, refine, evaluate); flags win")
+    p.add_argument("--cache", help=f"zero-shot logit cache ({cache_help})")
+    p.add_argument("--device", default="cpu")
+    return p
 
-    p = step("extract", "fine-tune the weak model (unless given) and extract an adapter, without labels")
-    p.add_argument("--weak", default=DEFAULT_WEAK, help="ARCH@SIZE[+invert] or hf:<CLIP name or dir>")
-    p.add_argument("--finetuned", default=ProtocolConfig.plugin,
-                   help="a teacher dir from an earlier extract, a zoo dir (ViM aggregation) or a module kind")
-    p.add_argument("--task", default=d.task)
-    p.add_argument("--base", nargs="+", default=list(d.base), help="base class names (the rest are novel)")
-    p.add_argument("--shots", type=pos_int, default=d.shots, help="labelled images per base class")
-    p.add_argument("--val-per-class", type=pos_int, default=d.val_per_class)
-    p.add_argument("--pool-per-class", type=pos_int, default=d.pool_per_class)
-    p.add_argument("--num-unlabeled", type=pos_int, default=d.num_unlabeled, help="unlabeled images for extraction")
-    p.add_argument("--num-align", type=nonneg_int, default=d.num_align,
-                   help="unlabeled images added to the training shots' images for the alignment")
-    p.add_argument("--num-calibration", type=pos_int, default=d.num_calibration)
-    p.add_argument("--num-test", type=pos_int, default=d.num_test)
-    p.add_argument("--views", type=_number(int, minimum=1, maximum=4), default=d.views,
-                   help="augmented views per extraction and alignment image (1-4)")
-    p.add_argument("-K", type=_number(int, minimum=2), default=d.K, help="logits: task classes + K - C auxiliary words")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--data-seed", type=nonneg_int, default=d.data_seed, help="fixes the image sets")
-    p.add_argument("--epochs", type=pos_int, default=t.epochs, help="teacher fine-tuning epochs")
-    p.add_argument("--lr", type=pos_float, default=t.lr, help="teacher fine-tuning learning rate")
-    p.add_argument("--consistency", type=nonneg_float, default=t.consistency,
-                   help="weight of the teacher's consistency term toward its zero-shot predictions (0: off)")
-    p.add_argument("--extraction-epochs", type=pos_int, default=x.epochs)
-    p.add_argument("--out", required=True)
+
+def _protocol_option(p, default: str, what: str) -> None:
+    from vimw.transfer.scoring import VALIDATION_PROTOCOLS
+
+    p.add_argument("--protocol", choices=VALIDATION_PROTOCOLS,
+                   help=f"validation images for {what}: all classes (score HM) or base classes only "
+                        f"(novel labels never seen); default {default}")
+
+
+def _data_options(p, d) -> None:
+    """The task, the split and the image counts (``DataConfig``)."""
+    p.add_argument("--task", help=f"any task vimw knows, e.g. fmnist or folder:DIR (default {d.task})")
+    p.add_argument("--base", nargs="+",
+                   help="base class names, the rest are novel (default: the first half of the task's classes)")
+    p.add_argument("--shots", type=positive_int, help=f"labelled images per base class (default {d.shots})")
+    p.add_argument("--val-per-class", type=positive_int, help=f"default {d.val_per_class}")
+    p.add_argument("--pool-per-class", type=positive_int, help=f"default {d.pool_per_class}")
+    p.add_argument("--num-unlabeled", type=positive_int,
+                   help=f"unlabeled images for extraction (default {d.num_unlabeled})")
+    p.add_argument("--num-align", type=nonneg_int,
+                   help=f"unlabeled images added to the training shots' images for the alignment (default {d.num_align})")
+    p.add_argument("--num-calibration", type=positive_int, help=f"default {d.num_calibration}")
+    p.add_argument("--num-test", type=positive_int, help=f"default {d.num_test}")
+    p.add_argument("--views", type=number(int, minimum=1, maximum=4),
+                   help=f"augmented views per extraction and alignment image, 1-4 (default {d.views})")
+    p.add_argument("-K", "--K", dest="K", type=number(int, minimum=2),
+                   help=f"logits: task classes + K - C auxiliary words (default {d.K})")
+    p.add_argument("--template", help=f"prompt template (default {d.template!r})")
+    p.add_argument("--data-seed", type=nonneg_int, help=f"fixes the image sets (default {d.data_seed})")
+
+
+def _extract_parser(sub, s) -> None:
+    p = _step(sub, "extract", "fine-tune the weak model (unless given) and extract an adapter, without labels",
+              f"default {s.cache}")
+    p.add_argument("--weak", help=f"the weak model: {MODEL_HELP} (default {s.weak})")
+    p.add_argument("--finetuned", help="a teacher dir from an earlier extract, a zoo dir (ViM aggregation) or a module "
+                                       f"kind (default {s.finetuned})")
+    _data_options(p, s.data)
+    p.add_argument("--seed", type=nonneg_int, help=f"the training seed: shots, validation, training (default {s.seed})")
+    p.add_argument("--epochs", type=positive_int, help=f"teacher fine-tuning epochs (default {s.teacher.epochs})")
+    p.add_argument("--lr", type=positive_float, help=f"teacher fine-tuning learning rate (default {s.teacher.lr:g})")
+    p.add_argument("--consistency", type=nonneg_float,
+                   help="weight of the teacher's consistency term toward its zero-shot predictions, 0: off "
+                        f"(default {s.teacher.consistency:g})")
+    p.add_argument("--extraction-epochs", type=positive_int, help=f"default {s.extraction.epochs}")
+    _protocol_option(p, s.teacher_protocol, "the teacher's epoch")
+    p.add_argument("--out", help="where the adapter (and the teacher) go; required unless the recipe names it")
     p.set_defaults(handler=run_extract)
 
-    p = step("apply", "move an adapter to another zero-shot model (no backpropagation)")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--to", required=True, help="target model: ARCH@SIZE[+invert] or hf:<CLIP name or dir>")
-    p.add_argument("--lambdas", type=nonneg_float, nargs="+", default=list(LAMBDA_GRID),
-                   help="Procrustes lambda per image: one value, or candidates chosen on validation images")
-    protocol_option(p)
-    p.add_argument("--out", required=True)
+
+def _apply_parser(sub, s) -> None:
+    p = _step(sub, "apply", "move an adapter to another zero-shot model (no backpropagation)", "default: the adapter's")
+    p.add_argument("--adapter", help="the adapter to move (required unless the recipe names it)")
+    p.add_argument("--to", help=f"the target model: {MODEL_HELP} (default {s.strong})")
+    p.add_argument("--lambdas", type=nonneg_float, nargs="+",
+                   help="Procrustes lambda per image: one value, or candidates chosen on validation images "
+                        f"(default {' '.join(f'{v:g}' for v in s.lambdas)})")
+    _protocol_option(p, s.protocol, "lambda")
+    p.add_argument("--out", help="required unless the recipe names it")
     p.set_defaults(handler=run_apply)
 
-    p = step("refine", "TransMiter+: refine an adapter on the base-class shots")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--lr", type=pos_float, nargs="+", default=list(r.lrs), help="candidate learning rates")
-    p.add_argument("--epochs", type=pos_int, default=r.epochs)
-    protocol_option(p)
-    p.add_argument("--out", required=True)
+
+def _refine_parser(sub, s) -> None:
+    p = _step(sub, "refine", "TransMiter+: refine an adapter on the base-class shots", "default: the adapter's")
+    p.add_argument("--adapter", help="the adapter to refine (required unless the recipe names it)")
+    p.add_argument("--lr", type=positive_float, nargs="+",
+                   help=f"candidate learning rates (default {' '.join(f'{v:g}' for v in s.refine.lrs)})")
+    p.add_argument("--epochs", type=positive_int, help=f"default {s.refine.epochs}")
+    _protocol_option(p, s.protocol, "the learning rate and epoch")
+    p.add_argument("--out", help="required unless the recipe names it")
     p.set_defaults(handler=run_refine)
 
-    p = step("evaluate", "base / novel / HM of an adapter on its model's test images")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--blend", type=_blend, default=1.0,
+
+def _evaluate_parser(sub, s) -> None:
+    p = _step(sub, "evaluate", "base / novel / HM of an adapter on its model's test images", "default: the adapter's")
+    p.add_argument("--adapter", help="the adapter to score (required unless the recipe names it)")
+    p.add_argument("--blend", type=_blend,
                    help="alpha of alpha*adapter + (1-alpha)*zero-shot (log-probabilities), or 'auto' to choose it "
-                        "on validation images; 1 = the adapter alone")
-    protocol_option(p)
+                        f"on validation images; 1 = the adapter alone (default {s.blend})")
+    _protocol_option(p, s.protocol, "the blend")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run_evaluate)
 
 
-def run_extract(args) -> int:
-    from vimw.transfer.protocol import DataConfig
-    from vimw.transfer.steps import ExtractionConfig
-    from vimw.transfer.teacher import TeacherConfig
-    from vimw.transfer.workflow import DEFAULT_CACHE, extract_step
+# -- the handlers -----------------------------------------------------------------------------------
+EXTRACT_FLAGS = ("task", "base", "shots", "val_per_class", "pool_per_class", "num_unlabeled", "num_align",
+                 "num_calibration", "num_test", "views", "K", "template", "data_seed", "weak", "finetuned", "seed",
+                 "epochs", "lr", "consistency", "extraction_epochs", "protocol", "cache", "out")
+STEP_FLAGS = {"apply": ("adapter", "to", "lambdas", "protocol", "out", "cache"),
+              "refine": ("adapter", "lr", "epochs", "protocol", "out", "cache"),
+              "evaluate": ("adapter", "blend", "protocol", "cache")}
 
-    data = DataConfig(task=args.task, base=tuple(args.base), shots=args.shots, val_per_class=args.val_per_class,
-                      pool_per_class=args.pool_per_class, num_unlabeled=args.num_unlabeled, num_align=args.num_align,
-                      num_calibration=args.num_calibration, num_test=args.num_test, views=args.views, K=args.K,
-                      data_seed=args.data_seed)
-    done = extract_step(args.out, data=data, weak=args.weak, finetuned=args.finetuned, seed=args.seed,
-                        teacher=TeacherConfig(lr=args.lr, epochs=args.epochs, consistency=args.consistency),
-                        extraction=ExtractionConfig(epochs=args.extraction_epochs), cache=args.cache or DEFAULT_CACHE,
-                        device=args.device)
+
+def transfer_flags(args, step: str) -> dict:
+    """The flags the user gave, keyed like a recipe's ``transfer`` section (``None``: not given)."""
+    if step == "extract":
+        return {k: getattr(args, k) for k in EXTRACT_FLAGS}
+    return {step: {k: getattr(args, k) for k in STEP_FLAGS[step]}}
+
+
+def effective_transfer(args, step: str):
+    """(the effective recipe, the step's options with its paths, ``TransferSettings``): the defaults
+    <- the ``--recipe`` file's transfer section <- the flags."""
+    from vimw.recipes import load_recipe, resolve
+    from vimw.transfer.settings import TransferSettings, check_section
+
+    loaded = load_recipe(args.recipe) if args.recipe else {}
+    check_section(loaded.get("transfer") or {}, f"{args.recipe}: transfer")
+    recipe = resolve(loaded, "transfer", transfer_flags(args, step), defaults=TransferSettings().to_section())
+    section = recipe["transfer"]
+    options = section if step == "extract" else section.get(step) or {}
+    for key in ("out", "adapter"):
+        if key in (STEP_FLAGS.get(step) or EXTRACT_FLAGS) and not options.get(key):
+            where = "transfer" + ("" if step == "extract" else f".{step}")
+            _usage_error(f"vimw transfer {step} needs --{key} (or {where}.{key} in the recipe)")
+    return recipe, options, TransferSettings.from_section(section, step)
+
+
+def run_extract(args) -> int:
+    from vimw.transfer.workflow import extract_step
+
+    recipe, options, settings = effective_transfer(args, "extract")
+    done = extract_step(options["out"], settings, device=args.device, recipe=recipe)
     print(f"adapter (K={done['K']}, C={done['C']}) extracted from {done['rows']} unlabeled rows of {done['model']} "
           f"-> {done['out']}")
     return 0
@@ -192,8 +189,9 @@ def run_extract(args) -> int:
 def run_apply(args) -> int:
     from vimw.transfer.workflow import apply_step
 
-    done = apply_step(args.adapter, args.to, args.out, lambdas=args.lambdas, protocol=args.protocol,
-                      cache=args.cache, device=args.device)
+    recipe, options, s = effective_transfer(args, "apply")
+    done = apply_step(options["adapter"], s.strong, options["out"], lambdas=s.lambdas, protocol=s.protocol,
+                      cache=options.get("cache"), device=args.device, recipe=recipe)
     for cand in done["candidates"] or []:
         print(f"  lambda/image {cand['lambda']:g}: validation score {cand['score']:.4f}, loss {cand['loss']:.4f}")
     print(f"transferred to {done['model']} without backpropagation (lambda/image {done['lambda']:g}, "
@@ -202,11 +200,11 @@ def run_apply(args) -> int:
 
 
 def run_refine(args) -> int:
-    from vimw.transfer.steps import RefineConfig
     from vimw.transfer.workflow import refine_step
 
-    done = refine_step(args.adapter, args.out, refine=RefineConfig(lrs=tuple(args.lr), epochs=args.epochs),
-                       protocol=args.protocol, cache=args.cache, device=args.device)
+    recipe, options, s = effective_transfer(args, "refine")
+    done = refine_step(options["adapter"], options["out"], refine=s.refine, protocol=s.protocol,
+                       cache=options.get("cache"), device=args.device, recipe=recipe)
     for cand in done["candidates"]:
         print(f"  lr {cand['lr']:g}: kept epoch {cand['epoch']}, validation score {cand.get('score', float('nan')):.4f}")
     print(f"TransMiter+ (lr {done['lr']:g}, epoch {done['epoch']}) -> {done['out']}")
@@ -216,7 +214,9 @@ def run_refine(args) -> int:
 def run_evaluate(args) -> int:
     from vimw.transfer.workflow import evaluate_step
 
-    result = evaluate_step(args.adapter, blend=args.blend, protocol=args.protocol, cache=args.cache, device=args.device)
+    _, options, s = effective_transfer(args, "evaluate")
+    result = evaluate_step(options["adapter"], blend=s.blend, protocol=s.protocol, cache=options.get("cache"),
+                           device=args.device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -224,20 +224,3 @@ def run_evaluate(args) -> int:
     for name, row in result["scores"].items():
         print(f"  {name:12s} base {row['base']:.4f}  novel {row['novel']:.4f}  HM {row['hm']:.4f}")
     return 0
-
-
-# -- the demo step ---------------------------------------------------------------------------------
-def run_demo_step(workdir: Path, seed: int = 0) -> None:
-    """The weak -> strong story on small image counts (the logits are cached)."""
-    from vimw.io import atomic_write_text, write_json
-    from vimw.transfer.protocol import demo_config, format_demo, run_protocol
-
-    workdir = Path(workdir)
-    started = time.perf_counter()
-    cfg = demo_config()
-    result = run_protocol(cfg, workdir / "transfer-cache", seeds=(seed,), log=lambda m: None)
-    text = format_demo(result)
-    print(text)
-    atomic_write_text(workdir / "transfer_results.md", text + "\n")
-    write_json(workdir / "transfer_results.json", result)
-    print(f"  transfer step finished in {time.perf_counter() - started:.0f} s")

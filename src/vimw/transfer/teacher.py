@@ -32,15 +32,13 @@ from torch import nn
 
 from vimw.errors import DataError, FormatError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, write_json
-from vimw.io.names import FINETUNED_MANIFEST_FILE, FINETUNED_WEIGHTS_FILE
+from vimw.io.names import FINETUNED_MANIFEST_FILE, FINETUNED_WEIGHTS_FILE, TEACHER_FORMAT, TEACHER_FORMAT_VERSION
 from vimw.modules.registry import DEFAULT_MODULE_KIND
 from vimw.training.config import FitConfig
 from vimw.transfer.scoring import json_safe, validation_metrics
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
+from vimw.transfer.zeroshot import load_zero_shot
 from vimw.version import __version__
-
-TEACHER_FORMAT = "vimw.transfer-teacher"
-TEACHER_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -127,12 +125,29 @@ class FineTunedZeroShot(nn.Module):
             self.train(was)
 
 
+def check_plugin_source(plugin: str | os.PathLike) -> None:
+    """Refuse, before any work, a plug-in that is neither a zoo directory nor a module kind."""
+    from vimw.modules import config_from_dict
+
+    text = str(plugin)
+    if Path(text).is_dir():
+        return
+    if os.sep in text or "/" in text:
+        raise VimwError(f"the zoo directory {text} does not exist: build it (vimw zoo build --zoo {text}) or give "
+                        "a module kind (e.g. convpass) for a new plug-in")
+    try:
+        config_from_dict({"kind": text})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise VimwError(f"unknown plug-in {text!r}: give a module kind (e.g. convpass) or a zoo directory ({exc})") from exc
+
+
 def make_plugin(backbone: Any, plugin: str | os.PathLike = DEFAULT_MODULE_KIND, *, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """A fresh plug-in: a module kind (default ``DEFAULT_MODULE_KIND``) or a zoo directory (ViM ``ens``)."""
     from vimw.modules import ModuleSet, config_from_dict
 
     torch.manual_seed(seed)
     text = str(plugin)
+    check_plugin_source(text)
     if Path(text).is_dir():
         from vimw.aggregation.aggregate import ZooAggregate
         from vimw.zoo import Zoo
@@ -279,8 +294,6 @@ def is_teacher_dir(directory: str | os.PathLike) -> bool:
 
 def load_teacher(directory: str | os.PathLike, *, device: str = "cpu") -> tuple[FineTunedZeroShot, dict[str, Any]]:
     """Load a teacher written by :func:`save_teacher`; ``FormatError`` on anything inconsistent."""
-    from vimw.transfer.protocol import load_zero_shot
-
     directory = Path(directory)
     where = directory / FINETUNED_MANIFEST_FILE
     info = read_json(where)
@@ -309,9 +322,8 @@ def load_teacher(directory: str | os.PathLike, *, device: str = "cpu") -> tuple[
 
 __all__ = [
     "FineTunedZeroShot",
-    "TEACHER_FORMAT",
-    "TEACHER_FORMAT_VERSION",
     "TeacherConfig",
+    "check_plugin_source",
     "finetune_teacher",
     "is_teacher_dir",
     "load_teacher",

@@ -2,13 +2,14 @@
 
 Each step reads the previous step's adapter manifest (the data settings, the training seed,
 the models, the logit cache), so the image sets and the cached zero-shot logits are the
-same throughout; each returns a plain dict of what it did, for the caller to print.
+same throughout; each returns a plain dict of what it did, for the caller to print. Every
+default is :class:`~vimw.transfer.settings.TransferSettings`'.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,35 +17,19 @@ from typing import Any
 import torch
 
 from vimw.errors import DataError, FormatError
-from vimw.modules.registry import DEFAULT_MODULE_KIND
+from vimw.io.names import TEACHER_DIR
 from vimw.transfer.adapter import TransMiterAdapter, load_adapter, save_adapter
 from vimw.transfer.cache import LogitCache
-from vimw.transfer.protocol import (DEFAULT_WEAK, DataConfig, ImageSets, calibrate, load_zero_shot, make_sets, seed_split, view_names,
-                                    zero_shot_logits)
+from vimw.transfer.data import (DataConfig, ImageSets, alignment_names, alignment_rows, make_sets, model_logits,
+                                seed_split, stack_views, view_names)
 from vimw.transfer.scoring import base_novel_scores, blend_logits, json_safe, select_alpha, validation_metrics
-from vimw.transfer.steps import (LAMBDA_GRID, ExtractionConfig, RefineConfig, adapter_logits, apply_adapter,
-                                 extract_adapter, refine_adapter, select_lambda)
-from vimw.transfer.teacher import (FineTunedZeroShot, TeacherConfig, finetune_teacher, is_teacher_dir, load_teacher,
-                                   make_plugin, save_teacher)
+from vimw.transfer.settings import TransferSettings
+from vimw.transfer.steps import RefineConfig, adapter_logits, apply_adapter, extract_adapter, refine_adapter, select_lambda
+from vimw.transfer.teacher import (FineTunedZeroShot, check_plugin_source, finetune_teacher, is_teacher_dir,
+                                   load_teacher, make_plugin, save_teacher)
+from vimw.zoo.recipe import write_recipe_file
 
-DEFAULT_CACHE = "runs/transfer-cache"
-TEACHER_DIR = "teacher"
-
-
-def _model_logits(spec: str, sets: ImageSets, cache: LogitCache, names: Sequence[str], device: str):
-    model = load_zero_shot(spec, device=device)
-    calibrate(model, sets, cache)
-    return model, {n: zero_shot_logits(model, sets, cache, n) for n in names}
-
-
-def _align_names(data: DataConfig) -> list[str]:
-    return view_names("align", data.views) if data.num_align else []
-
-
-def _alignment_rows(logits: dict[str, torch.Tensor], data: DataConfig, train_idx: torch.Tensor) -> torch.Tensor:
-    parts = [logits[n][train_idx] for n in view_names("pool", data.views)]
-    parts += [logits[n] for n in _align_names(data)]
-    return torch.cat(parts)
+_DEFAULTS = TransferSettings()
 
 
 def _load(directory: str | Path) -> tuple[TransMiterAdapter, dict[str, Any], dict[str, Any], DataConfig]:
@@ -60,101 +45,110 @@ def _load(directory: str | Path) -> tuple[TransMiterAdapter, dict[str, Any], dic
 
 
 def _save(adapter: TransMiterAdapter, out: str | Path, manifest: dict[str, Any], settings: dict[str, Any],
-          target: str | None) -> None:
+          target: str | None, recipe: Mapping | None) -> None:
     save_adapter(adapter, out, source_model=manifest["source_model"], target_model=target,
                  aux_words_sha256=manifest.get("aux_words_sha256"), template=manifest["template"],
                  class_names=manifest.get("class_names"), settings=json_safe(settings))
+    if recipe is not None:
+        write_recipe_file(out, recipe)
 
 
-def extract_step(
-    out: str | Path,
-    *,
-    data: DataConfig = DataConfig(),
-    weak: str = DEFAULT_WEAK,
-    finetuned: str = DEFAULT_MODULE_KIND,
-    seed: int = 0,
-    teacher: TeacherConfig = TeacherConfig(),
-    extraction: ExtractionConfig = ExtractionConfig(),
-    cache: str | Path = DEFAULT_CACHE,
-    device: str = "cpu",
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Fine-tune the weak model on the base shots (unless ``finetuned`` is a saved teacher),
-    then extract an adapter from it on the unlabeled images, without labels."""
-    out = Path(out)
-    store = LogitCache(cache)
+# -- extract --------------------------------------------------------------------------------------------
+def _saved_teacher(settings: TransferSettings, sets: ImageSets, device: str,
+                   log: Callable[[str], None]) -> tuple[FineTunedZeroShot, dict[str, Any]]:
+    ft, _ = load_teacher(settings.finetuned, device=device)
+    if ft.class_names != sets.class_names:
+        raise DataError(f"the teacher in {settings.finetuned} was trained for classes {ft.class_names}, "
+                        f"the task has {sets.class_names}")
+    log(f"teacher: {settings.finetuned}")
+    return ft, {"source": str(Path(settings.finetuned).resolve())}
+
+
+def _new_teacher(settings: TransferSettings, sets: ImageSets, model: Any, out: Path, device: str,
+                 log: Callable[[str], None]) -> tuple[FineTunedZeroShot, dict[str, Any]]:
+    """The weak model fine-tuned on the base shots, its epoch chosen under ``teacher_protocol``;
+    saved in ``out/teacher`` so a later extract can reuse it."""
+    split = seed_split(sets, settings.seed)
+    val = split.base_val if settings.teacher_protocol == "base" else split.val
+    plugin, plugin_info = make_plugin(model.backbone, settings.finetuned, seed=settings.seed)
+    ft = FineTunedZeroShot(model, sets.class_names, plugin.to(device), settings.data.template).to(device)
+    log(f"fine-tuning {model.name} with {plugin_info['plugin']} on {len(split.train)} base-class images ...")
+    ft, info = finetune_teacher(ft, sets.pool_images[split.train], sets.pool_labels[split.train],
+                                sets.pool_images[val], sets.pool_labels[val], base=sets.base, novel=sets.novel,
+                                protocol=settings.teacher_protocol, config=replace(settings.teacher, seed=settings.seed))
+    save_teacher(out / TEACHER_DIR, ft, model_spec=settings.weak, plugin_source=plugin_info["plugin_source"], info=info)
+    log(f"  kept epoch {info['best_epoch']} (validation score {info['best_metrics']['score']:.4f}, "
+        f"{settings.teacher_protocol} classes); saved to {out / TEACHER_DIR}")
+    return ft, {"source": str((out / TEACHER_DIR).resolve()), "epoch": info["best_epoch"],
+                "protocol": settings.teacher_protocol}
+
+
+def extract_step(out: str | Path, settings: TransferSettings = _DEFAULTS, *, device: str = "cpu",
+                 log: Callable[[str], None] = print, recipe: Mapping | None = None) -> dict[str, Any]:
+    """Fine-tune the weak model on the base shots (unless ``settings.finetuned`` is a saved
+    teacher), then extract an adapter from it on the unlabeled images, without labels.
+    ``recipe`` (the effective recipe, when a command ran from one) lands as ``out/recipe.json``."""
+    out, data, seed = Path(out), settings.data, settings.seed
+    if not is_teacher_dir(settings.finetuned):
+        check_plugin_source(settings.finetuned)  # before the passes over the images
     sets = make_sets(data)
     unl = view_names("unlabeled", data.views)
-    model, zs = _model_logits(weak, sets, store, unl, device)
+    model, zs = model_logits(settings.weak, sets, LogitCache(settings.cache), unl, device)
     started = time.perf_counter()
-    if is_teacher_dir(finetuned):
-        ft, info = load_teacher(finetuned, device=device)
-        if ft.class_names != sets.class_names:
-            raise DataError(f"the teacher in {finetuned} was trained for classes {ft.class_names}, "
-                            f"the task has {sets.class_names}")
-        log(f"teacher: {finetuned}")
-        teacher_info = {"source": str(Path(finetuned).resolve())}
+    if is_teacher_dir(settings.finetuned):
+        ft, teacher_info = _saved_teacher(settings, sets, device, log)
     else:
-        train_idx, val_idx = seed_split(sets, seed)
-        base_val = val_idx[torch.isin(sets.pool_labels[val_idx], torch.as_tensor(sets.base))]
-        plugin, plugin_info = make_plugin(model.backbone, finetuned, seed=seed)
-        ft = FineTunedZeroShot(model, sets.class_names, plugin.to(device), data.template).to(device)
-        log(f"fine-tuning {model.name} with {plugin_info['plugin']} on {len(train_idx)} base-class images ...")
-        ft, info = finetune_teacher(ft, sets.pool_images[train_idx], sets.pool_labels[train_idx],
-                                    sets.pool_images[base_val], sets.pool_labels[base_val], base=sets.base,
-                                    novel=sets.novel, protocol="base", config=replace(teacher, seed=seed))
-        save_teacher(out / TEACHER_DIR, ft, model_spec=weak, plugin_source=plugin_info["plugin_source"], info=info)
-        log(f"  kept epoch {info['best_epoch']} (base-class validation accuracy {info['best_metrics']['score']:.4f}); "
-            f"saved to {out / TEACHER_DIR}")
-        teacher_info = {"source": str((out / TEACHER_DIR).resolve()), "epoch": info["best_epoch"]}
+        ft, teacher_info = _new_teacher(settings, sets, model, out, device, log)
     teacher_logits = torch.cat([ft.predict(sets.images(n)) for n in unl])  # the unlabeled images: no labels
-    adapter, x_info = extract_adapter(torch.cat([zs[n] for n in unl]), teacher_logits,
-                                      config=replace(extraction, seed=seed))
-    settings = {"data": data.to_dict(), "seed": seed, "cache": str(Path(cache).resolve()), "model_spec": weak,
-                "weak_spec": weak, "teacher": teacher_info,
-                "extraction": {**extraction.to_dict(), "seed": seed, "rows": len(teacher_logits),
-                               "final_loss": x_info["history"][-1]["train_loss"],
-                               "seconds": round(time.perf_counter() - started, 2)}}
+    adapter, x_info = extract_adapter(stack_views(zs, unl), teacher_logits,
+                                      config=replace(settings.extraction, seed=seed))
+    record = {"data": data.to_dict(), "seed": seed, "cache": str(Path(settings.cache).resolve()),
+              "model_spec": settings.weak, "weak_spec": settings.weak, "teacher": teacher_info,
+              "extraction": {**settings.extraction.to_dict(), "seed": seed, "rows": len(teacher_logits),
+                             "final_loss": x_info["history"][-1]["train_loss"],
+                             "seconds": round(time.perf_counter() - started, 2)}}
     save_adapter(adapter, out, source_model=model.name, aux_words_sha256=sets.aux_sha, template=data.template,
-                 class_names=sets.k_names, settings=json_safe(settings))
+                 class_names=sets.k_names, settings=json_safe(record))
+    if recipe is not None:
+        write_recipe_file(out, recipe)
     return {"out": str(out), "model": model.name, "rows": len(teacher_logits), "K": adapter.num_logits,
             "C": adapter.num_classes}
 
 
+# -- apply, refine, evaluate ------------------------------------------------------------------------------
 def apply_step(
     adapter_dir: str | Path,
     to: str,
     out: str | Path,
     *,
-    lambdas: Sequence[float] = LAMBDA_GRID,
-    protocol: str = "all",
+    lambdas: Sequence[float] = _DEFAULTS.lambdas,
+    protocol: str = _DEFAULTS.protocol,
     cache: str | Path | None = None,
     device: str = "cpu",
+    recipe: Mapping | None = None,
 ) -> dict[str, Any]:
     """Move a saved adapter to the model ``to`` without backpropagation; with several lambdas,
     the one :func:`~vimw.transfer.steps.select_lambda` prefers on validation images."""
+    if not lambdas:
+        raise DataError("give at least one lambda")
     adapter, manifest, settings, data = _load(adapter_dir)
     store = LogitCache(cache or settings["cache"])
     sets = make_sets(data)
-    names = view_names("pool", data.views) + _align_names(data)
-    _, source = _model_logits(settings["model_spec"], sets, store, names, device)
-    target_model, target = _model_logits(to, sets, store, names, device)
-    train_idx, val_idx = seed_split(sets, settings["seed"])
-    src, tgt = _alignment_rows(source, data, train_idx), _alignment_rows(target, data, train_idx)
+    names = view_names("pool", data.views) + alignment_names(data)
+    _, source = model_logits(settings["model_spec"], sets, store, names, device)
+    target_model, target = model_logits(to, sets, store, names, device)
+    split = seed_split(sets, settings["seed"])
+    src, tgt = alignment_rows(source, data, split.train), alignment_rows(target, data, split.train)
     started = time.perf_counter()
-    candidates = None
+    lam, candidates = float(lambdas[0]), None
     if len(lambdas) > 1:
-        lam, candidates = select_lambda(adapter, src, tgt, target["pool"][val_idx], sets.pool_labels[val_idx],
+        lam, candidates = select_lambda(adapter, src, tgt, target["pool"][split.val], sets.pool_labels[split.val],
                                         base=sets.base, novel=sets.novel, protocol=protocol, grid=lambdas)
-    elif len(lambdas) == 1:
-        lam = float(lambdas[0])
-    else:
-        raise DataError("give at least one lambda")
     moved = apply_adapter(adapter, src, tgt, lam)
     settings.update({"model_spec": to, "target_model": target_model.name,
                      "apply": {"lambda_per_image": lam, "protocol": protocol, "candidates": candidates,
                                "rows": len(src), "seconds": round(time.perf_counter() - started, 2)}})
-    _save(moved, out, manifest, settings, target_model.name)
+    _save(moved, out, manifest, settings, target_model.name, recipe)
     return {"out": str(out), "model": target_model.name, "lambda": lam, "candidates": candidates,
             "rows": len(src), "composed": adapter.rotation is not None}
 
@@ -163,65 +157,61 @@ def refine_step(
     adapter_dir: str | Path,
     out: str | Path,
     *,
-    refine: RefineConfig = RefineConfig(),
-    protocol: str = "all",
+    refine: RefineConfig = _DEFAULTS.refine,
+    protocol: str = _DEFAULTS.protocol,
     cache: str | Path | None = None,
     device: str = "cpu",
+    recipe: Mapping | None = None,
 ) -> dict[str, Any]:
     """TransMiter+: refine a saved adapter on its model's logits of the base-class shots."""
     adapter, manifest, settings, data = _load(adapter_dir)
-    store = LogitCache(cache or settings["cache"])
     sets = make_sets(data)
     pool_views = view_names("pool", data.views)
-    _, logits = _model_logits(settings["model_spec"], sets, store, pool_views, device)
-    train_idx, val_idx = seed_split(sets, settings["seed"])
-    y = sets.pool_labels
-    refined, info = refine_adapter(adapter, torch.cat([logits[n][train_idx] for n in pool_views]),
-                                   y[train_idx].repeat(len(pool_views)), logits["pool"][val_idx], y[val_idx],
+    _, logits = model_logits(settings["model_spec"], sets, LogitCache(cache or settings["cache"]), pool_views, device)
+    split, y = seed_split(sets, settings["seed"]), sets.pool_labels
+    refined, info = refine_adapter(adapter, stack_views(logits, pool_views, split.train),
+                                   y[split.train].repeat(len(pool_views)), logits["pool"][split.val], y[split.val],
                                    base=sets.base, novel=sets.novel, protocol=protocol,
                                    config=replace(refine, seed=settings["seed"]))
     settings["refine"] = {**{k: v for k, v in info.items() if k != "config"}, "protocol": protocol,
                           "config": refine.to_dict()}
-    _save(refined, out, manifest, settings, manifest.get("target_model"))
+    _save(refined, out, manifest, settings, manifest.get("target_model"), recipe)
     return {"out": str(out), "lr": info["lr"], "epoch": info["epoch"], "candidates": info["candidates"]}
 
 
 def evaluate_step(
     adapter_dir: str | Path,
     *,
-    blend: float | None = 1.0,
-    protocol: str = "all",
+    blend: float | None = _DEFAULTS.blend,
+    protocol: str = _DEFAULTS.protocol,
     cache: str | Path | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Base / novel / HM on the test images: the model's zero-shot logits, the adapter, and the
     blend ``alpha`` (``blend=None``: alpha chosen on validation images under ``protocol``)."""
     adapter, manifest, settings, data = _load(adapter_dir)
-    store = LogitCache(cache or settings["cache"])
     sets = make_sets(data)
-    model, logits = _model_logits(settings["model_spec"], sets, store, ["pool", "test"], device)
-    c = adapter.num_classes
-    _, val_idx = seed_split(sets, settings["seed"])
-    test, val = logits["test"], logits["pool"][val_idx]
+    store = LogitCache(cache or settings["cache"])
+    model, logits = model_logits(settings["model_spec"], sets, store, ["pool", "test"], device)
+    c, val_idx = adapter.num_classes, seed_split(sets, settings["seed"]).val
+    test, val, y_val = logits["test"], logits["pool"][val_idx], sets.pool_labels[val_idx]
     adapted_test, adapted_val = adapter_logits(adapter, test), adapter_logits(adapter, val)
-    y_val = sets.pool_labels[val_idx]
-    candidates = None
+    alpha, candidates = (1.0 if blend is None else float(blend)), None
     if blend is None:
         alpha, candidates = select_alpha(lambda a: blend_logits(adapted_val, val[:, :c], a), y_val, sets.base,
                                          sets.novel, protocol=protocol)
-    else:
-        alpha = float(blend)
-    scores = {"zero-shot": base_novel_scores(test[:, :c], sets.test_labels, sets.base, sets.novel),
-              "adapter": base_novel_scores(adapted_test, sets.test_labels, sets.base, sets.novel)}
+
+    def scores(logits: torch.Tensor) -> dict[str, float]:
+        return base_novel_scores(logits, sets.test_labels, sets.base, sets.novel)
+
+    table = {"zero-shot": scores(test[:, :c]), "adapter": scores(adapted_test)}
     if alpha != 1.0:
-        scores[f"blend {alpha:g}"] = base_novel_scores(blend_logits(adapted_test, test[:, :c], alpha),
-                                                       sets.test_labels, sets.base, sets.novel)
+        table[f"blend {alpha:g}"] = scores(blend_logits(adapted_test, test[:, :c], alpha))
+    validation = validation_metrics(blend_logits(adapted_val, val[:, :c], alpha), y_val, sets.base, sets.novel, protocol)
     return json_safe({"model": model.name, "adapter": str(adapter_dir), "transferred": adapter.rotation is not None,
-            "alpha": alpha, "alpha_candidates": candidates,
-            "validation": validation_metrics(blend_logits(adapted_val, val[:, :c], alpha), y_val, sets.base,
-                                             sets.novel, protocol),
-            "base_classes": [sets.class_names[i] for i in sets.base],
-            "novel_classes": [sets.class_names[i] for i in sets.novel], "test_images": len(test), "scores": scores})
+                      "alpha": alpha, "alpha_candidates": candidates, "validation": validation,
+                      "base_classes": sets.split_names()["base"], "novel_classes": sets.split_names()["novel"],
+                      "test_images": len(test), "scores": table})
 
 
-__all__ = ["DEFAULT_CACHE", "apply_step", "evaluate_step", "extract_step", "refine_step"]
+__all__ = ["apply_step", "evaluate_step", "extract_step", "refine_step"]

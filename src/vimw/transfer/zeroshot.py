@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from vimw._extras import require
+from vimw.backbones.hf_base import CLIP_MEAN, CLIP_STD
+from vimw.backbones.names import HF_PREFIX, parse_model_name
 from vimw.errors import VimwError
 from vimw.transfer.vocab import DEFAULT_TEMPLATE
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RIDGE_GRID = tuple(float(10.0**e) for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2))
 
 
@@ -471,6 +471,21 @@ class HFCLIPZeroShot(ZeroShotClassifier):
         return self.scale * F.normalize(features.float(), dim=-1) @ weights.float() + bias.float()
 
 
+# -- by name ---------------------------------------------------------------------------------------------
+def load_zero_shot(name: str, *, device: str = "cpu") -> ZeroShotClassifier:
+    """A zero-shot model by name, in the grammar of every model name (``vimw.backbones.names``).
+
+    ``ARCH[@SIZE][+invert]`` is an :class:`ImageNetTextHead` on that registered backbone;
+    ``hf:<name or dir>[@SIZE]`` an :class:`HFCLIPZeroShot` (a CLIP model does not invert).
+    """
+    parsed = parse_model_name(name)
+    if not parsed.is_hf:
+        return ImageNetTextHead(parsed.arch, parsed.image_size, invert=parsed.invert, device=device)
+    if parsed.invert:
+        raise VimwError(f"{name!r}: '+invert' is an option of the ImageNet text heads, not of a CLIP model")
+    return HFCLIPZeroShot(parsed.arch[len(HF_PREFIX):], image_size=parsed.image_size, device=device)
+
+
 __all__ = [
     "HFCLIPZeroShot",
     "ImageNetTextHead",
@@ -478,4 +493,5 @@ __all__ = [
     "ZeroShotClassifier",
     "default_text_encoder",
     "fit_ridge",
+    "load_zero_shot",
 ]

@@ -151,7 +151,7 @@ def write_results(settings: DemoSettings, rows: list) -> str:
 
 def step_transfer(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     """Step 4: TransMiter on small image counts (the logits are cached)."""
-    from vimw.transfer.workflow import demo_step
+    from vimw.transfer.demo import demo_step
 
     started = time.perf_counter()
     result, text = demo_step(Path(settings.workdir), seed=settings.seed)

@@ -1,0 +1,61 @@
+"""The demo's transfer step: the weak -> strong story on small image counts, one seed.
+
+Every choice is made on base-class validation images only (novel labels never seen) and the
+strong model is not fine-tuned; the zero-shot logits are cached under the work directory, so
+a second demo run repeats only the training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vimw.io.names import TRANSFER_CACHE_DIR, TRANSFER_DEMO_RESULTS
+from vimw.transfer.protocol import LABELS, ProtocolConfig, run_protocol
+
+STORY = ("weak_zero_shot", "teacher", "strong_zero_shot", "transferred", "transferred_blend", "transmiter_plus",
+         "transmiter_plus_blend", "proxy", "ensemble")
+
+
+def demo_config() -> ProtocolConfig:
+    """The demo's small run of the protocol."""
+    base = ProtocolConfig()
+    data = replace(base.data, shots=8, val_per_class=8, pool_per_class=16, num_unlabeled=200,
+                   num_calibration=50, num_test=300, views=1)
+    return replace(base, data=data, protocols=("base",), strong_ft=False, teacher_ablation=False)
+
+
+def format_demo(result: dict[str, Any]) -> str:
+    """The demo's lines: the split, then base / novel / HM of the methods that tell the story."""
+    protocol = result["config"]["protocols"][0]
+    rows = result["summaries"][protocol]
+    choice = result["per_seed"][0]["choices"][protocol]
+    lines = [f"  {result['models']['weak']} -> {result['models']['strong']}",
+             f"  base: {', '.join(result['split']['base'])}; novel: {', '.join(result['split']['novel'])}",
+             f"  {'':48s} {'base':>6s} {'novel':>6s} {'HM':>6s}"]
+    for method in STORY:
+        if method in rows:
+            r = rows[method]
+            lines.append(f"  {LABELS[method]:48s} {100 * r['base']:6.1f} {100 * r['novel']:6.1f} {100 * r['hm']:6.1f}")
+    where = "base-class validation images" if protocol == "base" else "validation images of all classes"
+    lines.append(f"  (chosen on {where}: lambda/image {choice['lambda']['chosen']:g}, refinement epoch "
+                 f"{choice['refine']['epoch']}, blend alpha {choice['transferred_alpha']['chosen']:g} / "
+                 f"{choice['transmiter_plus_alpha']['chosen']:g}; no test image was used for any choice)")
+    return "\n".join(lines)
+
+
+def demo_step(workdir: str | Path, seed: int = 0) -> tuple[dict[str, Any], str]:
+    """Run the demo's transfer step in ``workdir``; write ``transfer_results.json`` / ``.md``
+    there and return the result and its text (for the caller to print)."""
+    from vimw.io import atomic_write_text, write_json
+
+    workdir = Path(workdir)
+    result = run_protocol(demo_config(), workdir / TRANSFER_CACHE_DIR, seeds=(seed,), log=lambda m: None)
+    text = format_demo(result)
+    atomic_write_text(workdir / f"{TRANSFER_DEMO_RESULTS}.md", text + "\n")
+    write_json(workdir / f"{TRANSFER_DEMO_RESULTS}.json", result)
+    return result, text
+
+
+__all__ = ["demo_config", "demo_step", "format_demo"]
