@@ -120,6 +120,12 @@ def check_backbone(directory: Path, backbone: Backbone | None) -> dict:
     return manifest
 
 
+def check_fold(fold: str) -> str:
+    if fold not in FOLD_POLICIES:
+        raise VimwError(f"fold must be one of {FOLD_POLICIES}, got {fold!r}")
+    return fold
+
+
 def _forward_ms(model: TaskModel, pixels: torch.Tensor) -> float:
     """Best of a few timed forward passes, after one warm-up, in milliseconds."""
     with torch.inference_mode():
@@ -136,9 +142,7 @@ def choose_path(model: TaskModel, fold: str) -> tuple[TaskModel | None, dict | N
     """The folded copy the model should run on (``None``: the shared pass) and the timing behind it."""
     from vimw.aggregation.fold import fold_lora
 
-    if fold not in FOLD_POLICIES:
-        raise VimwError(f"fold must be one of {FOLD_POLICIES}, got {fold!r}")
-    if fold == "never" or model.plugin is None:
+    if check_fold(fold) == "never" or model.plugin is None:
         return None, None
     try:
         folded = fold_lora(model)
@@ -157,10 +161,8 @@ class ModelRegistry:
     """The loaded models by name, on one shared backbone (set by the first model unless given)."""
 
     def __init__(self, backbone: Backbone | None = None, *, fold: str = "auto") -> None:
-        if fold not in FOLD_POLICIES:
-            raise VimwError(f"fold must be one of {FOLD_POLICIES}, got {fold!r}")
         self.backbone = backbone
-        self.fold = fold
+        self.fold = check_fold(fold)
         self._models: dict[str, ServedModel] = {}
         # Loaded zoo modules, held weakly: a module no model uses any more is freed.
         self._modules: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

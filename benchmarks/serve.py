@@ -1,0 +1,297 @@
+"""Serving benchmark (issue 21): one ``vimw serve`` process holding many models against one process per model.
+
+    python benchmarks/serve.py --models-dir runs/serve/models [--seconds 6] [--rounds 3] [--threads 1]
+
+For 1, 4 and 16 loaded models under 1, 8 and 32 concurrent clients (a loopback httpx
+client, one image per request, each client asking one model, models taken in turn),
+it measures throughput (images/s) and p50/p99 latency, and the server's own counters
+(batches, backbone passes, time in forward passes). The same 16-model load then goes
+to 16 single-model ``vimw serve`` processes (client ``i`` to process ``i mod 16``), and
+the resident memory of both set-ups is read (PSS: shared pages split between the
+processes that map them; RSS and USS next to it). The in-process reference for latency
+is ``predict_logits`` on one decoded image. Every process runs torch on ``--threads``.
+All set-ups stay up for the whole run and every configuration is measured once per
+round, rounds interleaved, so that a shared machine's changing load falls on all of
+them alike; the tables give each number's median over the rounds.
+
+Writes benchmarks/results/serve.json (every number, a ``targets`` list) and serve.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BOUNDARY = "vimwbenchboundary"
+
+
+# -- what the clients send ---------------------------------------------------------------------------
+def request_bodies(count: int) -> list[bytes]:
+    """``count`` multipart bodies, each one Fashion-MNIST test image (28 x 28 grey PNG) as a user would send it."""
+    import numpy as np
+    from PIL import Image
+
+    from vimw.data import load_task
+
+    images = load_task("fmnist-footwear-bags").test.images[:count].numpy()
+    bodies = []
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image[0])).save(buffer, format="PNG")
+        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"img{i}.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode()
+        bodies.append(head + buffer.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode())
+    return bodies
+
+
+# -- servers -----------------------------------------------------------------------------------------
+class Replica:
+    """One ``vimw serve`` process on a free loopback port."""
+
+    def __init__(self, models: list[Path], threads: int, max_batch: int) -> None:
+        argv = [sys.executable, "-m", "vimw.cli", "serve", "--port", "0", "--threads", str(threads),
+                "--max-batch", str(max_batch), "--log-level", "warning",
+                "--models", *[f"{p.name}={p}" for p in models]]
+        self.names = [p.name for p in models]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.url = None
+
+    def wait(self) -> "Replica":
+        while self.url is None:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"vimw serve exited with {self.process.wait()}")
+            if line.startswith("serving"):
+                self.url = line.split(" on ")[1].split()[0]
+        return self
+
+    def memory(self) -> dict:
+        import psutil
+
+        info = psutil.Process(self.process.pid).memory_full_info()
+        return {"rss_mb": info.rss / 2**20, "pss_mb": info.pss / 2**20, "uss_mb": info.uss / 2**20}
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start_all(groups: list[list[Path]], threads: int, max_batch: int) -> list[Replica]:
+    """Start one process per group at once, then wait for each to listen."""
+    replicas = [Replica(g, threads, max_batch) for g in groups]
+    return [r.wait() for r in replicas]
+
+
+# -- load ----------------------------------------------------------------------------------------------
+async def drive(targets: list[str], bodies: list[bytes], seconds: float, warmup: float) -> dict:
+    """``len(targets)`` clients, client ``i`` posting to ``targets[i]`` back to back; latencies after the warm-up."""
+    import httpx
+
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    latencies: list[float] = []
+    errors = [0]
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+
+    async def client(index: int, http) -> None:
+        turn = index
+        while (now := time.perf_counter()) < stop_at:
+            body = bodies[turn % len(bodies)]
+            turn += len(targets)
+            response = await http.post(targets[index], content=body, headers=headers)
+            if response.status_code != 200:
+                errors[0] += 1
+            elif now >= measure_from:
+                latencies.append(time.perf_counter() - now)
+
+    limits = httpx.Limits(max_connections=len(targets) + 4, max_keepalive_connections=len(targets) + 4)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(i, http) for i in range(len(targets))))
+    wall = time.perf_counter() - measure_from
+    latencies.sort()
+    return {"requests": len(latencies), "images_per_s": len(latencies) / wall, "errors": errors[0],
+            "p50_ms": 1e3 * latencies[len(latencies) // 2] if latencies else None,
+            "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+            "measured_seconds": wall}
+
+
+def stats_of(replicas: list[Replica]) -> dict:
+    import httpx
+
+    keys = ("requests", "images", "batches", "backbone_passes", "compute_seconds")
+    total = dict.fromkeys(keys, 0.0)
+    for replica in replicas:
+        stats = httpx.get(f"{replica.url}/v1/stats").json()
+        for key in keys:
+            total[key] += stats[key]
+    total["cpu_seconds"] = sum(r.cpu_seconds() for r in replicas)
+    return total
+
+
+def run_cell(replicas: list[Replica], clients: int, bodies: list[bytes], seconds: float, warmup: float) -> dict:
+    """Load ``replicas`` with ``clients`` clients; the measurement plus the servers' counters over it."""
+    names = [(r, n) for r in replicas for n in r.names]
+    targets = [f"{r.url}/v1/models/{n}/predict?top=1" for r, n in (names[i % len(names)] for i in range(clients))]
+    before, client_cpu = stats_of(replicas), time.process_time()
+    result = asyncio.run(drive(targets, bodies, seconds, warmup))
+    after, client_cpu = stats_of(replicas), time.process_time() - client_cpu
+    delta = {k: after[k] - before[k] for k in before}
+    wall = result["measured_seconds"] + warmup
+    result.update(
+        clients=clients, models=len(names), processes=len(replicas),
+        mean_batch_images=delta["images"] / max(1, delta["batches"]),
+        backbone_passes_per_request=delta["backbone_passes"] / max(1, delta["requests"]),
+        forward_busy=delta["compute_seconds"] / wall / len(replicas),  # share of the worker thread's time
+        server_cpu_per_s=delta["cpu_seconds"] / wall, client_cpu_per_s=client_cpu / wall,
+        forward_ms_per_image=1e3 * delta["compute_seconds"] / max(1, delta["images"]),
+    )
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def in_process_reference(model_dir: Path, body: bytes):
+    """A function timing ``predict_logits`` on one decoded image in this process (the one-client reference)."""
+    from vimw.aggregation import load_downstream
+    from vimw.data.user_data import decode_image
+    from vimw.evaluation import predict_logits
+
+    model, _ = load_downstream(model_dir)
+    png = body[body.index(b"\r\n\r\n") + 4: body.rindex(b"\r\n--")]
+    image = decode_image(png, model.backbone.preprocess.size)[None]
+
+    def p50_ms(repeats: int = 100) -> float:
+        import torch
+
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 5):
+                started = time.perf_counter()
+                predict_logits(model, image)
+                times.append(time.perf_counter() - started)
+        return 1e3 * statistics.median(times[5:])
+
+    return p50_ms
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def targets(cells: list[dict], separate: list[dict], memory: dict, reference: dict) -> list[dict]:
+    one = next(c for c in cells if c["models"] == 1 and c["clients"] == 1)
+    shared = next(c for c in cells if c["models"] == 16 and c["clients"] == 32)
+    apart = next(c for c in separate if c["clients"] == 32)
+    speed = shared["images_per_s"] / apart["images_per_s"]
+    share = memory["server_16"]["pss_mb"] / memory["processes_16"]["pss_mb"]
+    latency = one["p50_ms"] / reference["p50_ms"]
+    return [
+        {"target": "16 models, 32 clients: one server >= 3x the images/s of 16 single-model processes",
+         "value": f"{speed:.2f}x ({shared['images_per_s']:.1f} vs {apart['images_per_s']:.1f} images/s)",
+         "met": speed >= 3},
+        {"target": "one server with 16 models <= 1/4 of the memory of 16 single-model processes (PSS)",
+         "value": f"{share:.3f} ({memory['server_16']['pss_mb']:.0f} MB vs {memory['processes_16']['pss_mb']:.0f} MB)",
+         "met": share <= 0.25},
+        {"target": "1 model, 1 client: p50 latency within 1.5x of predict_logits in-process",
+         "value": f"{latency:.2f}x ({one['p50_ms']:.2f} ms vs {reference['p50_ms']:.2f} ms)", "met": latency <= 1.5},
+    ]
+
+
+def markdown(payload: dict) -> str:
+    lines = ["## Targets", "", "| target | value | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |" for t in payload["targets"]]
+    columns = ("processes", "models", "clients", "images_per_s", "p50_ms", "p99_ms", "mean_batch_images",
+               "backbone_passes_per_request", "forward_busy", "forward_ms_per_image", "server_cpu_per_s",
+               "client_cpu_per_s", "errors")
+    lines += ["", "## Throughput and latency", "", "| " + " | ".join(columns) + " |",
+              "|" + "---|" * len(columns)]
+    for row in payload["cells"] + payload["separate_processes"]:
+        lines.append("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    lines += ["", "## Memory (MB)", "", "| set-up | PSS | RSS | USS |", "|---|---|---|---|"]
+    for name, m in payload["memory"].items():
+        lines.append(f"| {name} | {m['pss_mb']:.1f} | {m['rss_mb']:.1f} | {m['uss_mb']:.1f} |")
+    lines += ["", f"In-process `predict_logits`, one image: p50 {payload['in_process']['p50_ms']} ms.", "",
+              "## Notes", "", *payload["notes"]]
+    return "\n".join(lines)
+
+
+def median_cell(rounds: list[dict]) -> dict:
+    """One configuration's cells from several rounds: the median of every number, the rounds kept."""
+    keys = [k for k, v in rounds[0].items() if isinstance(v, float)]
+    cell = {**rounds[0], **{k: round(statistics.median(r[k] for r in rounds if r[k] is not None), 4) for k in keys}}
+    cell["errors"] = sum(r["errors"] for r in rounds)
+    cell["rounds"] = [{k: r[k] for k in ("images_per_s", "p50_ms", "p99_ms")} for r in rounds]
+    return cell
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "runs/serve/models")
+    parser.add_argument("--counts", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell (after 1 s warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="every configuration runs once per round (interleaved)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every server process")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--note", action="append", default=[], help="a line for the notes (what else ran)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started, load_before = time.time(), os.getloadavg()
+    count = max(args.counts)
+    models = sorted(p for p in args.models_dir.iterdir() if (p / "manifest.json").is_file())[:count]
+    if len(models) < count:
+        raise SystemExit(f"{args.models_dir} holds {len(models)} models; {count} are needed")
+    bodies = request_bodies(64)
+    reference_p50 = in_process_reference(models[0], bodies[0])
+    references: list[float] = []
+    # Every set-up stays up for the whole run, so that the rounds interleave them under the same load.
+    servers = {n: start_all([models[:n]], args.threads, args.max_batch) for n in args.counts}
+    singles = start_all([[m] for m in models], args.threads, args.max_batch)
+    configs = [("server", n, c) for n in args.counts for c in args.clients]
+    configs += [("processes", count, c) for c in args.clients if c >= count // 2]
+    measured: dict[tuple, list[dict]] = {k: [] for k in configs}
+    try:
+        for round_ in range(args.rounds):
+            references.append(reference_p50())
+            for kind, n, clients in configs:
+                replicas = servers[n] if kind == "server" else singles
+                measured[(kind, n, clients)].append(run_cell(replicas, clients, bodies, args.seconds, 1.0))
+                print(round_, kind, n, clients, measured[(kind, n, clients)][-1]["images_per_s"], flush=True)
+        memory = {f"server_{n}": replicas[0].memory() for n, replicas in servers.items()}
+        parts = [r.memory() for r in singles]
+        memory[f"processes_{count}"] = {k: sum(p[k] for p in parts) for k in parts[0]}
+    finally:
+        for replica in [r for group in servers.values() for r in group] + singles:
+            replica.stop()
+    reference = {"p50_ms": round(statistics.median(references), 4), "rounds": [round(r, 4) for r in references],
+                 "what": "predict_logits on one decoded image, this process, 100 calls per round"}
+    cells = [median_cell(measured[k]) for k in configs if k[0] == "server"]
+    separate = [median_cell(measured[k]) for k in configs if k[0] == "processes"]
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - started, 1),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "models": [m.name for m in models], "request": "one 28x28 grey PNG (Fashion-MNIST test) per request, top=1",
+        "rounds": args.rounds, "cells": cells, "separate_processes": separate, "memory": memory,
+        "in_process": reference, "notes": args.note,
+    }
+    payload["targets"] = targets(cells, separate, memory, reference) if count == 16 else []
+    write_results("serve", payload, markdown(payload))
+
+
+if __name__ == "__main__":
+    main()
