@@ -15,8 +15,10 @@ image measured in the same run.
     python benchmarks/transfer.py --task folder:DIR --base CLASS... --data-seed 1 --seeds 100 101
 
 Any split (``--base``, default the first half of the task's classes), any task vimw knows
-(``--task``, e.g. ``folder:DIR``), and the image sets drawn from ``--data-seed``; a seed's unit
-is deterministic on the CPU for its seed and thread count (``VIMW_THREADS``, default 1).
+(``--task``, e.g. ``folder:DIR``), and the image sets drawn from ``--data-seed``. Torch runs on
+``VIMW_THREADS`` threads (default 1). Reruns of a unit over a filled logit cache have given the
+same rows; the run that fills the cache has given slightly different ones (the ImageNet text
+heads' rows depend, around 1e-7, on what the process embedded first).
 """
 
 from __future__ import annotations

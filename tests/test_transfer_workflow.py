@@ -455,3 +455,22 @@ def test_the_package_exports_the_user_steps_and_not_internals():
         assert name in transfer.__all__ and getattr(transfer, name) is not None, name
     for internal in ("kd_loss", "random_orthogonal", "standardize", "orthogonal_alignment"):
         assert internal not in transfer.__all__, internal
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan"])
+def test_every_numeric_option_of_every_step_refuses_out_of_range_values_in_one_line(bad, capsys, tmp_path):
+    from vimw.cli.main import build_parser
+
+    transfer = next(a for a in build_parser(["transfer"])._actions if a.dest == "command").choices["transfer"]
+    steps = next(a for a in transfer._actions if a.dest == "transfer_command").choices
+    checked = 0
+    for step, parser in steps.items():
+        for action in parser._actions:
+            if action.type is None or not action.option_strings:
+                continue
+            argv = ["transfer", step, action.option_strings[-1], bad, "--adapter", "a", "--out", str(tmp_path / "o")]
+            code, stdout, err = _cli(argv if step != "extract" else [a for a in argv if a not in ("--adapter", "a")],
+                                     capsys)
+            assert code == 2 and err.count("\n") == 1 and "vimw: error: argument" in err, (step, action.dest, err)
+            checked += 1
+    assert checked >= 19  # every count, seed, rate, weight, lambda and the blend

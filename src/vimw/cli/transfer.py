@@ -52,8 +52,9 @@ def _step(sub, name: str, help_text: str, cache_help: str):
     """A step's parser with the options every step takes."""
     p = sub.add_parser(name, help=help_text)
     p.error = _usage_error
-    p.add_argument("--recipe", metavar="FILE", help=f"a recipe (YAML or JSON) whose transfer section gives this step's "
-                                                    f"options (transfer.{name} for apply, refine, evaluate); flags win")
+    where = "transfer section's top-level keys give" if name == "extract" else f"transfer.{name} section gives"
+    p.add_argument("--recipe", metavar="FILE",
+                   help=f"a recipe (YAML or JSON) whose {where} this step's options; flags win")
     p.add_argument("--cache", help=f"zero-shot logit cache ({cache_help})")
     p.add_argument("--device", default="cpu")
     return p
