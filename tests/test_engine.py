@@ -171,3 +171,18 @@ def test_engine_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
     assert torch.allclose(resumed.w.detach(), straight.w.detach(), atol=1e-6)
     with pytest.raises(TrainingError, match="other training settings"):
         fit(Quadratic(), warmup_fraction=0.0, checkpoint_dir=tmp_path, settings={"lr": 0.2}, resume=True)
+
+
+def test_a_stop_request_ends_the_run_with_the_best_of_what_ran():
+    problem = Quadratic(val_scores=[0.5, 0.9, 0.2, 0.1, 0.1])
+    steps = []
+
+    def stop():
+        steps.append(1)
+        return len(steps) >= 5  # during epoch 3 (two steps per epoch)
+
+    result = fit(problem, warmup_fraction=0.0, stop=stop)
+    assert result.stopped and [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.history[-1]["step"] == 5  # the cut epoch ends where it stopped, and is validated
+    assert result.best_epoch == 2 and torch.equal(problem.w.detach(), result.best_state["w"])
+    assert not fit(Quadratic(), warmup_fraction=0.0).stopped

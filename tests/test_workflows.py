@@ -59,3 +59,43 @@ def test_a_failed_first_run_leaves_no_directory_behind(tiny_zoo, tmp_path):
     with pytest.raises(VimwError, match="no zoo"):
         aggregate(AggregateSettings(zoo=str(tmp_path / "none"), task="t", out=str(tmp_path / "m")))
     assert not (tmp_path / "m").exists()
+
+
+def test_aggregate_talks_while_it_works_and_its_budget_is_a_deadline(tiny_zoo, tmp_path, capsys):
+    import re
+    import time
+
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "photos", per_class=8)
+    budget = 12.0
+    started = time.perf_counter()
+    code = main(["aggregate", "--zoo", str(tiny_zoo.root), "--task", f"folder:{folder}", "--shots", "4",
+                 "--steps", "3000", "--budget", str(budget), "--out", str(tmp_path / "m"), "--no-progress"])
+    elapsed = time.perf_counter() - started
+    out = capsys.readouterr().out
+    assert code == 0
+    assert elapsed <= 1.1 * budget, f"the run took {elapsed:.1f} s for a budget of {budget} s"
+    assert re.search(r"auto: \d+ candidates .* about .* in all", out)  # the estimate, before training
+    assert "linear_probe [1/2]" in out and "cut short by the budget" in out
+    assert "validation images" in out
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert any(c["cut_short"] for c in manifest["search"]["candidates"])
+
+
+def test_the_reporter_writes_a_line_at_least_every_heartbeat_while_a_run_trains(monkeypatch):
+    from vimw.workflows.reporting import SearchReporter
+
+    clock = [0.0]
+    monkeypatch.setattr("vimw.workflows.reporting.time.perf_counter", lambda: clock[0])
+    written = []
+    reporter = SearchReporter(lambda line: written.append((clock[0], line)), terminal=False, heartbeat=20.0)
+    reporter.run_started("scratch", 0, 2, SearchSettings().base_config(10))
+    for step in range(1, 200):  # a step every second, an epoch every 25
+        clock[0] = float(step)
+        if step % 25 == 0:
+            reporter.epoch(step // 25, {"val_score": 0.5 + step / 1000, "in_warmup": False})
+        reporter.tick()
+    times = [t for t, _ in written]
+    assert len(written) >= 9 and max(b - a for a, b in zip(times, times[1:])) <= 21.0
+    assert "best validation accuracy so far 0.6750" in written[-1][1]

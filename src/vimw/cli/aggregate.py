@@ -50,7 +50,8 @@ def _add_method_options(parser) -> None:
                         help=f"the method (default {d.method}: train the candidates within --budget and keep the best "
                              "on validation)")
     parser.add_argument("--budget", type=positive_float,
-                        help=f"auto: seconds for the whole search (default {d.budget:g})")
+                        help=f"auto: seconds for the whole run; a candidate still training then stops with the best "
+                             f"it had, later ones are skipped (default {d.budget:g})")
     parser.add_argument("--cv", type=number(int, minimum=2),
                         help="auto: compare methods by k-fold cross-validation over the labelled images (k >= 2; "
                              "k+1 times the training) instead of the validation split")
@@ -100,14 +101,18 @@ def effective_aggregate_recipe(args) -> dict:
 
 def run_aggregate(args) -> int:
     from vimw.workflows.aggregate import AggregateSettings, aggregate
+    from vimw.workflows.reporting import SearchReporter
 
     recipe = effective_aggregate_recipe(args)
     settings = AggregateSettings.from_section(recipe["aggregate"])
-    outcome = aggregate(settings, recipe=recipe, progress=False if args.no_progress else None,
-                        overwrite=args.overwrite)
+    reporter = SearchReporter(lambda line: print(line, flush=True), terminal=False if args.no_progress else None)
+    outcome = aggregate(settings, recipe=recipe, reporter=reporter, overwrite=args.overwrite)
     if outcome.auto is not None:
         print(outcome.auto.explain())
         print(f"auto chose {outcome.method} ({outcome.auto.selection}; accuracy ties go to the lower validation loss)")
+    for module, reasons in outcome.zoo_overlaps.items():
+        print(f"note: zoo module {module!r} was trained on data this task shares ({'; '.join(reasons)}): "
+              "its help here is not help on unseen data")
     result, data = outcome.result, outcome.data
     print(f"{outcome.method} on {data.spec.name}: val {result.val_score:.4f} ({len(data.val)} images), "
           f"test {outcome.test['score']:.4f} ({len(data.test)} images); {result.trainable:,} trainable parameters, "

@@ -42,6 +42,14 @@ MODULE_GRID: tuple[dict, ...] = ({"lr": 3e-3}, {"lr": 1e-2})
 
 
 @dataclass
+class FitHooks:
+    """What a training run reports to after each epoch, and asks after each step (stop: a deadline)."""
+
+    on_epoch_end: Callable[[int, dict], None] | None = None
+    stop: Callable[[], bool] | None = None
+
+
+@dataclass
 class MethodContext:
     """What a method builds from: the frozen backbone, the task's data, the zoo and its chosen modules.
 
@@ -55,6 +63,7 @@ class MethodContext:
     names: list[str] | None = None  # zoo modules to use (default: every module on this backbone)
     top_k: int = 2  # modules kept per site by ``topk``
     cache: dict[Any, Any] = field(default_factory=dict)
+    hooks: FitHooks = field(default_factory=FitHooks)
 
     def require_zoo(self, method: str) -> Zoo:
         if self.zoo is None:
@@ -110,6 +119,7 @@ class DownstreamMethod:
     saved: ClassVar[bool] = True  # whether its models can be saved (full fine-tuning: no)
     auto_rank: ClassVar[int | None] = None  # position among auto's candidates (None: not one)
     grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
+    trains: ClassVar[str] = "module"  # what a step runs: "head" (cached features), "module", "zoo" (every module)
 
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         """A fresh model for this task and the record that rebuilds it (fresh heads seeded by the caller)."""
@@ -121,9 +131,10 @@ class DownstreamMethod:
 
     def fit(self, model: TaskModel, ctx: MethodContext, config: TrainConfig, progress: bool | None) -> FitResult:
         """Train what the model leaves trainable; the epoch is chosen on validation by the engine."""
+        hooks = {"on_epoch_end": ctx.hooks.on_epoch_end, "stop": ctx.hooks.stop}
         if head_only(model):  # frozen below the head: features computed once per image and view
-            return fit_head(model, ctx.data, config, progress=progress)
-        return fit(model, ctx.data, config, progress=progress)
+            return fit_head(model, ctx.data, config, progress=progress, **hooks)
+        return fit(model, ctx.data, config, progress=progress, **hooks)
 
     def train(self, ctx: MethodContext, config: TrainConfig, *, progress: bool | None = False) -> DownstreamResult:
         """Build, prepare and fit one model with ``config``; score it on validation."""
@@ -159,13 +170,18 @@ def finish(name: str, model: TaskModel, info: dict, result: FitResult, ctx: Meth
 _METHODS: dict[str, DownstreamMethod] = {}
 
 
+TRAINS = ("head", "module", "zoo")
+
+
 def register_method(name: str, summary: str, *, grid: tuple[dict, ...] = MODULE_GRID, uses_zoo: bool = False,
-                    saved: bool = True, auto_rank: int | None = None):
+                    saved: bool = True, auto_rank: int | None = None, trains: str = "module"):
     """Class decorator: register one instance of a :class:`DownstreamMethod` subclass as ``name``.
 
     ``grid``: the settings searched on held-out data; ``uses_zoo``: whether it reads the zoo
     (what "the zoo helps" is measured over); ``saved``: whether its models can be saved;
-    ``auto_rank``: its place among ``auto``'s candidates (``None``: not one).
+    ``auto_rank``: its place among ``auto``'s candidates (``None``: not one); ``trains``: what a
+    training step runs through (``"head"``: cached features; ``"module"``: the backbone with one
+    module; ``"zoo"``: the backbone with every zoo module), for cost estimates.
     """
     if not name or not isinstance(name, str) or name == "auto":
         raise RegistryError(f"a downstream method needs a name other than 'auto', got {name!r}")
@@ -173,10 +189,12 @@ def register_method(name: str, summary: str, *, grid: tuple[dict, ...] = MODULE_
         raise RegistryError(f"downstream method {name!r} is registered twice")
     if not grid:
         raise RegistryError(f"downstream method {name!r} needs at least one setting in its grid")
+    if trains not in TRAINS:
+        raise RegistryError(f"downstream method {name!r}: trains must be one of {TRAINS}, got {trains!r}")
 
     def decorator(cls: type[DownstreamMethod]) -> type[DownstreamMethod]:
         cls.name, cls.summary, cls.grid = name, summary, tuple(grid)
-        cls.uses_zoo, cls.saved, cls.auto_rank = uses_zoo, saved, auto_rank
+        cls.uses_zoo, cls.saved, cls.auto_rank, cls.trains = uses_zoo, saved, auto_rank, trains
         _METHODS[name] = cls()
         return cls
 

@@ -54,12 +54,12 @@ def fitted_gates(model: TaskModel, ctx: MethodContext, strategy: str, seed: int)
 
 
 @register_method("gates_ridge", "gates and per-site scales fitted by gradient to a ridge head's leave-one-out loss",
-                 grid=HEAD_ONLY_GRID, uses_zoo=True, auto_rank=3)
+                 grid=HEAD_ONLY_GRID, uses_zoo=True, auto_rank=3, trains="head")
 class GatesRidge(FittedGates):
     strategy: ClassVar[str] = "ridge"
 
 
 @register_method("gates_cma", "the same objective searched gradient-free with CMA-ES, pulled toward uniform",
-                 grid=HEAD_ONLY_GRID, uses_zoo=True)
+                 grid=HEAD_ONLY_GRID, uses_zoo=True, trains="head")
 class GatesCma(FittedGates):
     strategy: ClassVar[str] = "cma"

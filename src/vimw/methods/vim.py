@@ -37,17 +37,18 @@ class ZooGates(DownstreamMethod):
 
 
 # The modes differ only in what ``ZooAggregate`` does with the gates: one subclass each.
-for _name, _summary, _grid, _rank in (
-    ("ens", "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head", GATED_GRID, 5),
-    ("topk", "learned gates, only the top-k modules of each site run", GATED_GRID, None),
-    ("uniform", "gates fixed equal over the zoo; only the head trains", HEAD_ONLY_GRID, 2),
-    ("merge", "learned gates over the modules' parameters: one module's inference cost", GATED_GRID, None),
+for _name, _summary, _grid, _rank, _trains in (
+    ("ens", "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head", GATED_GRID, 5, "zoo"),
+    ("topk", "learned gates, only the top-k modules of each site run", GATED_GRID, None, "zoo"),
+    ("uniform", "gates fixed equal over the zoo; only the head trains", HEAD_ONLY_GRID, 2, "head"),
+    ("merge", "learned gates over the modules' parameters: one module's inference cost", GATED_GRID, None, "zoo"),
 ):
-    register_method(_name, _summary, grid=_grid, uses_zoo=True, auto_rank=_rank)(type(f"ZooGates_{_name}", (ZooGates,), {}))
+    register_method(_name, _summary, grid=_grid, uses_zoo=True, auto_rank=_rank, trains=_trains)(
+        type(f"ZooGates_{_name}", (ZooGates,), {}))
 
 
 @register_method("single", "the one zoo module whose head scores best on validation", grid=({"lr": 3e-3},),
-                 uses_zoo=True)
+                 uses_zoo=True, trains="head")
 class Single(ZooGates):
     """Every zoo module with its own head (one setting: one head per module); the best on validation."""
 

@@ -69,6 +69,7 @@ class FitResult:
     seconds: float
     images_seen: int
     best_metrics: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False  # cut short by ``stop()``: the kept state is the best of what ran
 
     @property
     def images_per_second(self) -> float:
@@ -137,6 +138,7 @@ def run_fit(
     criterion: str = DEFAULT_CRITERION,
     outputs: RunOutputs = RunOutputs(),
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train ``trainable`` with AdamW for ``config.epochs`` x ``steps_per_epoch`` steps.
 
@@ -145,6 +147,8 @@ def run_fit(
     epoch so a resumed run sees the same data); ``loss(batch)`` returns a scalar.
     ``validate()`` returns held-out metrics with ``"score"`` (higher is better) and ``"loss"``;
     without it the last epoch is kept. The kept state is restored before returning.
+    ``stop()`` is asked after every step: when it says so (a deadline), the epoch ends there,
+    is validated like any other, and the run returns with ``stopped`` set.
     """
     epochs, warmup_fraction, grad_clip = config.epochs, config.warmup_fraction, config.grad_clip
     groups, snapshot, restore, train_mode = trainable.groups, trainable.snapshot, trainable.restore, trainable.train_mode
@@ -197,7 +201,7 @@ def run_fit(
         if main:
             run_log.write(record)
 
-    started, images_seen = time.perf_counter(), 0
+    started, images_seen, stopped = time.perf_counter(), 0, False
     try:
         for epoch in range(state.epoch, epochs):
             if train_mode is not None:
@@ -218,6 +222,9 @@ def run_fit(
                 epoch_images += _batch_size(batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{running / count:.4f}")
+                if stop is not None and stop():
+                    stopped = True
+                    break
             bar.close()
             images_seen += epoch_images
             seconds = time.perf_counter() - epoch_start
@@ -248,6 +255,8 @@ def run_fit(
             dist_utils.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
+            if stopped:
+                break
     finally:
         run_log.close()
         if train_mode is not None:
@@ -262,6 +271,7 @@ def run_fit(
         seconds=time.perf_counter() - started,
         images_seen=images_seen,
         best_metrics=dict(best_metrics or {}),
+        stopped=stopped,
     )
 
 

@@ -13,6 +13,8 @@ backbone, from a finite sample of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from vimw.data import TaskData
@@ -61,7 +63,8 @@ def view_bank(model: TaskModel, data: TaskData, config: TrainConfig, views: int)
 
 
 def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: int = DEFAULT_VIEWS,
-             progress: bool | None = False) -> FitResult:
+             progress: bool | None = False, on_epoch_end: Callable[[int, dict], None] | None = None,
+             stop: Callable[[], bool] | None = None) -> FitResult:
     """Train ``model.head`` on cached features; choose the epoch on validation like ``fit``."""
     augmenting = bool(getattr(config, "augment", False))
     bank = view_bank(model, data, config, views if augmenting else 1)
@@ -102,6 +105,8 @@ def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: in
         validate=validate,
         outputs=RunOutputs(settings={"train": config.to_dict(), "task": data.spec.name, "views": views},
                            progress=progress, desc="head"),
+        on_epoch_end=on_epoch_end,
+        stop=stop,
     )
 
 

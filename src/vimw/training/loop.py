@@ -59,6 +59,7 @@ def fit(
     tensorboard_dir: str | os.PathLike | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     prefix_cache: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train the trainable parameters of ``model`` on ``data.train``; select on ``data.val``.
 
@@ -66,7 +67,8 @@ def fit(
     prefix computed once per image); a cache already attached to ``model`` is used
     as is. Single-process runs only (under DDP the model runs uncached).
     ``log_path`` / ``tensorboard_dir``: per-epoch records as JSON lines / TensorBoard
-    scalars (written by rank 0).
+    scalars (written by rank 0). ``stop``: asked after every step; when it answers yes the run
+    ends there (see ``run_fit``).
     """
     if len(data.train) == 0:
         raise DataError(f"task {data.spec.name!r}: the training split is empty")
@@ -123,4 +125,5 @@ def fit(
                            settings={"train": config.to_dict(), "task": data.spec.name}, log_path=log_path,
                            tensorboard_dir=tensorboard_dir, progress=progress, desc="train"),
         on_epoch_end=on_epoch_end,
+        stop=stop,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ class AggregateSettings:
     shots: int | None = None  # labelled training images per class (None: all)
     method: str = AUTO
     top_k: int = 2  # modules kept per site by ``topk``
-    budget: float | None = 900.0  # auto: seconds for the whole search
+    budget: float | None = 900.0  # auto: seconds for the whole run (a deadline, not a start cut-off)
     cv: int = 0
     modules: tuple[str, ...] | None = None  # zoo modules to use (None: every module on the backbone)
     image_size: int | None = None  # None: the zoo's
@@ -108,6 +109,23 @@ class AggregateOutcome:
     manifest: dict
     out: Path | None
     auto: AutoResult | None = None
+    zoo_overlaps: dict[str, list[str]] = field(default_factory=dict)  # module -> what it shares with the task
+
+
+def zoo_overlap_notes(zoo, data, names: list[str] | None) -> dict[str, list[str]]:
+    """The zoo modules in use whose training data overlaps the task, with why (from their manifests).
+
+    A task whose images cannot be traced gets no notes (nothing can be said either way).
+    """
+    from vimw.errors import DataError
+    from vimw.zoo.overlap import module_tasks, zoo_overlaps
+
+    used = set(names or zoo.names())
+    try:
+        found = zoo_overlaps({n: t for n, t in module_tasks(zoo).items() if n in used}, data.spec)
+    except DataError:
+        return {}
+    return {name: [str(r) for r in reasons] for name, reasons in found.items() if reasons}
 
 
 def save_model(out: str | os.PathLike, result, data, config, *, shots: int | None, test: dict[str, float],
@@ -141,13 +159,14 @@ def save_model(out: str | os.PathLike, result, data, config, *, shots: int | Non
     return payload
 
 
-def aggregate(settings: AggregateSettings, *, recipe: dict | None = None, progress: bool | None = None,
+def aggregate(settings: AggregateSettings, *, recipe: dict | None = None, reporter=None,
               overwrite: bool = False) -> AggregateOutcome:
     """Train ``settings.method`` (or let ``auto`` choose) on the task over the zoo; write the model.
 
     ``recipe`` (the effective recipe, if the run came from one) is written next to the model
     as ``recipe.json`` together with how the zoo was built. An existing model is replaced only
     with ``overwrite``; a second run writing the same directory at the same time is refused.
+    ``reporter`` (a ``workflows.reporting.SearchReporter``) is told the estimate and progress.
     """
     from vimw.io import file_lock
     from vimw.io.names import MODEL_LOCK_FILE
@@ -165,7 +184,7 @@ def aggregate(settings: AggregateSettings, *, recipe: dict | None = None, progre
         with file_lock(out / MODEL_LOCK_FILE, wait=False, what=str(out)):
             if not overwrite and existing_model(out):
                 raise VimwError(f"{out} already holds a model; pass --overwrite to replace it, or choose another --out")
-            return _aggregate(settings, recipe, progress)
+            return _aggregate(settings, recipe, reporter)
     except BaseException:
         if created and out.is_dir() and not existing_model(out):  # leave nothing behind a failed first run
             shutil.rmtree(out, ignore_errors=True)
@@ -179,9 +198,10 @@ def existing_model(directory: Path) -> bool:
     return directory.is_dir() and any(p.name != MODEL_LOCK_FILE for p in directory.iterdir())
 
 
-def _aggregate(settings: AggregateSettings, recipe: dict | None, progress: bool | None) -> AggregateOutcome:
+def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter) -> AggregateOutcome:
     from vimw.evaluation import evaluate
 
+    started = time.perf_counter()
     zoo, backbone = open_zoo(settings)
     data = load_data(settings)
     search = settings.search
@@ -190,30 +210,32 @@ def _aggregate(settings: AggregateSettings, recipe: dict | None, progress: bool 
     if settings.method == AUTO:
         from vimw.workflows.compare import run_auto
 
+        # The budget is the whole run's: loading is spent, and scoring and saving need a few seconds.
+        left = None if settings.budget is None else max(1.0, 0.95 * settings.budget - (time.perf_counter() - started))
         auto = run_auto(backbone, data, zoo=zoo, shots=settings.shots, settings=search, names=names,
-                        budget_seconds=settings.budget, folds=settings.cv)
+                        budget_seconds=left, folds=settings.cv, reporter=reporter)
         result, record = auto.result, auto.to_dict()
         config = search.base_config(len(data.train)).replace(lr=auto.chosen.lr, gate_lr=auto.chosen.gate_lr)
     else:
-        config, result, record = search_one(settings, backbone, data, zoo, names, progress)
+        config, result, record = search_one(settings, backbone, data, zoo, names, reporter)
     test = evaluate(result.model, data.test, config.eval_batch_size)
-    manifest = save_model(settings.out, result, data, config, shots=settings.shots, test=test, search=record)
+    overlaps = zoo_overlap_notes(zoo, data, names)
+    manifest = save_model(settings.out, result, data, config, shots=settings.shots, test=test,
+                          search={**record, "zoo_overlaps": overlaps})
     write_recipe(settings, zoo.root, recipe)
-    return AggregateOutcome(result.method, result, test, data, manifest, Path(settings.out), auto)
+    return AggregateOutcome(result.method, result, test, data, manifest, Path(settings.out), auto, overlaps)
 
 
-def search_one(settings: AggregateSettings, backbone, data, zoo, names, progress):
+def search_one(settings: AggregateSettings, backbone, data, zoo, names, reporter):
     """One method's settings searched on validation: ``(config, result, record of every setting)``."""
     from vimw.evaluation.selection import SELECTION_RULE, best_candidate
-    from vimw.methods import MethodContext, get_method
+    from vimw.methods import MethodContext
+    from vimw.workflows.compare import search_settings
 
-    method = get_method(settings.method)
     context = MethodContext(backbone, data, zoo=zoo, names=names, top_k=settings.top_k)
     base = settings.search.base_config(len(data.train))
-    tried = []
-    for setting in settings.search.grid(method.name):
-        config = base.replace(**setting)
-        tried.append((config, method.train(context, config, progress=progress)))
+    tried, _ = search_settings(context, settings.method, base, settings.search.grid(settings.method),
+                               lambda: False, reporter, first=True)
     config, result = tried[best_candidate([r.val_metrics for _, r in tried])]
     record = {"rule": SELECTION_RULE, "selection": "holdout",
               "candidates": [{"lr": c.lr, "gate_lr": c.gate_lr, "val": r.val_score,

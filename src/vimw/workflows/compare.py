@@ -22,8 +22,8 @@ from vimw.backbones import Backbone
 from vimw.data import TaskData
 from vimw.errors import VimwError
 from vimw.evaluation import evaluate
-from vimw.evaluation.selection import SELECTION_RULE, best_candidate
-from vimw.methods import MethodContext, auto_candidates, get_method
+from vimw.evaluation.selection import SCORE_TIE, SELECTION_RULE, best_candidate
+from vimw.methods import FitHooks, MethodContext, auto_candidates, get_method
 from vimw.training import TrainConfig
 from vimw.zoo import Zoo
 
@@ -100,6 +100,7 @@ class MethodRow:
     search_seconds: float = 0.0  # all settings tried, not only the kept one
     info: dict = field(default_factory=dict)
     test_metrics: dict = field(default_factory=dict)  # every test metric of the kept setting
+    cut_short: bool = False  # a run was stopped by the deadline (its best epoch so far was kept)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,45 +142,88 @@ def compare_methods(
     on_result=None,
     deadline: float | None = None,
     grids: dict[str, tuple[dict, ...]] | None = None,
+    reporter=None,
+    score_test: bool = True,
 ) -> list[MethodRow]:
     """Train every method with each setting of its grid; keep the setting the selection rule picks.
 
+    Runs share one :class:`MethodContext`, so work that does not depend on the settings (a
+    gate fit) is done once. Each row records every setting's validation numbers.
+    ``deadline`` (a ``time.perf_counter()`` value) is a real deadline: a run still training
+    then stops and keeps the best of what it did (its row is marked ``cut_short``); methods not
+    started by then are skipped. The first run always completes, so there is a result.
+    ``reporter`` (a ``workflows.reporting.SearchReporter``) is told what happens;
+    ``score_test=False`` leaves test unscored (``auto`` scores only what it keeps).
     ``grids`` replaces a method's registered grid, for experiments only (``auto``, ``vimw
     aggregate`` and the benchmarks search the registered grids).
-    ``deadline`` (a ``time.perf_counter()`` value): methods after the first that have not
-    started by then are skipped (the rows returned say which ran). Each row records every setting's validation numbers.
-    Runs share one :class:`MethodContext`, so work that does not depend on the settings (a
-    gate fit) is done once.
     """
     for method in methods:  # refuse before training anything
         get_method(method)
     base = settings.base_config(len(data.train))
     context = MethodContext(backbone, data, zoo=zoo, names=names)
-    rows = []
-    for method in methods:
-        if deadline is not None and rows and time.perf_counter() > deadline:
-            continue  # past the deadline: skipped (the first method always runs, so there is a result)
-        tried = []
-        for setting in (grids or {}).get(method) or settings.grid(method):
-            config = base.replace(**setting)
-            tried.append((config, get_method(method).train(context, config)))
+    past = (lambda: deadline is not None and time.perf_counter() > deadline)
+    rows: list[MethodRow] = []
+    for position, method in enumerate(methods):
+        if rows and past():
+            if reporter is not None:
+                reporter.skipped(method, "not started: the budget ran out")
+            continue
+        started = time.perf_counter()
+        tried, cut = search_settings(context, method, base, (grids or {}).get(method) or settings.grid(method),
+                                     past, reporter, first=not rows)
+        if not tried:
+            if reporter is not None:
+                reporter.skipped(method, "cut short by the budget before a usable epoch: left out")
+            continue
         config, result = tried[best_candidate([r.val_metrics for _, r in tried])]
-        test = evaluate(result.model, data.test, base.eval_batch_size)
+        test = evaluate(result.model, data.test, base.eval_batch_size) if score_test else {}
         row = MethodRow(
             task=data.spec.name, shots=shots, seed=settings.seed, method=method, lr=config.lr,
-            gate_lr=config.gate_lr, val=result.val_score, test=test["score"], trainable=result.trainable,
-            seconds=round(result.seconds, 2), epochs=base.epochs,
-            val_loss=result.val_metrics.get("loss", math.nan), test_loss=test["loss"], augment=base.augment,
+            gate_lr=config.gate_lr, val=result.val_score, test=test.get("score", math.nan),
+            trainable=result.trainable, seconds=round(result.seconds, 2), epochs=base.epochs,
+            val_loss=result.val_metrics.get("loss", math.nan), test_loss=test.get("loss", math.nan),
+            augment=base.augment,
             candidates=[{"lr": c.lr, "gate_lr": c.gate_lr, "val": r.val_score, "val_loss": r.val_metrics.get("loss"),
-                         "best_epoch": r.fit.best_epoch} for c, r in tried],
+                         "best_epoch": r.fit.best_epoch, "cut_short": r.fit.stopped} for c, r in tried],
             search_seconds=round(sum(r.seconds for _, r in tried), 2),
             info={k: v for k, v in result.info.items() if k in ("gate_fit", "chosen", "single_val_scores")},
-            test_metrics=dict(test),
+            test_metrics=dict(test), cut_short=cut,
         )
         rows.append(row)
+        if reporter is not None:
+            reporter.method_finished(method, time.perf_counter() - started, methods[position + 1:])
         if on_result is not None:
             on_result(row, result)
     return rows
+
+
+def search_settings(context: MethodContext, method: str, base: TrainConfig, grid: Sequence[dict], past,
+                    reporter, *, first: bool) -> tuple[list, bool]:
+    """Train ``method`` with each setting until the deadline: ``([(config, result)], cut short?)``.
+
+    A run cut before it kept any epoch is left out; the very first run of a search is never cut.
+    """
+    tried, cut = [], False
+    for index, setting in enumerate(grid):
+        if past() and not (first and index == 0):
+            return tried, True
+        config = base.replace(**setting)
+        if reporter is not None:
+            reporter.run_started(method, index, len(grid), config)
+
+        def stop() -> bool:
+            if reporter is not None:
+                reporter.tick()
+            return past() and not (first and index == 0)
+
+        context.hooks = FitHooks(reporter.epoch if reporter is not None else None, stop)
+        result = get_method(method).train(context, config)
+        if reporter is not None:
+            reporter.run_finished(result, result.fit.stopped)
+        cut = cut or result.fit.stopped
+        if result.fit.best_epoch >= 0:
+            tried.append((config, result))
+    return tried, cut
 
 
 def kfold_tasks(data: TaskData, folds: int, seed: int) -> list[TaskData]:
@@ -222,16 +266,19 @@ def kfold_metrics(
     settings: SearchSettings = SearchSettings(),
     names: list[str] | None = None,
     on_result=None,
+    deadline: float | None = None,
 ) -> dict[str, dict]:
     """Each method's mean validation ``{"score", "loss"}`` over ``folds`` folds of the labelled
-    images (each fold trains on the rest, settings searched within it)."""
+    images (each fold trains on the rest, settings searched within it). A method the deadline
+    kept from finishing every fold is left out."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for split in kfold_tasks(data, folds, settings.seed):
         for r in compare_methods(backbone, split, methods, zoo=zoo, shots=shots, settings=settings, names=names,
-                                 on_result=on_result):
-            per_method[r.method].append(r.val_metrics)
+                                 on_result=on_result, deadline=deadline, score_test=False):
+            if not r.cut_short:
+                per_method[r.method].append(r.val_metrics)
     return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
-            for m, ms in per_method.items()}
+            for m, ms in per_method.items() if len(ms) == folds}
 
 
 @dataclass
@@ -241,25 +288,42 @@ class AutoResult:
     chosen: MethodRow
     result: object  # the chosen method's DownstreamResult
     rows: list[MethodRow]  # every candidate that ran, with its validation numbers
-    skipped: list[str]  # candidates not started within the time budget
+    skipped: list[str]  # candidates not started (or not usable) within the time budget
     selection: str  # "holdout" or "<k>-fold cross-validation"
     cv_scores: dict[str, dict] = field(default_factory=dict)  # per method: mean validation over folds
+    val_images: int = 0
+
+    def metrics(self, row: MethodRow) -> dict[str, float]:
+        return self.cv_scores.get(row.method, row.val_metrics)
+
+    def ties(self) -> list[str]:
+        """The candidates whose validation accuracy equals the chosen one's (the loss decided among them)."""
+        best = self.metrics(self.chosen)["score"]
+        return [r.method for r in self.rows if abs(self.metrics(r)["score"] - best) <= SCORE_TIE]
 
     def explain(self) -> str:
-        lines = [f"auto: candidates by validation ({self.selection}; rule: {SELECTION_RULE}):"]
+        lines = [f"auto: candidates by validation ({self.selection}, {self.val_images} validation images; "
+                 f"rule: {SELECTION_RULE}):"]
+        tied = self.ties()
         for r in self.rows:
-            metrics = self.cv_scores.get(r.method, r.val_metrics)
-            mark = "  <- chosen" if r.method == self.chosen.method else ""
+            metrics = self.metrics(r)
+            marks = (["chosen"] if r.method == self.chosen.method else []) + (
+                ["tie"] if len(tied) > 1 and r.method in tied else []) + (["cut short by the budget"] if r.cut_short else [])
             lines.append(f"  {r.method:13s} val acc {metrics['score']:.4f}  val loss {metrics['loss']:.4f}  "
-                         f"(lr {r.lr:g}, {r.search_seconds:.0f} s){mark}")
+                         f"(lr {r.lr:g}, {r.search_seconds:.0f} s){'  <- ' + ', '.join(marks) if marks else ''}")
         if self.skipped:
             lines.append(f"  not tried within the time budget: {', '.join(self.skipped)}")
+        if len(tied) > 1:
+            step = f"; one image is {1 / self.val_images:.4f}" if self.val_images else ""
+            lines.append(f"  {len(tied)} candidates tie on validation accuracy ({', '.join(tied)}): the lower "
+                         f"validation loss chose{step}. Treat the choice as uncertain.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"chosen": self.chosen.method, "rule": SELECTION_RULE, "selection": self.selection,
+                "val_images": self.val_images, "ties": self.ties(),
                 "candidates": [{"method": r.method, "val": r.val, "val_loss": r.val_loss, "lr": r.lr,
-                                "gate_lr": r.gate_lr, "seconds": r.search_seconds,
+                                "gate_lr": r.gate_lr, "seconds": r.search_seconds, "cut_short": r.cut_short,
                                 **({"cv": self.cv_scores[r.method]} if r.method in self.cv_scores else {})}
                                for r in self.rows],
                 "skipped": list(self.skipped)}
@@ -276,13 +340,16 @@ def run_auto(
     budget_seconds: float | None = None,
     folds: int = 0,
     names: list[str] | None = None,
+    reporter=None,
 ) -> AutoResult:
     """Train the candidates (settings searched on validation), keep the one the rule prefers.
 
     ``folds`` >= 2: methods are compared by their mean validation numbers over k folds of
     the labelled images (each fold trains on the rest), and the chosen method's model is
-    the one trained on the given split. ``budget_seconds``: candidates not started by then
-    are skipped (linear_probe and scratch run first, so there is always a baseline).
+    the one trained on the given split. ``budget_seconds`` is a deadline for the whole
+    search: a run still training then stops with the best it had, later candidates are
+    skipped (linear_probe and scratch run first, so there is always a baseline). Test is
+    never scored here. ``reporter`` is told the estimate and the progress.
     """
     started = time.perf_counter()
     deadline = None if budget_seconds is None else started + budget_seconds
@@ -291,25 +358,31 @@ def run_auto(
         m for m in candidates if m not in ("linear_probe", "scratch")]
     if zoo is None:
         order = [m for m in order if not get_method(m).uses_zoo]
+    if reporter is not None:
+        from vimw.workflows.reporting import estimate_seconds, probe_costs
+
+        costs = probe_costs(MethodContext(backbone, data, zoo=zoo, names=names), settings.base_config(len(data.train)))
+        reporter.plan(estimate_seconds(order, costs, settings, len(data.train), len(data.val)), budget_seconds)
     results: dict[str, object] = {}
 
     def keep(row, result):
         results[row.method] = result
 
     rows = compare_methods(backbone, data, order, zoo=zoo, shots=shots, settings=settings, on_result=keep,
-                           deadline=deadline, names=names)
+                           deadline=deadline, names=names, reporter=reporter, score_test=False)
     ran = [r.method for r in rows]
     skipped = [m for m in order if m not in ran]
     cv_scores: dict[str, dict] = {}
+    selection = "holdout"
     if folds >= 2:
         cv_scores = kfold_metrics(backbone, data, ran, folds=folds, zoo=zoo, shots=shots, settings=settings,
-                                  names=names)
-        best = rows[best_candidate([cv_scores[r.method] for r in rows])]
-        selection = f"{folds}-fold cross-validation"
-    else:
-        best = rows[best_candidate([r.val_metrics for r in rows])]
-        selection = "holdout"
-    return AutoResult(best, results[best.method], rows, skipped, selection, cv_scores)
+                                  names=names, deadline=deadline)
+        if set(cv_scores) == set(ran):
+            selection = f"{folds}-fold cross-validation"
+        else:  # the budget ended cross-validation early: every candidate is compared on the split alike
+            cv_scores, selection = {}, f"holdout ({folds}-fold cross-validation cut short by the budget)"
+    best = rows[best_candidate([cv_scores.get(r.method, r.val_metrics) for r in rows])]
+    return AutoResult(best, results[best.method], rows, skipped, selection, cv_scores, len(data.val))
 
 
 def summarise(rows: Sequence[MethodRow]) -> list[dict]:

@@ -10,6 +10,7 @@ exchange). Every module lands through the zoo's locked, atomic ``Zoo.add``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -134,8 +135,15 @@ def train_module(
     progress: bool | None = None,
     overwrite: bool = False,
     tensorboard_dir: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> ModuleManifest:
-    """Train one module on its midstream task and add it to ``zoo`` (rank 0 writes)."""
+    """Train one module on its midstream task and add it to ``zoo`` (rank 0 writes).
+
+    Checkpoints go to ``ZOO/.work/NAME`` and are removed once the module is in the zoo. An
+    interrupted run keeps a checkpoint there for ``resume`` (a run without ``resume``
+    starts afresh and clears it) and leaves no work folder without one.
+    ``skip_bad``: a user folder's unreadable images are left out instead of stopping the run.
+    """
     check_module_name(recipe.name)
     # Join torchrun's process group first: until then every rank believes it is rank 0,
     # and each would clear the shared work directory below.
@@ -143,7 +151,8 @@ def train_module(
     if recipe.name in zoo and not overwrite:
         raise VimwError(f"the zoo {zoo.root} already has a module named {recipe.name!r} (use --overwrite)")
     backbone = backbone or create_backbone(backbone_name, image_size=image_size)
-    data = load_task(recipe.task, seed=recipe.train.seed, max_train=recipe.max_train, max_test=recipe.max_test)
+    data = load_task(recipe.task, seed=recipe.train.seed, max_train=recipe.max_train, max_test=recipe.max_test,
+                     skip_bad=skip_bad)
     task_extra = {"origins": _origins(data.spec.dataset)}
     if data.kind == "distill":
         started = time.perf_counter()
@@ -163,8 +172,13 @@ def train_module(
         shutil.rmtree(work)
     dist_utils.barrier()
     work.mkdir(parents=True, exist_ok=True)
-    result = fit(model, data, recipe.train, checkpoint_dir=work, resume=resume, progress=progress,
-                 log_path=work / TRAINING_LOG_FILE, tensorboard_dir=tensorboard_dir)
+    try:
+        result = fit(model, data, recipe.train, checkpoint_dir=work, resume=resume, progress=progress,
+                     log_path=work / TRAINING_LOG_FILE, tensorboard_dir=tensorboard_dir)
+    except BaseException:  # Ctrl-C included
+        if dist_utils.is_main_process():
+            _keep_only_resumable(work)
+        raise
     test = evaluate(model, data.test, recipe.train.eval_batch_size)
     manifest = ModuleManifest(
         name=recipe.name,
@@ -188,9 +202,28 @@ def train_module(
                 training_log=log_file.read_text(encoding="utf-8") if log_file.exists() else None)
         record_modules(zoo.root, [recipe.to_dict()], backbone=backbone.record().source,
                        image_size=backbone.preprocess.size)  # ZOO/recipe.json: how it was trained
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_work(work)
     dist_utils.barrier()
     return manifest
+
+
+def _remove_work(work: Path) -> None:
+    """Remove a module's work folder, and ``ZOO/.work`` once no other module trains there."""
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another module's folder is still in it
+        work.parent.rmdir()
+
+
+def _keep_only_resumable(work: Path) -> None:
+    """After an interrupted training: keep a work folder that holds a checkpoint (``resume``
+    continues from it), remove one that holds none."""
+    from vimw.training.checkpoint import has_checkpoint
+
+    if has_checkpoint(work):
+        log.warning("the checkpoint in %s is kept: 'vimw zoo train --resume' continues from it "
+                    "('vimw zoo build' resumes by itself)", work)
+    else:
+        _remove_work(work)
 
 
 def _origins(dataset: str) -> dict | None:

@@ -103,6 +103,7 @@ def rank_modules(
     names: list[str] | None = None,
     include_backbone: bool = True,
     use_val: bool = True,
+    skip_bad: bool = False,
 ) -> list[dict]:
     """Every module of ``zoo`` scored for ``task``, best first (and the bare backbone as a reference row).
 
@@ -110,10 +111,11 @@ def rank_modules(
     training images) or an already loaded ``TaskData``; only its train and validation
     splits are read (train alone with ``use_val=False``, e.g. when validation is kept
     for choosing among methods afterwards). Each row: module, its midstream task and kind, LogME ``score``,
-    ``images`` scored; the reference row has ``reference: True``.
+    ``images`` scored; the reference row has ``reference: True``. ``skip_bad``: a user
+    folder's unreadable images are left out instead of stopping the ranking.
     """
     data = task if isinstance(task, TaskData) else load_task(
-        task, shots=shots, seed=seed, max_train=None if shots else max_images)
+        task, shots=shots, seed=seed, max_train=None if shots else max_images, skip_bad=skip_bad)
     if data.kind in DENSE_KINDS:
         raise VimwError(f"task {data.spec.name!r} is a dense ({data.kind}) task; zoo rank scores image-level tasks")
     backbone = backbone or zoo_backbone(zoo, image_size)
