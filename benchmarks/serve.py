@@ -166,7 +166,10 @@ def run_cell(replicas: list[Replica], clients: int, bodies: list[bytes], seconds
 
 
 def in_process_reference(model_dir: Path, body: bytes):
-    """A function timing ``predict_logits`` on one decoded image in this process (the one-client reference)."""
+    """A function timing, in this process, one decoded image through ``predict_logits`` (the
+    issue's reference) and through the model's forward alone (stricter: no train/eval toggling)."""
+    import torch
+
     from vimw.aggregation import load_downstream
     from vimw.data.user_data import decode_image
     from vimw.evaluation import predict_logits
@@ -174,17 +177,19 @@ def in_process_reference(model_dir: Path, body: bytes):
     model, _ = load_downstream(model_dir)
     png = body[body.index(b"\r\n\r\n") + 4: body.rindex(b"\r\n--")]
     image = decode_image(png, model.backbone.preprocess.size)[None]
+    calls = {"predict_logits": lambda: predict_logits(model, image),
+             "forward": lambda: model(model.backbone.preprocess(image))}
 
-    def p50_ms(repeats: int = 100) -> float:
-        import torch
-
-        times = []
+    def p50_ms(repeats: int = 100) -> dict[str, float]:
+        times = {name: [] for name in calls}
         with torch.inference_mode():
-            for _ in range(repeats + 5):
-                started = time.perf_counter()
-                predict_logits(model, image)
-                times.append(time.perf_counter() - started)
-        return 1e3 * statistics.median(times[5:])
+            for i in range(repeats + 5):
+                for name, call in calls.items():  # interleaved: the same load on both
+                    started = time.perf_counter()
+                    call()
+                    if i >= 5:
+                        times[name].append(time.perf_counter() - started)
+        return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
     return p50_ms
 
@@ -197,6 +202,7 @@ def targets(cells: list[dict], separate: list[dict], memory: dict, reference: di
     speed = shared["images_per_s"] / apart["images_per_s"]
     share = memory["server_16"]["pss_mb"] / memory["processes_16"]["pss_mb"]
     latency = one["p50_ms"] / reference["p50_ms"]
+    strict = one["p50_ms"] / reference["forward_p50_ms"]
     return [
         {"target": "16 models, 32 clients: one server >= 3x the images/s of 16 single-model processes",
          "value": f"{speed:.2f}x ({shared['images_per_s']:.1f} vs {apart['images_per_s']:.1f} images/s)",
@@ -205,7 +211,8 @@ def targets(cells: list[dict], separate: list[dict], memory: dict, reference: di
          "value": f"{share:.3f} ({memory['server_16']['pss_mb']:.0f} MB vs {memory['processes_16']['pss_mb']:.0f} MB)",
          "met": share <= 0.25},
         {"target": "1 model, 1 client: p50 latency within 1.5x of predict_logits in-process",
-         "value": f"{latency:.2f}x ({one['p50_ms']:.2f} ms vs {reference['p50_ms']:.2f} ms)", "met": latency <= 1.5},
+         "value": f"{latency:.2f}x ({one['p50_ms']:.2f} ms vs {reference['p50_ms']:.2f} ms; against the forward "
+                  f"alone, {reference['forward_p50_ms']:.2f} ms: {strict:.2f}x)", "met": latency <= 1.5},
     ]
 
 
@@ -222,7 +229,8 @@ def markdown(payload: dict) -> str:
     lines += ["", "## Memory (MB)", "", "| set-up | PSS | RSS | USS |", "|---|---|---|---|"]
     for name, m in payload["memory"].items():
         lines.append(f"| {name} | {m['pss_mb']:.1f} | {m['rss_mb']:.1f} | {m['uss_mb']:.1f} |")
-    lines += ["", f"In-process `predict_logits`, one image: p50 {payload['in_process']['p50_ms']} ms.", "",
+    lines += ["", f"In process, one image: `predict_logits` p50 {payload['in_process']['p50_ms']} ms, "
+              f"the model's forward alone p50 {payload['in_process']['forward_p50_ms']} ms.", "",
               "## Notes", "", *payload["notes"]]
     return "\n".join(lines)
 
@@ -278,8 +286,10 @@ def main() -> None:
     finally:
         for replica in [r for group in servers.values() for r in group] + singles:
             replica.stop()
-    reference = {"p50_ms": round(statistics.median(references), 4), "rounds": [round(r, 4) for r in references],
-                 "what": "predict_logits on one decoded image, this process, 100 calls per round"}
+    reference = {"p50_ms": round(statistics.median(r["predict_logits"] for r in references), 4),
+                 "forward_p50_ms": round(statistics.median(r["forward"] for r in references), 4),
+                 "rounds": references, "what": "one decoded image in this process, 100 calls per round: "
+                 "predict_logits (p50_ms), the model's forward on preprocessed pixels (forward_p50_ms)"}
     cells = [median_cell(measured[k]) for k in configs if k[0] == "server"]
     separate = [median_cell(measured[k]) for k in configs if k[0] == "processes"]
     payload = {

@@ -29,12 +29,12 @@ httpx = pytest.importorskip("httpx")
 from conftest import pattern_images, synthetic_task, write_npz  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vimw.aggregation import save_downstream  # noqa: E402
+from vimw.methods import train_downstream  # noqa: E402
 from vimw.serve.batcher import Job, run_batch  # noqa: E402
 from vimw.serve.registry import ModelRegistry  # noqa: E402
 from vimw.serve.server import BackgroundServer, start  # noqa: E402
 from vimw.training import TrainConfig  # noqa: E402
-from vimw.methods import train_downstream  # noqa: E402
+from vimw.workflows.aggregate import save_model  # noqa: E402
 from vimw.workflows.midstream import MidstreamRecipe, train_module  # noqa: E402
 from vimw.workflows.predict import load_predictor, predict_files  # noqa: E402
 from vimw.zoo import Zoo  # noqa: E402
@@ -46,13 +46,12 @@ UPLOAD_LIMIT = 64 * 1024
 MODELS = {"bands-ens": ("ens", "bands"), "blocks-topk": ("topk", "blocks"), "dots-probe": ("linear_probe", "dots")}
 
 
-def save_model(directory: Path, method: str, backbone, zoo: Zoo | None, pattern: str, seed: int = 0) -> Path:
-    """A downstream model trained for one epoch on a tiny synthetic task, saved as ``vimw aggregate`` saves."""
+def make_model(directory: Path, method: str, backbone, zoo: Zoo | None, pattern: str, seed: int = 0) -> Path:
+    """A downstream model trained for one epoch on a tiny synthetic task, saved as ``vimw aggregate`` saves it."""
     data = synthetic_task(pattern=pattern, n_train=24, n_val=12, n_test=12, seed=seed, name=f"syn-{pattern}")
     config = TrainConfig(epochs=1, batch_size=12, lr=1e-2, seed=seed)
     result = train_downstream(method, backbone, data, config, zoo=zoo)
-    save_downstream(directory, result.model, {"method": method, **result.info, "task": data.spec.to_dict(),
-                                              "class_names": [f"{pattern}{c}" for c in range(3)]})
+    save_model(directory, result, data, config, shots=None, test={})
     return directory
 
 
@@ -64,7 +63,7 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, lite0, tiny_zoo) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("served")
-    return {name: save_model(root / name, method, lite0, tiny_zoo, pattern, seed=i)
+    return {name: make_model(root / name, method, lite0, tiny_zoo, pattern, seed=i)
             for i, (name, (method, pattern)) in enumerate(MODELS.items())}
 
 
@@ -151,7 +150,7 @@ def test_models_endpoint_describes_each_model_and_its_path(server, lite0):
     assert set(by_name) == set(MODELS)
     for name, (method, pattern) in MODELS.items():
         model = by_name[name]
-        assert model["method"] == method and model["classes"] == [f"{pattern}{c}" for c in range(3)]
+        assert model["method"] == method and model["classes"] == [f"class{c}" for c in range(3)]
         assert model["backbone"]["fingerprint"] == lite0.fingerprint() and model["task"]["name"] == f"syn-{pattern}"
         assert model["path"] == "shared"
     assert by_name["dots-probe"]["zoo_modules"] == [] and len(by_name["bands-ens"]["zoo_modules"]) == 3
@@ -333,7 +332,7 @@ def lora_model(tmp_path_factory, lite0) -> Path:
         recipe = MidstreamRecipe(f"lora-{pattern}", f"npz:{npz}", kind="lora",
                                  train=TrainConfig(epochs=1, batch_size=12, lr=1e-2, seed=seed))
         train_module(zoo, recipe, backbone=lite0, progress=False)
-    return save_model(root / "model", "ens", lite0, zoo, "blocks")
+    return make_model(root / "model", "ens", lite0, zoo, "blocks")
 
 
 def _probabilities(registry: ModelRegistry, jobs_spec, images: torch.Tensor):

@@ -167,13 +167,13 @@ class Batcher:
                 with torch.inference_mode():
                     results, passes = self._runner(batch)
             except Exception as exc:  # a bug must fail its requests, not stop the server
+                self._count(batch, 0, started, failed=True)
                 for job in batch:
                     job.future.set_exception(exc)
-                self._count(batch, 0, started, failed=True)
                 continue
+            self._count(batch, passes, started)  # first: an answered request is already counted
             for job, result in zip(batch, results):
                 job.future.set_result(result)
-            self._count(batch, passes, started)
 
     def _count(self, batch: list[Job], passes: int, started: float, failed: bool = False) -> None:
         images = sum(len(j.images) for j in batch)
