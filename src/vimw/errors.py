@@ -16,6 +16,11 @@ class DataError(VimwError, ValueError):
     """A dataset or task cannot be built: empty, unreadable, labels out of range..."""
 
 
+class ImageReadError(DataError):
+    """An image file cannot be read (missing, corrupt, not an image); commands that read a
+    user's folder can leave such files out (``--skip-bad-images``)."""
+
+
 class FormatError(VimwError, ValueError):
     """A file on disk is corrupt, truncated, of an unknown version or unsafe to load."""
 

@@ -18,7 +18,8 @@ import argparse
 import logging
 import sys
 
-from vimw.errors import VimwError
+from vimw.cli.options import Parser
+from vimw.errors import ImageReadError, VimwError
 from vimw.version import __version__
 
 # command -> (its file in vimw.cli, its one-line summary in ``vimw --help``; the file's own
@@ -54,7 +55,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     import importlib
 
     wanted = None if argv is None else _command_of(argv)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vimw",
         description="Vision Middleware: plug-in module zoos on frozen vision backbones, "
         "and weak-to-strong adaptation transfer.",
@@ -88,15 +89,37 @@ def main(argv: list[str] | None = None) -> int:
         parser, argv = list_parser(), argv[2:]
     else:
         parser = build_parser(argv)
+    args = None
     try:
         args = parser.parse_args(argv)
         return int(args.handler(args) or 0)
     except VimwError as exc:
-        print(f"vimw: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc) + _skip_bad_hint(exc, args))
+    except OSError as exc:  # what the checks before it did not foresee: name the path, not a traceback
+        return _error(_os_error_message(exc))
     except KeyboardInterrupt:
         print("vimw: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    """Print the one line a refusal gets; its exit status."""
+    print(f"vimw: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _skip_bad_hint(exc: VimwError, args) -> str:
+    """For an unreadable image, the flag that leaves such files out, when this command has it."""
+    if isinstance(exc, ImageReadError) and getattr(args, "skip_bad_images", True) is False:
+        return "; pass --skip-bad-images to leave unreadable files out"
+    return ""
+
+
+def _os_error_message(exc: OSError) -> str:
+    """An ``OSError`` as one line with its path(s): ``PATH: No such file or directory``."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":

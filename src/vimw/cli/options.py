@@ -1,4 +1,5 @@
-"""Option types shared by every command: numbers with their range checked at parse time.
+"""What every command's parser shares: numbers with their range checked at parse time,
+directory arguments, and a parser whose own errors are one ``vimw: error:`` line.
 
 An out-of-range value is refused with one line naming the option and the range
 (``vimw: error: argument --shots: must be >= 1, got 0``), before anything loads or trains.
@@ -9,6 +10,20 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
+
+from vimw.errors import VimwError
+
+SKIP_BAD_HELP = ("leave out image files that cannot be read (corrupt, truncated, not an image), saying how many "
+                 "and which, instead of stopping at the first")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a ``VimwError`` (``vimw: error: ...``, exit 2),
+    not argparse's usage block; sub-parsers made by ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str):
+        raise VimwError(message)
 
 
 def number(kind: type, *, minimum: float | None = None, maximum: float | None = None,
@@ -33,6 +48,7 @@ def number(kind: type, *, minimum: float | None = None, maximum: float | None = 
         return value
 
     parse.__name__ = kind.__name__  # what argparse names in its messages
+    parse.bounds = (minimum, maximum, strict)  # read by the test that tries every option's bounds
     return parse
 
 
@@ -43,4 +59,26 @@ nonneg_float = number(float, minimum=0)
 fraction = number(float, minimum=0, maximum=1)
 
 
-__all__ = ["fraction", "nonneg_float", "nonneg_int", "number", "positive_float", "positive_int"]
+def directory(noun: str, *, must_exist: bool, made_by: str = "") -> Callable[[str], str]:
+    """An argparse ``type`` for a directory argument (a ``noun``): a file there is refused,
+    and with ``must_exist`` a missing directory too."""
+
+    def parse(text: str) -> str:
+        path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file; a {noun} is a directory{made_by}")
+        if must_exist and not path.exists():
+            raise argparse.ArgumentTypeError(f"no {noun} at {text}: the directory does not exist")
+        return text
+
+    parse.__name__ = "directory"
+    return parse
+
+
+_ZOO_MADE_BY = " (made by 'vimw zoo build' or 'vimw zoo train')"
+zoo_to_read = directory("zoo", must_exist=True, made_by=_ZOO_MADE_BY)  # a zoo to read
+zoo_to_write = directory("zoo", must_exist=False, made_by=_ZOO_MADE_BY)  # a zoo to add to (created if missing)
+
+
+__all__ = ["SKIP_BAD_HELP", "Parser", "directory", "fraction", "nonneg_float", "nonneg_int", "number",
+           "positive_float", "positive_int", "zoo_to_read", "zoo_to_write"]

@@ -16,12 +16,12 @@ def register(commands) -> None:
 
 
 def _add_train(sub) -> None:
-    from vimw.cli.options import nonneg_int, positive_int
+    from vimw.cli.options import SKIP_BAD_HELP, nonneg_int, positive_int, zoo_to_write
     from vimw.modules import list_module_kinds
     from vimw.workflows.midstream import MidstreamRecipe
 
     train = sub.add_parser("train", help="train one module on a midstream task and add it to the zoo")
-    train.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
+    train.add_argument("--zoo", required=True, type=zoo_to_write, help="zoo directory (created if missing)")
     train.add_argument("--task", required=True, help="midstream task name (see 'vimw data list') or folder:/npz: path")
     train.add_argument("--name", help="module name in the zoo (default: the task name)")
     train.add_argument("--kind", default=MidstreamRecipe.kind, choices=list_module_kinds(),
@@ -36,14 +36,16 @@ def _add_train(sub) -> None:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
     train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars here (extra 'tensorboard')")
+    train.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_HELP)
     train.set_defaults(handler=run_train)
 
 
 def _add_build(sub) -> None:
-    from vimw.cli.options import nonneg_int, positive_int
+    from vimw.cli.options import nonneg_int, positive_int, zoo_to_write
 
     build = sub.add_parser("build", help="train the default zoo recipe, or a --recipe (skips modules already present)")
-    build.add_argument("--zoo", help="zoo directory (required unless the recipe's zoo section sets 'dir')")
+    build.add_argument("--zoo", type=zoo_to_write,
+                       help="zoo directory (required unless the recipe's zoo section sets 'dir')")
     build.add_argument("--recipe", help="a recipe file (YAML or JSON) whose 'zoo' section lists the modules; "
                                         "flags override it (default: the built-in default zoo)")
     build.add_argument("--backbone", help="backbone name (overrides the recipe's)")
@@ -58,12 +60,12 @@ def _add_build(sub) -> None:
 
 
 def _add_rank(sub) -> None:
-    from vimw.cli.options import nonneg_int, positive_int
+    from vimw.cli.options import SKIP_BAD_HELP, nonneg_int, positive_int, zoo_to_read
     from vimw.workflows.rank import RANK_MAX_IMAGES
 
     rank = sub.add_parser("rank", help="score every module for a task without fine-tuning (LogME on features "
                                         "with the module plugged in) and print them best first")
-    rank.add_argument("--zoo", required=True)
+    rank.add_argument("--zoo", required=True, type=zoo_to_read)
     rank.add_argument("--task", required=True, help="downstream task name or folder:/npz: path")
     rank.add_argument("--shots", type=positive_int, help="labelled images per class to score on (default: the "
                                                          "whole training split, at most --max-images)")
@@ -72,39 +74,44 @@ def _add_rank(sub) -> None:
                       help=f"score on at most this many images (default {RANK_MAX_IMAGES})")
     rank.add_argument("--image-size", type=nonneg_int, help="input resolution (default: the zoo's)")
     rank.add_argument("--json", action="store_true", help="machine-readable output")
+    rank.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_HELP)
     rank.set_defaults(handler=run_rank)
 
 
 def _add_sharing(sub) -> None:
+    from vimw.cli.options import zoo_to_read, zoo_to_write
+
     imp = sub.add_parser("import", help="copy modules from another zoo directory (sha256 and backbone checked)")
-    imp.add_argument("source", help="the zoo directory to copy from")
-    imp.add_argument("--zoo", required=True, help="the zoo to copy into (created if missing)")
+    imp.add_argument("source", type=zoo_to_read, help="the zoo directory to copy from")
+    imp.add_argument("--zoo", required=True, type=zoo_to_write, help="the zoo to copy into (created if missing)")
     imp.add_argument("--modules", nargs="+", metavar="NAME", help="which modules (default: all)")
     imp.add_argument("--rename", nargs="+", default=[], metavar="OLD=NEW", help="import OLD under the name NEW")
     imp.set_defaults(handler=run_import)
 
     diff = sub.add_parser("diff", help="which modules two zoos share, differ in, or hold alone")
-    diff.add_argument("a")
-    diff.add_argument("b")
+    diff.add_argument("a", type=zoo_to_read)
+    diff.add_argument("b", type=zoo_to_read)
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(handler=run_diff)
 
     card = sub.add_parser("card", help="(re)write the README.md module card of every module from its manifest")
-    card.add_argument("--zoo", required=True)
+    card.add_argument("--zoo", required=True, type=zoo_to_read)
     card.add_argument("names", nargs="*", help="only these modules")
     card.set_defaults(handler=run_card)
 
 
 def _add_inspection(sub) -> None:
+    from vimw.cli.options import zoo_to_read
+
     add_list_arguments(sub.add_parser("list", help=LIST_HELP))
 
     show = sub.add_parser("show", help="print one module's manifest")
     show.add_argument("name")
-    show.add_argument("--zoo", required=True)
+    show.add_argument("--zoo", required=True, type=zoo_to_read)
     show.set_defaults(handler=run_show)
 
     verify = sub.add_parser("verify", help="check every module's files, checksums and manifest")
-    verify.add_argument("--zoo", required=True)
+    verify.add_argument("--zoo", required=True, type=zoo_to_read)
     verify.add_argument("--repair", action="store_true",
                         help="first clean up after interrupted writers: remove their staging leftovers, "
                              "re-index complete orphan modules, remove incomplete ones")
@@ -112,15 +119,17 @@ def _add_inspection(sub) -> None:
 
     remove = sub.add_parser("remove", help="remove one module")
     remove.add_argument("name")
-    remove.add_argument("--zoo", required=True)
+    remove.add_argument("--zoo", required=True, type=zoo_to_read)
     remove.set_defaults(handler=run_remove)
 
 
 def _add_peft(sub) -> None:
+    from vimw.cli.options import zoo_to_read, zoo_to_write
+
     export_peft = sub.add_parser("export-peft", help="write a lora module on an HF backbone (CLIP, ViT, DINOv2, "
                                                      "SigLIP) as a PEFT LoRA adapter")
     export_peft.add_argument("name", help="the lora module in the zoo")
-    export_peft.add_argument("--zoo", required=True)
+    export_peft.add_argument("--zoo", required=True, type=zoo_to_read)
     export_peft.add_argument("--out", required=True, help="adapter directory (adapter_config.json + "
                                                           "adapter_model.safetensors)")
     export_peft.add_argument("--backbone", help="hf:<name or dir> (default: the module manifest's backbone source)")
@@ -130,7 +139,7 @@ def _add_peft(sub) -> None:
     import_peft = sub.add_parser("import-peft", help="add a PEFT LoRA adapter (safetensors) on an HF vision model "
                                                      "(CLIP, ViT, DINOv2, SigLIP) to the zoo as a lora module")
     import_peft.add_argument("adapter", help="PEFT adapter directory")
-    import_peft.add_argument("--zoo", required=True, help="zoo directory (created if missing)")
+    import_peft.add_argument("--zoo", required=True, type=zoo_to_write, help="zoo directory (created if missing)")
     import_peft.add_argument("--name", help="module name in the zoo (default: the adapter directory's name)")
     import_peft.add_argument("--backbone", help="hf:<name or dir> (default: the adapter's base_model_name_or_path)")
     import_peft.add_argument("--overwrite", action="store_true", help="replace a module of the same name")
@@ -205,7 +214,7 @@ def run_train(args) -> int:
     manifest = train_module(
         Zoo(args.zoo), recipe, backbone_name=args.backbone, image_size=args.image_size or None,
         resume=args.resume, progress=False if args.no_progress else None, overwrite=args.overwrite,
-        tensorboard_dir=args.tensorboard,
+        tensorboard_dir=args.tensorboard, skip_bad=args.skip_bad_images,
     )
     if dist_utils.is_main_process():
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items() if isinstance(v, float))
@@ -256,21 +265,11 @@ def run_build(args) -> int:
     return 0
 
 
-def _existing_dir(path: str) -> str:
-    from pathlib import Path
-
-    from vimw.errors import VimwError
-
-    if not Path(path).is_dir():
-        raise VimwError(f"no zoo at {path}: the directory does not exist")
-    return path
-
-
 def existing_zoo(path: str):
-    """The zoo at ``path`` for reading or removing; a missing directory is an error, not an empty zoo."""
+    """The zoo at ``path`` (a ``--zoo`` of type ``zoo_to_read``: a directory that exists)."""
     from vimw.zoo import Zoo
 
-    return Zoo(_existing_dir(path))
+    return Zoo(path)
 
 
 LIST_HELP = "list the zoo's modules (reads the index only)"
@@ -278,7 +277,9 @@ LIST_HELP = "list the zoo's modules (reads the index only)"
 
 def add_list_arguments(parser):
     """The options of ``vimw zoo list``, also used by its fast path (``list_parser``)."""
-    parser.add_argument("--zoo", required=True)
+    from vimw.cli.options import zoo_to_read
+
+    parser.add_argument("--zoo", required=True, type=zoo_to_read)
     parser.add_argument("--kind")
     parser.add_argument("--task", help="substring of the task name")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -288,15 +289,15 @@ def add_list_arguments(parser):
 
 def list_parser():
     """A parser for ``vimw zoo list`` alone: listing needs neither torch nor the other commands."""
-    import argparse
+    from vimw.cli.options import Parser
 
-    return add_list_arguments(argparse.ArgumentParser(prog="vimw zoo list", description=LIST_HELP))
+    return add_list_arguments(Parser(prog="vimw zoo list", description=LIST_HELP))
 
 
 def run_list(args) -> int:
     from vimw.zoo.index import read_index, select
 
-    index = read_index(_existing_dir(args.zoo))
+    index = read_index(args.zoo)
     print_modules(select(index, kind=args.kind, task=args.task), as_json=args.json, zoo_dir=args.zoo)
     return 0
 
@@ -404,7 +405,7 @@ def run_rank(args) -> int:
     from vimw.workflows.rank import rank_modules
 
     rows = rank_modules(existing_zoo(args.zoo), args.task, shots=args.shots, seed=args.seed,
-                        max_images=args.max_images, image_size=args.image_size)
+                        max_images=args.max_images, image_size=args.image_size, skip_bad=args.skip_bad_images)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -418,7 +419,7 @@ def run_rank(args) -> int:
 def run_import(args) -> int:
     from vimw.zoo.share import import_modules, parse_renames
 
-    report = import_modules(_existing_dir(args.source), args.zoo, args.modules, parse_renames(args.rename))
+    report = import_modules(args.source, args.zoo, args.modules, parse_renames(args.rename))
     for old, new in report.imported:
         print(f"imported {old}" + (f" as {new}" if new != old else ""))
     for old, new in report.unchanged:
@@ -430,7 +431,7 @@ def run_import(args) -> int:
 def run_diff(args) -> int:
     from vimw.zoo.share import diff_zoos
 
-    result = diff_zoos(_existing_dir(args.a), _existing_dir(args.b))
+    result = diff_zoos(args.a, args.b)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

@@ -259,15 +259,16 @@ def list_datasets() -> tuple[str, ...]:
     return tuple(sorted(_DATASETS))
 
 
-def load_dataset(name: str, *, image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
+def load_dataset(name: str, *, image_size: int | None = None, skip_bad: bool = False) -> tuple[ImageSet, ImageSet]:
     """(train, test) for a registered dataset, ``folder:<dir>`` or ``npz:<file>``.
 
-    ``image_size`` only applies to image folders (default 64), whose images must be
-    resized to stack; every other source keeps its native resolution.
+    ``image_size`` and ``skip_bad`` (leave unreadable files out) only apply to image
+    folders (default size 64), whose images must be resized to stack and are read one
+    file at a time; every other source keeps its native resolution and loads whole.
     """
     if name.startswith(FOLDER_PREFIX):
         size = FOLDER_IMAGE_SIZE if image_size is None else image_size
-        return load_image_folder_split(name[len(FOLDER_PREFIX) :], image_size=size)
+        return load_image_folder_split(name[len(FOLDER_PREFIX) :], image_size=size, skip_bad=skip_bad)
     if name.startswith(NPZ_PREFIX):
         return load_npz_split(name[len(NPZ_PREFIX) :])
     if name not in _DATASETS:

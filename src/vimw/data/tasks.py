@@ -33,7 +33,7 @@ import torch
 from vimw.data.imageset import ImageSet
 from vimw.data.kinds import Pool, make_pool
 from vimw.data.sources import load_dataset
-from vimw.data.specs import SAME_SOURCE_KINDS, TaskSpec, get_task_spec, list_tasks, register_task, resolve_task  # noqa: F401 (re-exported)
+from vimw.data.specs import FOLDER_PREFIX, SAME_SOURCE_KINDS, TaskSpec, get_task_spec, list_tasks, register_task, resolve_task  # noqa: F401 (re-exported)
 from vimw.data.splits import make_rng, sample_shots, split_by_fraction, subsample
 from vimw.errors import DataError
 
@@ -125,6 +125,7 @@ def load_task(
     max_test: int | None = None,
     image_size: int | None = None,
     split_seed: int | None = None,
+    skip_bad: bool = False,
 ) -> TaskData:
     """Build a task's train / val / test ImageSets, deterministically from the seeds.
 
@@ -137,6 +138,9 @@ def load_task(
     ``seed``: the training split's random views (see the module docstring).
     ``image_size``: for image folders only (default 64); other sources keep their
     native resolution (the backbone's ``Preprocess`` resizes batches on the fly).
+    ``skip_bad``: an image folder's unreadable files are left out (and logged) instead of
+    stopping the load.
+    A classification task needs at least two classes (one class teaches a head nothing).
     """
     spec = resolve_task(name_or_path)
     for arg, value in (("shots", shots), ("max_train", max_train), ("max_test", max_test)):
@@ -148,11 +152,11 @@ def load_task(
     for value in (seed, split_seed):
         make_rng(value, 0)  # validates the seeds before any data is read
 
-    source_train, source_test = load_dataset(spec.dataset, image_size=image_size)
+    source_train, source_test = load_dataset(spec.dataset, image_size=image_size, skip_bad=skip_bad)
     if spec.kind in SAME_SOURCE_KINDS:  # other views of the same instances, never the source's test images
         source_test = source_train
     train_pool = make_pool(
-        spec.kind, select_classes(source_train, spec.classes), make_rng(seed, _STREAM_KIND_TRAIN)
+        spec.kind, _check_classes(select_classes(source_train, spec.classes), spec), make_rng(seed, _STREAM_KIND_TRAIN)
     )
     test_pool = make_pool(spec.kind, select_classes(source_test, spec.classes),
                           make_rng(TEST_SEED, _STREAM_KIND_TEST), split="test")
@@ -170,6 +174,15 @@ def load_task(
     )
     _check_not_empty(data, val_expected=shots is not None or val_fraction > 0)
     return data
+
+
+def _check_classes(imageset: ImageSet, spec: TaskSpec) -> ImageSet:
+    """``imageset``, refused when a classification task would have fewer than two classes."""
+    if spec.kind == "classification" and imageset.num_classes < 2:
+        layout = " (one sub-folder per class)" if spec.dataset.startswith(FOLDER_PREFIX) else ""
+        raise DataError(f"task {spec.name!r} has {imageset.num_classes} class ({', '.join(imageset.class_names)}); "
+                        f"a classifier needs at least 2{layout}")
+    return imageset
 
 
 def _check_not_empty(data: TaskData, val_expected: bool) -> None:

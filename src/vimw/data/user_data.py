@@ -9,6 +9,7 @@ path, since a researcher pointing vimw at a folder of thousands of files needs t
 from __future__ import annotations
 
 import io
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -19,7 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 from vimw.data.imageset import ImageSet
 from vimw.data.splits import make_rng, split_by_fraction
-from vimw.errors import DataError, FormatError
+from vimw.errors import DataError, FormatError, ImageReadError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -31,6 +34,7 @@ FOLDER_IMAGE_SIZE = 64
 USER_TEST_FRACTION = 0.2
 USER_SPLIT_SEED = 0
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+SKIPPED_SHOWN = 5  # skipped files named in the warning (the count covers them all)
 
 
 # -- image folders ---------------------------------------------------------------------
@@ -73,16 +77,16 @@ def _read_image(path: Path | io.BytesIO, size: int | None, name: str | None = No
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except UnidentifiedImageError as exc:  # Pillow's message would name a memory buffer's repr
-        raise DataError(f"cannot read image {name or path}: not an image format Pillow can read") from exc
+        raise ImageReadError(f"cannot read image {name or path}: not an image format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {name or path}: {exc}") from exc
+        raise ImageReadError(f"cannot read image {name or path}: {exc}") from exc
 
 
 def read_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
     """One image file as a uint8 ``C x H x W`` tensor (C = 1 for grey, else 3)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image file {path} does not exist")
+        raise ImageReadError(f"image file {path} does not exist")
     return _stack([_read_image(path, size)])[0]
 
 
@@ -101,17 +105,44 @@ def _stack(pixels: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(rgb).transpose(0, 3, 1, 2).copy())
 
 
+def _read_class(class_dir: Path, size: int, skip_bad: bool, skipped: list[tuple[Path, str]]) -> list[np.ndarray]:
+    """Every image of one class folder; unreadable ones stop the run, or with ``skip_bad`` go to ``skipped``."""
+    files, pixels = _image_files(class_dir), []
+    for file in files:
+        try:
+            pixels.append(_read_image(file, size))
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((file, str(exc)))
+    if not pixels:
+        raise DataError(f"class folder {class_dir} contains no readable image (all {len(files)} are unreadable)")
+    return pixels
+
+
+def describe_skipped(skipped: list[tuple[str | os.PathLike, str]], root: Path | None = None) -> str:
+    """One line: how many image files were left out (of ``root``) and which, the first ``SKIPPED_SHOWN``
+    by name (relative to ``root``)."""
+    names = [os.path.relpath(path, root) if root else str(path) for path, _ in skipped[:SKIPPED_SHOWN]]
+    more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    where = f" in {root}" if root else ""
+    return f"skipped {len(skipped)} unreadable image file(s){where}: {', '.join(names)}{more}"
+
+
 def load_image_folder(
     path: str | os.PathLike,
     *,
     image_size: int = FOLDER_IMAGE_SIZE,
     class_names: tuple[str, ...] | None = None,
+    skip_bad: bool = False,
 ) -> ImageSet:
     """Read ``path/<class>/**/<image>`` like torchvision's ``ImageFolder``.
 
     Classes are the sorted sub-folder names unless ``class_names`` fixes the label
     order (used so a ``test/`` folder shares its ``train/`` folder's labels; it may then
     lack classes but not add new ones). Every image is resized so the set stacks.
+    An unreadable file stops the load with an ``ImageReadError`` naming it; ``skip_bad``
+    leaves such files out instead and logs how many and which.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size!r}")
@@ -121,11 +152,13 @@ def load_image_folder(
     unknown = [d.name for d in dirs if d.name not in names]
     if unknown:
         raise DataError(f"image folder {root} has classes {unknown} that are not in {list(names)}")
-    pixels, labels = [], []
+    pixels, labels, skipped = [], [], []
     for class_dir in dirs:
-        files = _image_files(class_dir)
-        pixels += [_read_image(f, image_size) for f in files]
-        labels += [names.index(class_dir.name)] * len(files)
+        read = _read_class(class_dir, image_size, skip_bad, skipped)
+        pixels += read
+        labels += [names.index(class_dir.name)] * len(read)
+    if skipped:
+        log.warning("vimw: %s", describe_skipped(skipped, root))
     return ImageSet(_stack(pixels), torch.tensor(labels, dtype=torch.int64), names, name=str(root))
 
 
@@ -140,15 +173,16 @@ def split_user_set(imageset: ImageSet) -> tuple[ImageSet, ImageSet]:
 
 
 def load_image_folder_split(
-    path: str | os.PathLike, *, image_size: int = FOLDER_IMAGE_SIZE
+    path: str | os.PathLike, *, image_size: int = FOLDER_IMAGE_SIZE, skip_bad: bool = False
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) from ``path/train`` and ``path/test`` if both exist, else an 80/20 split."""
     root = Path(path)
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train = load_image_folder(root / "train", image_size=image_size)
-        test = load_image_folder(root / "test", image_size=image_size, class_names=train.class_names)
+        train = load_image_folder(root / "train", image_size=image_size, skip_bad=skip_bad)
+        test = load_image_folder(root / "test", image_size=image_size, class_names=train.class_names,
+                                 skip_bad=skip_bad)
         return train, test
-    return split_user_set(load_image_folder(root, image_size=image_size))
+    return split_user_set(load_image_folder(root, image_size=image_size, skip_bad=skip_bad))
 
 
 # -- .npz archives ---------------------------------------------------------------------
