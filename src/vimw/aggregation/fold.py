@@ -139,11 +139,32 @@ def fold_lora(model):
 
 
 # -- export -------------------------------------------------------------------------------
-def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None) -> dict:
-    """Fold a saved LoRA downstream model and write it as one safetensors file."""
+def check_export_target(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``out`` as the file an export may write (with its ``OUT.json`` manifest), checked before any work:
+    a directory is refused, and an existing file unless ``overwrite``."""
+    out = Path(out)
+    manifest = Path(str(out) + EXPORT_MANIFEST_SUFFIX)
+    if out.is_dir():
+        raise VimwError(f"--out {out} is a directory; an export is one file (e.g. {out / 'model.onnx'})")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise VimwError(f"--out {out}: {out.parent} is a file, not a directory")
+    taken = [str(p) for p in (out, manifest) if p.exists()]
+    if taken and not overwrite:
+        raise VimwError(f"{' and '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; pass --overwrite to "
+                        "replace, or choose another --out")
+    if manifest.is_dir():
+        raise VimwError(f"{manifest} is a directory; the export's manifest goes there")
+    return out
+
+
+def export_folded(model_dir: str | os.PathLike, out: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None,
+                  overwrite: bool = False) -> dict:
+    """Fold a saved LoRA downstream model and write it as one safetensors file (``OUT.json``
+    beside it); an existing ``out`` is replaced only with ``overwrite``."""
     from vimw.aggregation.store import load_downstream, source_record
     from vimw.io import save_tensors, write_json
 
+    check_export_target(out, overwrite=overwrite)
     model_dir = Path(model_dir)
     model, manifest = load_downstream(model_dir, zoo_dir=zoo_dir)
     folded = fold_lora(model)  # refuses non-lora zoos with a VimwError
@@ -227,4 +248,4 @@ def load_exported(path: str | os.PathLike):
     return model.eval(), payload
 
 
-__all__ = ["export_folded", "fold_into_backbone", "fold_lora", "load_exported", "lora_deltas", "read_export_manifest"]
+__all__ = ["check_export_target", "export_folded", "fold_into_backbone", "fold_lora", "load_exported", "lora_deltas", "read_export_manifest"]

@@ -23,7 +23,7 @@ import torch
 
 from vimw.aggregation.aggregate import ZooAggregate
 from vimw.backbones import Backbone, create_backbone
-from vimw.errors import BackboneMismatchError, FormatError, IntegrityError
+from vimw.errors import BackboneMismatchError, FormatError, IntegrityError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, sha256_file, write_json
 from vimw.io.names import MANIFEST_FILE, MODEL_FORMAT
 from vimw.io.names import MODEL_WEIGHTS_FILE as TENSORS_FILE
@@ -71,7 +71,14 @@ def source_record(directory: str | os.PathLike, manifest: dict) -> dict:
 
 def read_manifest(directory: str | os.PathLike) -> dict:
     """A downstream model's manifest.json, checked for its format version and required keys."""
-    path = Path(directory) / MANIFEST_FILE
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if directory.exists() and not directory.is_dir():
+        raise VimwError(f"{directory} is a file; a downstream model is a directory (made by 'vimw aggregate')")
+    if not directory.is_dir():
+        raise VimwError(f"no downstream model at {directory}: the directory does not exist")
+    if not path.is_file():
+        raise VimwError(f"{directory} is not a downstream model directory (no {MANIFEST_FILE})")
     manifest = read_json(path)
     for key in ("format", "method", "backbone", "head", "weights"):
         if key not in manifest:
@@ -104,9 +111,12 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return manifest
 
 
-def check_zoo_modules(zoo: Zoo, recorded: list[dict]) -> None:
-    """Refuse when any module the model uses is gone or its weights changed."""
+def check_zoo_modules(zoo: Zoo, recorded: list[dict], backbone: dict | None = None) -> None:
+    """Refuse when any module the model uses is gone or its weights changed, and first when
+    the zoo's modules are for another backbone than the model's (``backbone``: its record)."""
     index = zoo.read_index()
+    if backbone is not None:
+        _check_zoo_backbone(zoo, index, recorded, backbone)
     missing = [m["name"] for m in recorded if m["name"] not in index]
     changed = [m["name"] for m in recorded if m["name"] in index and index[m["name"]].get("sha256") != m["sha256"]]
     if missing or changed:
@@ -116,6 +126,30 @@ def check_zoo_modules(zoo: Zoo, recorded: list[dict]) -> None:
         if changed:
             parts.append(f"changed since the model was trained (sha256 differs): {changed}")
         raise IntegrityError(f"the downstream model cannot use the zoo {zoo.root}: " + "; ".join(parts))
+
+
+def _check_zoo_backbone(zoo: Zoo, index: dict, recorded: list[dict], backbone: dict) -> None:
+    """A zoo of another backbone holds modules of the same names with other weights: say so,
+    naming both backbones, rather than that the modules changed."""
+    foreign = {m["name"]: index[m["name"]] for m in recorded
+               if m["name"] in index and index[m["name"]].get("fingerprint") not in (None, backbone["fingerprint"])}
+    if foreign:
+        theirs = sorted({f"{e.get('backbone')} (fingerprint {str(e.get('fingerprint'))[:12]})" for e in foreign.values()})
+        raise BackboneMismatchError(
+            f"backbone mismatch: the model was trained on {backbone['arch']} (fingerprint "
+            f"{backbone['fingerprint'][:12]}), but the zoo {zoo.root} holds {sorted(foreign)} for {', '.join(theirs)}; "
+            "give the zoo the model was trained with (--zoo)")
+
+
+def zoo_for_model(manifest: dict, zoo_dir: str | os.PathLike | None) -> Zoo:
+    """The zoo a saved model's modules are read from: ``zoo_dir``, else the path it recorded."""
+    root = Path(zoo_dir or manifest["zoo"]["path"])
+    if root.exists() and not root.is_dir():
+        raise VimwError(f"{root} is a file; a zoo is a directory")
+    if not root.is_dir():
+        moved = "" if zoo_dir else " (the model records this path; pass --zoo if the zoo moved)"
+        raise VimwError(f"no zoo at {root}: the directory does not exist{moved}")
+    return Zoo(root)
 
 
 def _cached_module(zoo: Zoo, recorded: dict, backbone: Backbone, cache: dict | None):
@@ -157,9 +191,9 @@ def load_downstream(
     tensors = load_tensors(directory / TENSORS_FILE, expected_sha256=manifest["weights"]["sha256"])
     plugin = None
     if manifest.get("zoo"):
-        zoo = Zoo(zoo_dir or manifest["zoo"]["path"])
+        zoo = zoo_for_model(manifest, zoo_dir)
         modules = manifest["zoo"]["modules"]
-        check_zoo_modules(zoo, modules)
+        check_zoo_modules(zoo, modules, recorded)
         names = [m["name"] for m in modules]
         agg = manifest["aggregation"]
         if agg.get("site_scale"):

@@ -230,12 +230,18 @@ def export_onnx(
     fold: bool = True,
     exporter: str = "auto",
     opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
 ) -> dict:
-    """Write a saved downstream model as one ONNX file; returns its manifest (also in ``OUT.json``)."""
+    """Write a saved downstream model as one ONNX file; returns its manifest (also in ``OUT.json``).
+
+    An existing ``out`` is replaced only with ``overwrite``.
+    """
+    from vimw.aggregation.fold import check_export_target
     from vimw.aggregation.store import load_downstream, source_record
 
     if exporter not in EXPORTERS:
         raise VimwError(f"unknown ONNX exporter {exporter!r}; choose from {EXPORTERS}")
+    check_export_target(out, overwrite=overwrite)
     model_dir = Path(model_dir)
     model, manifest = load_downstream(model_dir, zoo_dir=zoo_dir)
     module, kind = deployable_model(model, fold=fold)
