@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-DEFAULT_RESULTS = Path("benchmarks/results")
-
 
 def register(commands) -> None:
     parser = commands.add_parser("report", help="write a static HTML report (tables, gate heatmaps, plots)")
     parser.add_argument("--out", required=True, help="directory for index.html and its images")
     parser.add_argument("--zoo", help="a zoo directory: its module table and training curves")
     parser.add_argument("--models", nargs="+", default=[], help="downstream model directories (their gate heatmaps)")
-    parser.add_argument("--results", help=f"benchmark results folder with downstream.json / transfer.json "
-                                          f"(default {DEFAULT_RESULTS} when it exists)")
+    parser.add_argument("--results", help="a benchmark results folder with downstream.json / transfer.json "
+                                          "(e.g. benchmarks/results): its charts and tables")
     parser.add_argument("--logs", nargs="+", default=[], help="JSON-lines training logs to plot")
     parser.add_argument("--screenshot", help="also save a PNG screenshot of the page (needs headless Chromium)")
     parser.set_defaults(handler=run)
@@ -22,8 +18,7 @@ def register(commands) -> None:
 def run(args) -> int:
     from vimw.report import build_report
 
-    results = args.results if args.results is not None else (DEFAULT_RESULTS if DEFAULT_RESULTS.is_dir() else None)
-    page = build_report(args.out, zoo=args.zoo, models=args.models, results=results, logs=args.logs)
+    page = build_report(args.out, zoo=args.zoo, models=args.models, results=args.results, logs=args.logs)
     print(f"report: {page}")
     if args.screenshot:
         from vimw.report.browser import screenshot

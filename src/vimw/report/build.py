@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,22 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _num(value: Any, digits: int = 4) -> str:
+def rounded(value: float) -> str:
+    """A float as people read it: 3 decimals below 1 (scores), fewer as it grows (114.3 s -> 114)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    size = abs(value)
+    if 0 < size < 0.01:
+        return f"{value:.2g}"
+    decimals = 3 if size < 1 else 2 if size < 10 else 1 if size < 100 else 0
+    return f"{value:,.{decimals}f}"
+
+
+def _num(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return _esc(value if value is not None else "-")
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return rounded(value)
     if isinstance(value, int):
         return f"{value:,}"
     return _esc(value)
@@ -96,10 +108,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def module_count(manifest: dict) -> int:
+    """How many zoo modules a downstream model was built from: those it gates over, or those
+    it started from (``zoo_init`` averages the zoo into one module: ``init.zoo_modules``)."""
+    modules = (manifest.get("zoo") or {}).get("modules") or (manifest.get("init") or {}).get("zoo_modules")
+    return len(modules or [])
+
+
 class _Report:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, staging: Path) -> None:
         self.out = out
-        self.images = out / IMAGES
+        self.images = staging  # becomes OUT/images when the page is written
         self.sections: list[str] = []
         self.sources: list[str] = []
 
@@ -111,14 +130,12 @@ class _Report:
     def zoo(self, root: Path) -> None:
         from vimw.zoo import Zoo
 
-        if not root.is_dir():
-            raise VimwError(f"no zoo at {root}: the directory does not exist")
         zoo = Zoo(root)
         rows, curves = [], {}
         for name, entry in zoo.list():
             manifest = zoo.manifest(name)
             metrics, training = manifest.metrics, manifest.training
-            tests = ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()
+            tests = ", ".join(f"{k[5:]} {rounded(v)}" for k, v in metrics.items()
                               if k.startswith("test_") and k != "test_score" and isinstance(v, float))
             rows.append([name, manifest.kind, manifest.task.get("name"), manifest.backbone.get("arch"),
                          manifest.backbone.get("image_size"), manifest.num_parameters, metrics.get("val_score"),
@@ -149,9 +166,8 @@ class _Report:
             manifest = read_manifest(directory)
             task = manifest.get("task") or {}
             metrics = manifest.get("metrics") or {}
-            zoo = manifest.get("zoo") or {}
             rows.append([directory.name, manifest.get("method"), task.get("name"), task.get("shots"),
-                         manifest["backbone"].get("arch"), len(zoo.get("modules") or []),
+                         manifest["backbone"].get("arch"), module_count(manifest),
                          metrics.get("val_score", metrics.get("val")),
                          metrics.get("test_score", metrics.get("test")),
                          (manifest.get("training") or {}).get("trainable", metrics.get("trainable"))])
@@ -226,9 +242,12 @@ class _Report:
         self.sections.append("<h2>Training logs</h2>\n" + _figure(src, "JSON-lines training logs"))
 
     def write(self) -> Path:
+        """The page and its images in place of an earlier report's; a report with nothing in it is refused."""
+        if not self.sections:
+            raise VimwError(f"nothing to report: no results or log records in {'; '.join(self.sources)}")
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         sources = "".join(f"<li>{_esc(s)}</li>" for s in self.sources)
-        body = "\n".join(self.sections) or '<p class="empty">nothing to report: give --zoo, --models or --results</p>'
+        body = "\n".join(self.sections)
         page = (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -236,6 +255,10 @@ class _Report:
             f"<h1>vimw report</h1><p class=\"meta\">vimw {_esc(__version__)}, {stamp}</p>"
             f"<ul class=\"meta\">{sources}</ul>\n{body}\n</body></html>\n"
         )
+        images = self.out / IMAGES
+        if images.is_dir():  # images of an earlier report would linger unreferenced
+            shutil.rmtree(images)
+        self.images.rename(images)
         path = self.out / PAGE
         atomic_write_text(path, page)
         return path
@@ -252,33 +275,49 @@ def build_report(
     """Write ``OUT/index.html`` and its images; returns the page's path.
 
     ``results`` is a folder holding ``downstream.json`` and/or ``transfer.json`` (the
-    benchmarks' output); each part is shown only when its input is there.
+    benchmarks' output); each part is shown only when its input is there. Every input is
+    checked before anything is written, and an earlier report in ``out`` is replaced only
+    once the new one is complete; a report with nothing to show is refused.
     """
-    out = Path(out)
-    report = _Report(out)
-    if report.images.is_dir():  # images of an earlier report would linger unreferenced
-        shutil.rmtree(report.images)
-    report.images.mkdir(parents=True, exist_ok=True)
-    if zoo is not None:
-        report.zoo(Path(zoo))
-    model_dirs = [Path(m) for m in models]
-    for directory in model_dirs:
+    out, model_dirs, log_files = Path(out), [Path(m) for m in models], [Path(f) for f in logs]
+    results = Path(results) if results is not None else None
+    _check_inputs(out, None if zoo is None else Path(zoo), model_dirs, results, log_files)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{IMAGES}-", dir=out))
+    try:
+        report = _Report(out, staging)
+        if zoo is not None:
+            report.zoo(Path(zoo))
+        if model_dirs:
+            report.models(model_dirs)
+        if results is not None:
+            for name, add in ((DOWNSTREAM_RESULTS_FILE, report.downstream_results),
+                              (TRANSFER_RESULTS_FILE, report.transfer_results)):
+                if (results / name).is_file():
+                    add(results / name)
+                else:
+                    report.sources.append(f"results {results} (no {name})")
+        if log_files:
+            report.logs(log_files)
+        return report.write()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_inputs(out: Path, zoo: Path | None, models: list[Path], results: Path | None, logs: list[Path]) -> None:
+    """Refuse a report with no input, an output that is a file, and inputs that are not there."""
+    if zoo is None and not models and results is None and not logs:
+        raise VimwError("nothing to report: give --zoo, --models, --results or --logs")
+    if out.exists() and not out.is_dir():
+        raise VimwError(f"--out {out} is a file; a report is a directory ({PAGE} and {IMAGES}/)")
+    if zoo is not None and not zoo.is_dir():
+        raise VimwError(f"{zoo} is a file; a zoo is a directory" if zoo.exists()
+                        else f"no zoo at {zoo}: the directory does not exist")
+    for directory in models:
         if not (directory / MANIFEST_FILE).is_file():
-            raise VimwError(f"{directory} is not a downstream model directory (no manifest.json)")
-    if model_dirs:
-        report.models(model_dirs)
-    if results is not None:
-        results = Path(results)
-        if not results.is_dir():
-            raise VimwError(f"no results folder at {results}")
-        if (results / DOWNSTREAM_RESULTS_FILE).is_file():
-            report.downstream_results(results / DOWNSTREAM_RESULTS_FILE)
-        if (results / TRANSFER_RESULTS_FILE).is_file():
-            report.transfer_results(results / TRANSFER_RESULTS_FILE)
-    log_files = [Path(f) for f in logs]
-    for f in log_files:
+            raise VimwError(f"{directory} is not a downstream model directory (no {MANIFEST_FILE})")
+    if results is not None and not results.is_dir():
+        raise VimwError(f"no results folder at {results}")
+    for f in logs:
         if not f.is_file():
             raise VimwError(f"no log file at {f}")
-    if log_files:
-        report.logs(log_files)
-    return report.write()

@@ -22,9 +22,18 @@ def _save(fig, path: str | os.PathLike) -> None:
     plt = _pyplot()
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    # "tight" grows the image to hold the legends placed outside the axes
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def legend_outside(ax, handles=None, **options) -> None:
+    """The axes' legend (or one of ``handles``) to the right of the plot, where it can hide no data."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+                  **options)
 
 
 def accuracy_vs_shots(summary: list[dict], task: str, path: str | os.PathLike) -> None:
@@ -52,7 +61,7 @@ def accuracy_vs_shots(summary: list[dict], task: str, path: str | os.PathLike) -
     ax.set_ylabel("test accuracy")
     ax.set_title(task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax, fontsize=8)
     _save(fig, path)
 
 
@@ -73,22 +82,28 @@ def transfer_bars(summary: dict[str, dict], path: str | os.PathLike) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("TransMiter: base / novel / harmonic mean")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax, fontsize=8)
     _save(fig, path)
 
 
 def training_curves(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "") -> None:
     """Train loss and validation score against epoch, one line per run."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10.0, 3.8))
-    for name, records in runs.items():
+    handles = []
+    for number, (name, records) in enumerate(runs.items()):
         epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
         losses = [r.get("train_loss") for r in records]
         scores = [r.get("val_score") for r in records]
+        colour = f"C{number % 10}"  # one colour per run in both panels, so one legend serves both
         if any(v is not None for v in losses):
-            loss_ax.plot(epochs, losses, marker="o", label=name)
+            loss_ax.plot(epochs, losses, marker="o", label=name, color=colour)
         if any(v is not None for v in scores):
-            val_ax.plot(epochs, scores, marker="o", label=name)
+            val_ax.plot(epochs, scores, marker="o", label=name, color=colour)
+        if any(v is not None for v in losses + scores):
+            handles.append(Line2D([], [], color=colour, marker="o", label=name))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("train loss")
     val_ax.set_xlabel("epoch")
@@ -98,7 +113,7 @@ def training_curves(runs: dict[str, list[dict]], path: str | os.PathLike, title:
     for ax in (loss_ax, val_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    legend_outside(val_ax, handles, fontsize=7)  # one legend for both panels
     if title:
         fig.suptitle(title)
     _save(fig, path)
