@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import synthetic_task
-from vimw.aggregation import load_downstream
+from vimw.aggregation import ZooAggregate, load_downstream
 from vimw.errors import RegistryError, VimwError
 from vimw.evaluation import predict_logits
 from vimw.evaluation.selection import best_candidate
@@ -33,6 +33,7 @@ from vimw.methods import (
     unregister_method,
 )
 from vimw.training import TaskModel, TrainConfig
+from vimw.training.headfit import head_only
 from vimw.workflows.aggregate import AggregateSettings, save_model
 from vimw.workflows.compare import SearchSettings, compare_methods
 
@@ -51,7 +52,7 @@ class FrozenFirstModule(DownstreamMethod):
 
 def register_toy():
     register_method(TOY_METHOD, "the first zoo module, frozen, and a head", grid=HEAD_ONLY_GRID,
-                    uses_zoo=True)(FrozenFirstModule)
+                    uses_zoo=True, trains="head")(FrozenFirstModule)
 
 
 @contextmanager
@@ -92,6 +93,16 @@ def test_every_method_searches_its_grid_saves_loads_and_predicts_the_same(method
     chosen = row.candidates[best_candidate([{"score": c["val"], "loss": c["val_loss"]} for c in row.candidates])]
     assert (row.lr, row.val) == (chosen["lr"], chosen["val"])  # the rule's choice is the kept one
     result = kept["result"]
+    # What a method declares its steps run through is what its trained model does.
+    trains = get_method(method).trains
+    plugin = result.model.plugin
+    assert head_only(result.model) == (trains == "head")
+    if trains == "zoo":
+        assert isinstance(plugin, ZooAggregate) and plugin.num_trainable() > 0
+    if trains == "module":
+        assert not isinstance(plugin, ZooAggregate) and any(p.requires_grad for p in plugin.parameters())
+    if trains == "backbone":
+        assert any(p.requires_grad for p in result.model.backbone.parameters())
     if not get_method(method).saved:
         with pytest.raises(VimwError, match="cannot be saved"):
             AggregateSettings(zoo="z", task="t", out="o", method=method).check_flags()

@@ -119,7 +119,7 @@ class DownstreamMethod:
     saved: ClassVar[bool] = True  # whether its models can be saved (full fine-tuning: no)
     auto_rank: ClassVar[int | None] = None  # position among auto's candidates (None: not one)
     grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
-    trains: ClassVar[str] = "module"  # what a step runs: "head" (cached features), "module", "zoo" (every module)
+    trains: ClassVar[str] = "module"  # what a step runs through: "head", "module", "zoo" or "backbone"
 
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         """A fresh model for this task and the record that rebuilds it (fresh heads seeded by the caller)."""
@@ -170,7 +170,7 @@ def finish(name: str, model: TaskModel, info: dict, result: FitResult, ctx: Meth
 _METHODS: dict[str, DownstreamMethod] = {}
 
 
-TRAINS = ("head", "module", "zoo")
+TRAINS = ("head", "module", "zoo", "backbone")
 
 
 def register_method(name: str, summary: str, *, grid: tuple[dict, ...] = MODULE_GRID, uses_zoo: bool = False,
@@ -181,7 +181,8 @@ def register_method(name: str, summary: str, *, grid: tuple[dict, ...] = MODULE_
     (what "the zoo helps" is measured over); ``saved``: whether its models can be saved;
     ``auto_rank``: its place among ``auto``'s candidates (``None``: not one); ``trains``: what a
     training step runs through (``"head"``: cached features; ``"module"``: the backbone with one
-    module; ``"zoo"``: the backbone with every zoo module), for cost estimates.
+    new module; ``"zoo"``: the backbone with every zoo module; ``"backbone"``: the whole backbone
+    trains), for cost estimates.
     """
     if not name or not isinstance(name, str) or name == "auto":
         raise RegistryError(f"a downstream method needs a name other than 'auto', got {name!r}")

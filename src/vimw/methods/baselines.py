@@ -28,7 +28,7 @@ class Scratch(DownstreamMethod):
 
 
 @register_method("full_ft", "full fine-tuning of the whole backbone with the head (a benchmark reference)",
-                 grid=({"lr": 3e-4}, {"lr": 1e-3}), saved=False)
+                 grid=({"lr": 3e-4}, {"lr": 1e-3}), saved=False, trains="backbone")
 class FullFineTune(DownstreamMethod):
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         return TaskModel(copy.deepcopy(ctx.backbone).unfreeze(), ctx.head()), {}

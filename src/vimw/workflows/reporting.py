@@ -33,7 +33,7 @@ class StepCosts:
         """One training run of a method whose steps run through ``trains`` (``DownstreamMethod.trains``)."""
         if trains == "head":  # features once per image and view, then head steps cost ~nothing
             return (views * num_train + num_val) * self.feature
-        factor = 1.0 + (0.35 * self.num_modules if trains == "zoo" else 0.0)
+        factor = {"zoo": 1.0 + 0.35 * self.num_modules, "backbone": 2.0}.get(trains, 1.0)
         return steps * self.module_step * factor + 2 * num_val * self.feature * factor
 
 
