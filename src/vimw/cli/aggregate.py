@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from vimw.cli.options import SKIP_BAD_HELP
+
 
 def register(commands) -> None:
     parser = commands.add_parser("aggregate", help="learn per-site gates over a zoo + a head for a downstream task")
@@ -21,6 +23,7 @@ def register(commands) -> None:
     evaluate.add_argument("--task", help="task (default: the one the model was trained on)")
     evaluate.add_argument("--zoo", help="zoo directory, if it moved since training")
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_HELP)
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -38,6 +41,7 @@ def _add_job_options(parser) -> None:
     parser.add_argument("--image-size", type=nonneg_int, help="input resolution (default: the zoo's)")
     parser.add_argument("--backbone", help="where the zoo's backbone is (default: what the zoo was built from)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_HELP)
 
 
 def _add_method_options(parser) -> None:
@@ -106,7 +110,8 @@ def run_aggregate(args) -> int:
     recipe = effective_aggregate_recipe(args)
     settings = AggregateSettings.from_section(recipe["aggregate"])
     reporter = SearchReporter(lambda line: print(line, flush=True), terminal=False if args.no_progress else None)
-    outcome = aggregate(settings, recipe=recipe, reporter=reporter, overwrite=args.overwrite)
+    outcome = aggregate(settings, recipe=recipe, reporter=reporter, overwrite=args.overwrite,
+                        skip_bad=args.skip_bad_images)
     if outcome.auto is not None:
         print(outcome.auto.explain())
         print(f"auto chose {outcome.method} ({outcome.auto.selection}; accuracy ties go to the lower validation loss)")
@@ -123,7 +128,7 @@ def run_aggregate(args) -> int:
 def run_evaluate(args) -> int:
     from vimw.workflows.aggregate import evaluate_saved
 
-    metrics, manifest, data = evaluate_saved(args.model, task=args.task, zoo=args.zoo)
+    metrics, manifest, data = evaluate_saved(args.model, task=args.task, zoo=args.zoo, skip_bad=args.skip_bad_images)
     if args.json:
         json.dump(metrics, sys.stdout, indent=2)
         print()

@@ -160,13 +160,14 @@ def save_model(out: str | os.PathLike, result, data, config, *, shots: int | Non
 
 
 def aggregate(settings: AggregateSettings, *, recipe: dict | None = None, reporter=None,
-              overwrite: bool = False) -> AggregateOutcome:
+              overwrite: bool = False, skip_bad: bool = False) -> AggregateOutcome:
     """Train ``settings.method`` (or let ``auto`` choose) on the task over the zoo; write the model.
 
     ``recipe`` (the effective recipe, if the run came from one) is written next to the model
     as ``recipe.json`` together with how the zoo was built. An existing model is replaced only
     with ``overwrite``; a second run writing the same directory at the same time is refused.
     ``reporter`` (a ``workflows.reporting.SearchReporter``) is told the estimate and progress.
+    ``skip_bad``: an image folder's unreadable files are left out instead of stopping the run.
     """
     from vimw.io import file_lock
     from vimw.io.names import MODEL_LOCK_FILE
@@ -184,7 +185,7 @@ def aggregate(settings: AggregateSettings, *, recipe: dict | None = None, report
         with file_lock(out / MODEL_LOCK_FILE, wait=False, what=str(out)):
             if not overwrite and existing_model(out):
                 raise VimwError(f"{out} already holds a model; pass --overwrite to replace it, or choose another --out")
-            return _aggregate(settings, recipe, reporter)
+            return _aggregate(settings, recipe, reporter, skip_bad)
     except BaseException:
         if created and out.is_dir() and not existing_model(out):  # leave nothing behind a failed first run
             shutil.rmtree(out, ignore_errors=True)
@@ -198,12 +199,12 @@ def existing_model(directory: Path) -> bool:
     return directory.is_dir() and any(p.name != MODEL_LOCK_FILE for p in directory.iterdir())
 
 
-def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter) -> AggregateOutcome:
+def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter, skip_bad: bool = False) -> AggregateOutcome:
     from vimw.evaluation import evaluate
 
     started = time.perf_counter()
     zoo, backbone = open_zoo(settings)
-    data = load_data(settings)
+    data = load_data(settings, skip_bad)
     search = settings.search
     names = list(settings.modules) if settings.modules else None
     auto = None
@@ -271,17 +272,18 @@ def check_zoo_dir(path: str | os.PathLike) -> Path:
     return root
 
 
-def load_data(settings: AggregateSettings):
+def load_data(settings: AggregateSettings, skip_bad: bool = False):
     """The task's splits for this run (a task needs at least two classes)."""
     from vimw.data import load_task
 
-    data = load_task(settings.task, shots=settings.shots, seed=settings.search.seed)
+    data = load_task(settings.task, shots=settings.shots, seed=settings.search.seed, skip_bad=skip_bad)
     if data.num_classes < 2:
         raise VimwError(f"task {settings.task!r} has {data.num_classes} class; a classifier needs at least 2")
     return data
 
 
-def evaluate_saved(model_dir: str | os.PathLike, *, task: str | None = None, zoo: str | os.PathLike | None = None):
+def evaluate_saved(model_dir: str | os.PathLike, *, task: str | None = None, zoo: str | os.PathLike | None = None,
+                   skip_bad: bool = False):
     """A saved model's test metrics on its task (or ``task``): ``(metrics, manifest, data)``."""
     from vimw.aggregation import load_downstream
     from vimw.data import load_task
@@ -290,7 +292,7 @@ def evaluate_saved(model_dir: str | os.PathLike, *, task: str | None = None, zoo
 
     model, manifest = load_downstream(model_dir, zoo_dir=zoo)
     recorded = manifest.get("task", {})
-    data = load_task(task or recorded.get("name"), seed=recorded.get("seed", 0))
+    data = load_task(task or recorded.get("name"), seed=recorded.get("seed", 0), skip_bad=skip_bad)
     if data.num_classes != model.head_config.num_classes:
         raise DataError(f"task {data.spec.name!r} has {data.num_classes} classes but the model predicts "
                         f"{model.head_config.num_classes}")
