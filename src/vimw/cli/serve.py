@@ -7,6 +7,8 @@ from vimw.serve.defaults import (DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_UP
 
 
 def register(commands) -> None:
+    from vimw.cli.options import nonneg_float, number, positive_float, positive_int
+
     parser = commands.add_parser(
         "serve", help="serve downstream models over HTTP, batching requests for different models together")
     parser.add_argument("--models", nargs="*", default=[], metavar="[NAME=]DIR",
@@ -14,18 +16,18 @@ def register(commands) -> None:
                              "directory's; more can be added while serving (POST /v1/models)")
     parser.add_argument("--zoo", help="zoo directory for the models, if it moved since training")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: a free one)")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+    parser.add_argument("--port", type=number(int, minimum=0, maximum=65535), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: a free one)")
+    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                         help=f"most images per batch, and per request (default {DEFAULT_MAX_BATCH})")
-    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+    parser.add_argument("--max-wait-ms", type=nonneg_float, default=DEFAULT_MAX_WAIT_MS,
                         help="longest a request waits for others on their way to join its batch "
                              f"(default {DEFAULT_MAX_WAIT_MS:g})")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+    parser.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest request body in MiB (default {DEFAULT_MAX_UPLOAD_MB:g})")
     parser.add_argument("--fold", choices=FOLD_POLICIES, default="auto",
                         help="LoRA models: their own folded backbone copy where it measures faster (auto), "
                              "never, or always (default auto)")
-    parser.add_argument("--threads", type=int, help="torch threads for the forward passes (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads for the forward passes (default: torch's)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=run)
 
