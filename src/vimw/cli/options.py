@@ -76,8 +76,21 @@ def directory(noun: str, *, must_exist: bool, made_by: str = "") -> Callable[[st
 
 
 _ZOO_MADE_BY = " (made by 'vimw zoo build' or 'vimw zoo train')"
-zoo_to_read = directory("zoo", must_exist=True, made_by=_ZOO_MADE_BY)  # a zoo to read
+_zoo_directory = directory("zoo", must_exist=True, made_by=_ZOO_MADE_BY)
 zoo_to_write = directory("zoo", must_exist=False, made_by=_ZOO_MADE_BY)  # a zoo to add to (created if missing)
+
+
+def zoo_to_read(text: str) -> str:
+    """An argparse ``type`` for a zoo to read: a directory that is empty or holds a zoo's index or
+    modules (another vimw directory, such as a downstream model, is named for what it is not)."""
+    from vimw.io.names import MANIFEST_FILE, ZOO_INDEX_FILE, ZOO_MODULES_DIR
+
+    path = Path(_zoo_directory(text)).expanduser()
+    if any(path.iterdir()) and not ((path / ZOO_INDEX_FILE).is_file() or (path / ZOO_MODULES_DIR).is_dir()):
+        model = " (it looks like a downstream model)" if (path / MANIFEST_FILE).is_file() else ""
+        raise argparse.ArgumentTypeError(f"{text} is not a zoo: it has no {ZOO_INDEX_FILE} and no "
+                                         f"{ZOO_MODULES_DIR}/{model}")
+    return text
 
 
 __all__ = ["SKIP_BAD_HELP", "Parser", "directory", "fraction", "nonneg_float", "nonneg_int", "number",
