@@ -79,7 +79,7 @@ def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return nn.functional.one_hot(targets.long(), num_classes).to(torch.float64)
 
 
-def _centred_dual(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def centred_dual(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gram matrix of the centred features (float64) and its mean diagonal, the lambda unit."""
     f = features.to(torch.float64)
     f = f - f.mean(0, keepdim=True)
@@ -87,7 +87,7 @@ def _centred_dual(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gram, gram.diagonal().mean().clamp_min(1e-12)
 
 
-def _loo_residuals(gram: torch.Tensor, energy: torch.Tensor, centred_targets: torch.Tensor, lam: float) -> torch.Tensor:
+def loo_residuals(gram: torch.Tensor, energy: torch.Tensor, centred_targets: torch.Tensor, lam: float) -> torch.Tensor:
     """Exact leave-one-out residuals ``y_i - f_{-i}(x_i)`` of ridge with an unpenalised intercept.
 
     With ``A = (K_c + a I)^-1`` on the centred Gram ``K_c`` and ``C = I - 11^T/n``, the hat
@@ -114,12 +114,12 @@ def ridge_loo_loss(
     n = features.shape[0]
     if n < 3:
         raise VimwError(f"a leave-one-out gate fit needs at least 3 images, got {n}")
-    gram, energy = _centred_dual(features)
+    gram, energy = centred_dual(features)
     y = one_hot(targets, num_classes).to(gram.device)
     y = y - y.mean(0, keepdim=True)
     best, best_lam = None, lambdas[0]
     for lam in lambdas:
-        loss = _loo_residuals(gram, energy, y, lam).pow(2).sum(1).mean()
+        loss = loo_residuals(gram, energy, y, lam).pow(2).sum(1).mean()
         if best is None or loss.item() < best.item():
             best, best_lam = loss, lam
     return best, float(best_lam)
@@ -128,9 +128,9 @@ def ridge_loo_loss(
 def ridge_loo_accuracy(features: torch.Tensor, targets: torch.Tensor, num_classes: int, lam: float) -> float:
     """Leave-one-out accuracy of the same ridge head (for reports)."""
     with torch.no_grad():
-        gram, energy = _centred_dual(features)
+        gram, energy = centred_dual(features)
         y = one_hot(targets, num_classes).to(gram.device)
-        predicted = (y - _loo_residuals(gram, energy, y - y.mean(0, keepdim=True), lam)).argmax(1)
+        predicted = (y - loo_residuals(gram, energy, y - y.mean(0, keepdim=True), lam)).argmax(1)
         return float((predicted == targets.to(predicted.device)).double().mean())
 
 
@@ -374,9 +374,12 @@ __all__ = [
     "RIDGE_LAMBDAS",
     "STRATEGIES",
     "ScaledZooAggregate",
+    "centred_dual",
     "fit_aggregate_gates",
     "fit_gates_cma",
     "fit_gates_gradient",
+    "loo_residuals",
+    "one_hot",
     "ridge_loo_accuracy",
     "ridge_loo_loss",
     "uniform_penalty",
