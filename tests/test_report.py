@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import pytest
 
 from conftest import write_image_folder
 from vimw.cli.main import main
+from vimw.report import plots
 from vimw.report.browser import broken_images, check_page, find_chromium, screenshot
+from vimw.report.build import rounded
 
 pytest.importorskip("matplotlib")
 
@@ -95,3 +99,103 @@ def test_a_missing_image_is_reported_broken(tmp_path):
     assert sorted(broken_images(check_page(page))) == ["missing.png", "not-a-png.png"]
     screenshot(page, tmp_path / "s.png", width=400, height=300)
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+# -- what the page shows, and what it refuses ------------------------------------------------------
+def test_benchmark_charts_appear_only_with_results(report_inputs, tmp_path, monkeypatch, capsys):
+    # run inside a folder that has benchmarks/results, as inside the repository
+    shutil.copytree(report_inputs["results"], tmp_path / "benchmarks" / "results")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--out", "r", "--zoo", str(report_inputs["zoo"])]) == 0
+    assert sorted(p.name for p in (tmp_path / "r" / "images").iterdir()) == ["zoo-training-curves.png"]
+    assert "downstream.json" not in (tmp_path / "r" / "index.html").read_text()
+
+
+def _row(page: str, table_id: str, first_cell: str) -> list[str]:
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+    for row in re.findall(r"<tr>(.*?)</tr>", table, re.S):
+        cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in {table_id}")
+
+
+def test_a_zoo_init_model_shows_the_modules_it_was_built_from(report_inputs, tmp_path):
+    folder = write_image_folder(tmp_path / "photos", per_class=6)
+    model = tmp_path / "init"
+    assert main(["aggregate", "--zoo", str(report_inputs["zoo"]), "--task", f"folder:{folder}", "--shots", "2",
+                 "--method", "zoo_init", "--out", str(model), "--epochs", "1", "--no-progress"]) == 0
+    recorded = json.loads((model / "manifest.json").read_text())
+    assert "zoo" not in recorded and len(recorded["init"]["zoo_modules"]) == 3  # what the count is read from
+    assert main(["report", "--out", str(tmp_path / "r"), "--models", str(model), str(report_inputs["model"])]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    headers = re.findall(r"<th>(.*?)</th>", re.search(r'<table id="models-table">.*?</thead>', page, re.S).group(0))
+    column = headers.index("modules")
+    assert _row(page, "models-table", "init")[column] == "3"
+    assert _row(page, "models-table", "model")[column] == "3"
+
+
+@pytest.mark.parametrize("value, shown", [(114.3, "114"), (1234.56, "1,235"), (12.345, "12.3"), (2.5, "2.50"),
+                                          (0.95, "0.950"), (0.0123, "0.012"), (0.004321, "0.0043"), (0.0, "0.000"),
+                                          (-0.25, "-0.250")])
+def test_numbers_are_rounded_for_people(value, shown):
+    assert rounded(value) == shown
+
+
+def test_the_page_shows_no_machine_precision(report_inputs, tmp_path):
+    out = tmp_path / "r"
+    assert main(["report", "--out", str(out), "--zoo", str(report_inputs["zoo"]), "--models",
+                 str(report_inputs["model"]), "--results", str(report_inputs["results"])]) == 0
+    cells = re.findall(r'<td class="num">(.*?)</td>', (out / "index.html").read_text())
+    assert cells and not [c for c in cells if re.search(r"\.\d{4,}", c)]
+
+
+def test_legends_hide_no_data(report_inputs, tmp_path, monkeypatch):
+    saved = []
+    original = plots._save
+
+    def measuring_save(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                box = legend.get_window_extent(renderer)
+                saved.append((Path(path).name, [box.overlaps(other.get_window_extent(renderer)) for other in fig.axes]))
+        original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", measuring_save)
+    assert main(["report", "--out", str(tmp_path / "r"), "--zoo", str(report_inputs["zoo"]), "--results",
+                 str(report_inputs["results"]), "--logs", str(report_inputs["log"])]) == 0
+    charts = {name for name, _ in saved}
+    assert charts == {"zoo-training-curves.png", "shots-digits8x8.png", "shots-fmnist.png", "transfer-bars.png",
+                      "logs-training-curves.png"}
+    assert all(not any(overlaps) for _, overlaps in saved)
+
+
+def test_an_empty_report_is_refused_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    code = main(["report", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vimw: error: nothing to report") and len(err.splitlines()) == 1
+    (tmp_path / "results").mkdir()
+    assert main(["report", "--out", str(out), "--results", str(tmp_path / "results")]) == 2
+    assert "no results or log records" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_failed_report_keeps_the_earlier_one(report_inputs, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", "--out", str(out), "--zoo", str(report_inputs["zoo"])]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert main(["report", "--out", str(out), "--models", str(tmp_path / "missing")]) == 2
+    assert main(["report", "--out", str(out), "--results", str(tmp_path)]) == 2  # nothing to show
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_a_file_as_out_is_refused(tmp_path, capsys, report_inputs):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["report", "--out", str(target), "--zoo", str(report_inputs["zoo"])]) == 2
+    assert "notes.txt is a file" in capsys.readouterr().err and target.read_text() == "keep me"

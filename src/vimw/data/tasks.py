@@ -180,8 +180,8 @@ def _check_classes(imageset: ImageSet, spec: TaskSpec) -> ImageSet:
     """``imageset``, refused when a classification task would have fewer than two classes."""
     if spec.kind == "classification" and imageset.num_classes < 2:
         layout = " (one sub-folder per class)" if spec.dataset.startswith(FOLDER_PREFIX) else ""
-        raise DataError(f"task {spec.name!r} has {imageset.num_classes} class ({', '.join(imageset.class_names)}); "
-                        f"a classifier needs at least 2{layout}")
+        raise DataError(f"task {spec.name!r} has {imageset.num_classes} class "
+                        f"({', '.join(map(repr, imageset.class_names))}); a classifier needs at least 2{layout}")
     return imageset
 
 
