@@ -35,7 +35,8 @@ from vimw.data import (
     shard_indices,
 )
 from vimw.data import sources, specs
-from vimw.errors import DataError, FormatError, MissingExtraError, RegistryError
+from vimw.data.user_data import describe_skipped
+from vimw.errors import DataError, FormatError, ImageReadError, MissingExtraError, RegistryError
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FOOTWEAR_BAGS = ("Sandal", "Sneaker", "Ankle boot", "Bag")
@@ -355,6 +356,62 @@ def test_unreadable_image_is_refused_naming_the_file(tmp_path):
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with pytest.raises(DataError, match="broken.png"):
         load_image_folder(tmp_path)
+
+
+def test_skip_bad_leaves_out_unreadable_files_and_says_which(tmp_path, caplog):
+    for cls in ("a", "b"):
+        for i in range(3):
+            _write_png(tmp_path / cls / f"{i}.png", "L", 10 * i)
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp_path / "b" / "text.jpg").write_text("a text file")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        load_image_folder(tmp_path)
+    with caplog.at_level("WARNING", logger="vimw.data.user_data"):
+        folder = load_image_folder(tmp_path, image_size=8, skip_bad=True)
+    assert folder.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"vimw: skipped 2 unreadable image file(s) in {tmp_path}: a/broken.png, b/text.jpg"]
+
+
+def test_skip_bad_reaches_folder_tasks_in_both_layouts(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(5):
+            _write_png(tmp_path / "flat" / cls / f"{i}.png", "L", 10 * i)
+            _write_png(tmp_path / "split" / "train" / cls / f"{i}.png", "L", 10 * i)
+        _write_png(tmp_path / "split" / "test" / cls / "t.png", "L", 7)
+    (tmp_path / "flat" / "a" / "bad.png").write_text("no")
+    (tmp_path / "split" / "test" / "b" / "bad.png").write_text("no")
+    for folder in ("flat", "split"):
+        with pytest.raises(ImageReadError, match="bad.png"):
+            load_task(f"folder:{tmp_path / folder}")
+    flat = load_task(f"folder:{tmp_path / 'flat'}", skip_bad=True)
+    assert len(flat.train) + len(flat.val) + len(flat.test) == 10
+    assert len(load_task(f"folder:{tmp_path / 'split'}", skip_bad=True).test) == 2
+
+
+def test_skipped_files_are_listed_up_to_a_few():
+    skipped = [(Path(f"/d/c/{i}.png"), "why") for i in range(8)]
+    assert describe_skipped(skipped, Path("/d")) == (
+        "skipped 8 unreadable image file(s) in /d: c/0.png, c/1.png, c/2.png, c/3.png, c/4.png and 3 more")
+    assert describe_skipped(skipped[:1]) == "skipped 1 unreadable image file(s): /d/c/0.png"
+
+
+def test_a_class_with_only_unreadable_files_is_refused_even_when_skipping(tmp_path):
+    _write_png(tmp_path / "a" / "good.png", "L", 1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.png").write_text("no")
+    with pytest.raises(DataError, match=f"{tmp_path / 'b'} contains no readable image"):
+        load_image_folder(tmp_path, skip_bad=True)
+
+
+def test_a_classification_task_needs_two_classes(tmp_path):
+    for i in range(6):
+        _write_png(tmp_path / "folder" / "only" / f"{i}.png", "L", 10 * i)
+    with pytest.raises(DataError, match=r"1 class \('only'\); a classifier needs at least 2 \(one sub-folder"):
+        load_task(f"folder:{tmp_path / 'folder'}")
+    np.savez(tmp_path / "one.npz", images=np.zeros((6, 4, 4), np.uint8), labels=np.zeros(6, np.int64))
+    with pytest.raises(DataError, match=r"1 class \('0'\); a classifier needs at least 2$"):
+        load_task(f"npz:{tmp_path / 'one.npz'}")
 
 
 def test_npz_labels_out_of_range_are_refused_naming_label_and_file(tmp_path):
