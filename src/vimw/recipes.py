@@ -28,8 +28,9 @@
       out: runs/recipe/model
       train: {steps: 120, batch_size: 32, lr: null}  # SearchSettings (lr null: the method's grid)
     transfer:                            # options of `vimw transfer extract` (flags win)
-      weak: efficientnet_lite0@64+invert
-      apply: {to: efficientnet_lite2@224}  # options of `vimw transfer apply`; likewise refine
+      weak: efficientnet_lite0@96+invert
+      apply: {to: efficientnet_lite2@160}  # options of `vimw transfer apply`; likewise refine, evaluate
+      evaluate: {blend: auto}
 
 Every section is optional. Command-line flags override the file (``resolve``, the one merge);
 the effective recipe (after overrides) is written as ``recipe.json`` next to every
