@@ -109,7 +109,7 @@ class Batcher:
         self._incoming = 0  # requests being received or decoded
         self._closed = False
         self._stats = {"requests": 0, "images": 0, "batches": 0, "backbone_passes": 0, "largest_batch": 0,
-                       "failed_batches": 0, "compute_seconds": 0.0}
+                       "failed_batches": 0, "compute_seconds": 0.0, "compute_cpu_seconds": 0.0}
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._work, name="vimw-batcher", daemon=True)
         self._thread.start()
@@ -162,7 +162,7 @@ class Batcher:
     def _work(self) -> None:
         torch.set_grad_enabled(False)
         while (batch := self._take()) is not None:
-            started = time.perf_counter()
+            started = (time.perf_counter(), time.thread_time())
             try:
                 with torch.inference_mode():
                     results, passes = self._runner(batch)
@@ -175,7 +175,7 @@ class Batcher:
             for job, result in zip(batch, results):
                 job.future.set_result(result)
 
-    def _count(self, batch: list[Job], passes: int, started: float, failed: bool = False) -> None:
+    def _count(self, batch: list[Job], passes: int, started: tuple[float, float], failed: bool = False) -> None:
         images = sum(len(j.images) for j in batch)
         with self._cond:
             s = self._stats
@@ -185,15 +185,18 @@ class Batcher:
             s["backbone_passes"] += passes
             s["failed_batches"] += int(failed)
             s["largest_batch"] = max(s["largest_batch"], images)
-            s["compute_seconds"] += time.perf_counter() - started
+            s["compute_seconds"] += time.perf_counter() - started[0]  # wall clock
+            s["compute_cpu_seconds"] += time.thread_time() - started[1]  # this thread's CPU
 
     def stats(self) -> dict:
-        """Counters since start: requests, images, batches, backbone passes, compute time."""
+        """Counters since start: requests, images, batches, backbone passes, time in forward passes
+        (wall clock, and CPU time of the worker thread)."""
         with self._cond:
             stats = dict(self._stats)
             waiting = len(self._queue)
         uptime = time.perf_counter() - self._started
-        stats.update(compute_seconds=round(stats["compute_seconds"], 4), uptime_seconds=round(uptime, 3),
+        stats.update(compute_seconds=round(stats["compute_seconds"], 4),
+                     compute_cpu_seconds=round(stats["compute_cpu_seconds"], 4), uptime_seconds=round(uptime, 3),
                      waiting=waiting, max_batch=self.max_batch, max_wait_ms=self.max_wait * 1e3,
                      mean_batch=round(stats["images"] / stats["batches"], 3) if stats["batches"] else 0.0)
         return stats
