@@ -188,6 +188,8 @@ CASES = {
     "zoo verify of a model": (["zoo", "verify", "--zoo", "{ws}/model"], ["is not a zoo", "downstream model"]),
     "zoo train into a file": ([*TRAIN[:2], "--zoo", "{ws}/notes.txt", "--task", "folder:{ws}/photos"],
                               ["notes.txt is a file"]),
+    "zoo train under a file": ([*TRAIN[:2], "--zoo", "{ws}/notes.txt/zoo", "--task", "folder:{ws}/photos"],
+                               ["notes.txt is a file, not a directory"]),
     "zoo diff with a file": (["zoo", "diff", "{ws}/zoo", "{ws}/notes.txt"], ["notes.txt is a file"]),
     "zoo import from a file": (["zoo", "import", "{ws}/notes.txt", "--zoo", "{ws}/new-zoo"], ["notes.txt is a file"]),
     "aggregate with a file as --zoo": (["aggregate", "--zoo", "{ws}/notes.txt", "--task", "folder:{ws}/photos",
@@ -282,6 +284,17 @@ def test_misuse_gets_one_clear_line_and_loses_nothing(workspace, capsys, case):
 
 def test_the_misuse_set_has_at_least_49_cases():
     assert len(CASES) >= 49
+
+
+def test_an_os_error_that_gets_through_is_one_line_naming_the_path(monkeypatch, capsys):
+    import vimw.cli.data
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/srv/shared/zoo/index.json")
+
+    monkeypatch.setattr(vimw.cli.data, "run_list", denied)
+    code, out, err = run(capsys, "data", "list")
+    assert assert_one_error_line(code, out, err) == "vimw: error: /srv/shared/zoo/index.json: Permission denied"
 
 
 def test_zoo_verify_of_a_damaged_zoo_lists_the_problems_with_exit_1(workspace, capsys):

@@ -67,6 +67,9 @@ def directory(noun: str, *, must_exist: bool, made_by: str = "") -> Callable[[st
         path = Path(text).expanduser()
         if path.exists() and not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a file; a {noun} is a directory{made_by}")
+        above = next((p for p in path.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a directory")
         if must_exist and not path.exists():
             raise argparse.ArgumentTypeError(f"no {noun} at {text}: the directory does not exist")
         return text
