@@ -302,12 +302,17 @@ def test_all_grey_image_folder_keeps_one_channel(tmp_path):
     assert load_image_folder(tmp_path, image_size=8).images.shape == (2, 1, 8, 8)
 
 
-def test_image_folder_task_splits_80_20_or_uses_train_test_folders(tmp_path):
+def _two_layouts(root: Path) -> None:
+    """``root/flat/<class>/`` (5 grey PNGs a class) and ``root/split/{train,test}/<class>/`` (5 + 1)."""
     for cls in ("a", "b"):
         for i in range(5):
-            _write_png(tmp_path / "flat" / cls / f"{i}.png", "L", 10 * i)
-            _write_png(tmp_path / "split" / "train" / cls / f"{i}.png", "L", 10 * i)
-        _write_png(tmp_path / "split" / "test" / cls / "t.png", "L", 7)
+            _write_png(root / "flat" / cls / f"{i}.png", "L", 10 * i)
+            _write_png(root / "split" / "train" / cls / f"{i}.png", "L", 10 * i)
+        _write_png(root / "split" / "test" / cls / "t.png", "L", 7)
+
+
+def test_image_folder_task_splits_80_20_or_uses_train_test_folders(tmp_path):
+    _two_layouts(tmp_path)
     flat = load_task(f"folder:{tmp_path / 'flat'}", image_size=12)
     assert (len(flat.train) + len(flat.val), len(flat.test)) == (8, 2)
     assert flat.train.images.shape[1:] == (1, 12, 12)
@@ -374,11 +379,7 @@ def test_skip_bad_leaves_out_unreadable_files_and_says_which(tmp_path, caplog):
 
 
 def test_skip_bad_reaches_folder_tasks_in_both_layouts(tmp_path):
-    for cls in ("a", "b"):
-        for i in range(5):
-            _write_png(tmp_path / "flat" / cls / f"{i}.png", "L", 10 * i)
-            _write_png(tmp_path / "split" / "train" / cls / f"{i}.png", "L", 10 * i)
-        _write_png(tmp_path / "split" / "test" / cls / "t.png", "L", 7)
+    _two_layouts(tmp_path)
     (tmp_path / "flat" / "a" / "bad.png").write_text("no")
     (tmp_path / "split" / "test" / "b" / "bad.png").write_text("no")
     for folder in ("flat", "split"):
