@@ -78,6 +78,30 @@ def fit_ridge_head(features: torch.Tensor, targets: torch.Tensor, num_classes: i
     return RidgeHead(weight.T.contiguous(), bias, float(lam), float(temperature), chosen_by, accuracy, log_loss)
 
 
+@torch.no_grad()
+def fit_closed_form_head(model, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 256) -> RidgeHead:
+    """Fit ``model``'s linear head in closed form on its frozen features of ``images`` (un-augmented).
+
+    Everything below the head (backbone, plug-in) must be frozen: the head is exact for
+    the features it was fitted on. Returns what was chosen; the head is set in place.
+    """
+    below = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    if below:
+        raise VimwError(f"a closed-form head needs everything below it frozen; {below[0]} trains")
+    if not isinstance(getattr(model.head, "fc", None), nn.Linear):
+        raise VimwError("a closed-form head needs a linear classification head")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bypass = model.bypass()
+    features = torch.cat([model.backbone.forward_features(model.backbone.preprocess(images[i:i + batch_size].to(device)),
+                                                          bypass) for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    fitted = fit_ridge_head(features, targets.to(device), model.head_config.num_classes)
+    set_linear_head(model.head.fc, fitted)
+    return fitted
+
+
 def set_linear_head(head: nn.Linear, fitted: RidgeHead) -> None:
     """Write ``fitted`` (temperature included) into ``head``."""
     if tuple(head.weight.shape) != tuple(fitted.weight.shape):
@@ -88,4 +112,4 @@ def set_linear_head(head: nn.Linear, fitted: RidgeHead) -> None:
 
 
 __all__ = ["HEAD_LAMBDAS", "ONE_SHOT_LAMBDA", "ONE_SHOT_TEMPERATURE", "RidgeHead", "TEMPERATURES",
-           "fit_ridge_head", "set_linear_head"]
+           "fit_closed_form_head", "fit_ridge_head", "set_linear_head"]
