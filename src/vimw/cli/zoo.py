@@ -82,15 +82,15 @@ def _add_sharing(sub) -> None:
     from vimw.cli.options import zoo_to_read, zoo_to_write
 
     imp = sub.add_parser("import", help="copy modules from another zoo directory (sha256 and backbone checked)")
-    imp.add_argument("source", type=zoo_to_read, metavar="SOURCE", help="the zoo directory to copy from")
+    imp.add_argument("source", type=zoo_to_read, help="the zoo directory to copy from")
     imp.add_argument("--zoo", required=True, type=zoo_to_write, help="the zoo to copy into (created if missing)")
     imp.add_argument("--modules", nargs="+", metavar="NAME", help="which modules (default: all)")
     imp.add_argument("--rename", nargs="+", default=[], metavar="OLD=NEW", help="import OLD under the name NEW")
     imp.set_defaults(handler=run_import)
 
     diff = sub.add_parser("diff", help="which modules two zoos share, differ in, or hold alone")
-    diff.add_argument("a", type=zoo_to_read, metavar="ZOO_A")
-    diff.add_argument("b", type=zoo_to_read, metavar="ZOO_B")
+    diff.add_argument("a", type=zoo_to_read)
+    diff.add_argument("b", type=zoo_to_read)
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(handler=run_diff)
 
