@@ -255,26 +255,15 @@ def kfold_tasks(data: TaskData, folds: int, seed: int) -> list[TaskData]:
     return splits
 
 
-def kfold_metrics(
-    backbone: Backbone,
-    data: TaskData,
-    methods: Sequence[str],
-    *,
-    folds: int,
-    zoo: Zoo | None,
-    shots: int | None,
-    settings: SearchSettings = SearchSettings(),
-    names: list[str] | None = None,
-    on_result=None,
-    deadline: float | None = None,
-) -> dict[str, dict]:
+def kfold_metrics(backbone: Backbone, data: TaskData, methods: Sequence[str], *, folds: int,
+                  settings: SearchSettings = SearchSettings(), **search) -> dict[str, dict]:
     """Each method's mean validation ``{"score", "loss"}`` over ``folds`` folds of the labelled
-    images (each fold trains on the rest, settings searched within it). A method the deadline
-    kept from finishing every fold is left out."""
+    images (each fold trains on the rest, settings searched within it). ``search`` are
+    :func:`compare_methods`' options (``zoo``, ``shots``, ``names``, ``deadline``, ...). A method
+    the deadline kept from finishing every fold is left out."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for split in kfold_tasks(data, folds, settings.seed):
-        for r in compare_methods(backbone, split, methods, zoo=zoo, shots=shots, settings=settings, names=names,
-                                 on_result=on_result, deadline=deadline, score_test=False):
+        for r in compare_methods(backbone, split, methods, settings=settings, score_test=False, **search):
             if not r.cut_short:
                 per_method[r.method].append(r.val_metrics)
     return {m: {"score": statistics.fmean(v["score"] for v in ms), "loss": statistics.fmean(v["loss"] for v in ms)}
