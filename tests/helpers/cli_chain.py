@@ -60,7 +60,7 @@ def zoo_aggregate_evaluate(
     code, out, err = run(capsys, "aggregate", "--zoo", zoo_dir, "--task", f"folder:{folder}", "--shots", 2,
                          "--method", "ens", "--out", model_dir, "--epochs", 2, "--no-progress")
     assert code == 0, err
-    assert out.startswith("ens on folder:")
+    assert out.splitlines()[-1].startswith("ens on folder:")  # the result line, after any progress lines
 
     code, out, err = run(capsys, "evaluate", "--model", model_dir, "--json")
     assert code == 0, err
