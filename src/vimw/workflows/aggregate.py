@@ -223,7 +223,9 @@ def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter, skip_
     overlaps = zoo_overlap_notes(zoo, data, names)
     manifest = save_model(settings.out, result, data, config, shots=settings.shots, test=test,
                           search={**record, "zoo_overlaps": overlaps})
-    write_recipe(settings, zoo.root, recipe)
+    # The recipe records the backbone the run found, so it reproduces the run wherever it is read.
+    recorded = backbone.record()
+    write_recipe(settings.replace(backbone=recorded.source), zoo.root, recipe)
     return AggregateOutcome(result.method, result, test, data, manifest, Path(settings.out), auto, overlaps)
 
 
@@ -273,13 +275,10 @@ def check_zoo_dir(path: str | os.PathLike) -> Path:
 
 
 def load_data(settings: AggregateSettings, skip_bad: bool = False):
-    """The task's splits for this run (a task needs at least two classes)."""
+    """The task's splits for this run (``load_task`` refuses a classifier with fewer than two classes)."""
     from vimw.data import load_task
 
-    data = load_task(settings.task, shots=settings.shots, seed=settings.search.seed, skip_bad=skip_bad)
-    if data.num_classes < 2:
-        raise VimwError(f"task {settings.task!r} has {data.num_classes} class; a classifier needs at least 2")
-    return data
+    return load_task(settings.task, shots=settings.shots, seed=settings.search.seed, skip_bad=skip_bad)
 
 
 def evaluate_saved(model_dir: str | os.PathLike, *, task: str | None = None, zoo: str | os.PathLike | None = None,
