@@ -155,6 +155,16 @@ class StackedModules:
 
     def apply(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """The gate-weighted sum of the modules, from ``prepare``'s matrices, on ``h``."""
+        return self.project(p, self.hidden(p, h))
+
+    # A kind that splits ``apply`` in two lets rows with other gates share the first part
+    # (``vimw serve``: rows of several models, one hidden pass, each row its own projection).
+    def hidden(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """What the last, gate-scaled projection reads: it does not depend on the gates."""
+        raise NotImplementedError
+
+    def project(self, p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """The last projection (``p["up"]``, gates folded in) of ``hidden``'s output."""
         raise NotImplementedError
 
     # -- helpers -------------------------------------------------------------------------

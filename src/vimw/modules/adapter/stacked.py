@@ -28,9 +28,11 @@ class StackedAdapter(StackedModules):
         return {"down": w["down.weight"].reshape(n * k, cin), "down_bias": w["down.bias"].reshape(n * k),
                 "up": cat_scaled(w["up.weight"], gates), "up_bias": gated_bias(w["up.bias"], gates)}
 
-    def apply(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def hidden(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         stride = self.site.stride
         if stride > 1:
             h = F.avg_pool2d(h, stride, stride=stride, ceil_mode=True)
-        z = F.gelu(self._channels(h, p["down"], p["down_bias"]))
+        return F.gelu(self._channels(h, p["down"], p["down_bias"]))
+
+    def project(self, p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         return self._channels(z, p["up"], p["up_bias"])

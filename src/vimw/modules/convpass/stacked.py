@@ -45,14 +45,17 @@ class StackedConvpass(StackedModules):
             "up_bias": gated_bias(w["up.bias"], gates),
         }
 
-    def apply(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def hidden(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         z = _silu(self._channels(h, p["down"], p["down_bias"]))
         groups = p["conv"].shape[0] // p["conv"].shape[1]  # one group per module
         if self.layout == "nchw":
             z = F.conv2d(z, p["conv"], p["conv_bias"], stride=self.site.stride, padding=1, groups=groups)
         else:
             z = self._conv_tokens(z, p["conv"], p["conv_bias"], groups)
-        return self._channels(_silu(z), p["up"], p["up_bias"])
+        return _silu(z)
+
+    def project(self, p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        return self._channels(z, p["up"], p["up_bias"])
 
     def _conv_tokens(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
         def grid(tokens: torch.Tensor) -> torch.Tensor:

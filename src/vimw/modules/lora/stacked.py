@@ -40,5 +40,8 @@ class StackedLoRA(StackedModules):
         n, r, inner = w["lora_A.weight"].shape
         return {"down": w["lora_A.weight"].reshape(n * r, inner), "up": cat_scaled(w["lora_B.weight"], gates)}
 
-    def apply(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        return self._channels(self._channels(h, p["down"], None), p["up"], None)
+    def hidden(self, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        return self._channels(h, p["down"], None)
+
+    def project(self, p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        return self._channels(z, p["up"], None)
