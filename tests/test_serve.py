@@ -154,6 +154,9 @@ def test_models_endpoint_describes_each_model_and_its_path(server, lite0):
         assert model["backbone"]["fingerprint"] == lite0.fingerprint() and model["task"]["name"] == f"syn-{pattern}"
         assert model["path"] == "shared"
     assert by_name["dots-probe"]["zoo_modules"] == [] and len(by_name["bands-ens"]["zoo_modules"]) == 3
+    # ens and topk over one zoo: their modules' hidden pass is shared at every site; a probe has none.
+    assert by_name["bands-ens"]["shared_hidden_sites"] == by_name["blocks-topk"]["shared_hidden_sites"] > 0
+    assert by_name["dots-probe"]["shared_hidden_sites"] == 0
     # The two zoo models share the zoo's three modules: three in memory, not six.
     assert listing["zoo_modules_in_memory"] == 3
     assert server.get("/healthz").json() == {"status": "ok", "models": 3}
@@ -346,14 +349,15 @@ def test_a_mixed_batch_gives_each_model_its_own_answer_with_lora_folded_or_share
 
     for fold, want_path, want_passes in (("never", "shared", 2), ("always", "folded", 2)):
         registry = ModelRegistry(fold=fold)
-        for name in ("bands-ens", "dots-probe"):
+        for name in ("bands-ens", "blocks-topk", "dots-probe"):
             registry.load(models[name], name)
         registry.load(lora_model, "lora")
         assert registry.get("lora").path == want_path and registry.get("bands-ens").path == "shared"
         pixels, kept, _ = read_images(images, registry.backbone.preprocess.size)
         pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+        # ens and topk share their zoo's hidden pass; the probe has no plug-in; LoRA taps inside.
         spec = [("bands-ens", slice(0, 3)), ("lora", slice(1, 4)), ("dots-probe", slice(2, 6)),
-                ("bands-ens", slice(3, 6))]
+                ("blocks-topk", slice(0, 2)), ("bands-ens", slice(3, 6))]
         with torch.inference_mode():
             results, passes = _probabilities(registry, spec, pixels)
         # The LoRA model taps inside the block: a pass of its own (shared inner-tap or folded copy).

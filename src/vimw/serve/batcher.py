@@ -80,7 +80,8 @@ def _run_pass(jobs: Sequence[Job], groups: list[list[int]], results: list) -> No
     if first.folded is not None:
         features = network.backbone.forward_features(pixels)
     else:
-        features = mixed_features(network.backbone, pixels, [s.model.bypass() for s in served], rows)
+        features = mixed_features(network.backbone, pixels, [s.model.bypass() for s in served], rows,
+                                  [s.shared for s in served])
     start = 0
     for model, group, count in zip(served, groups, rows):
         head = (model.folded or model.model).head

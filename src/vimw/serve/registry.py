@@ -30,7 +30,7 @@ from vimw.backbones import Backbone
 from vimw.errors import BackboneMismatchError, VimwError
 from vimw.io.names import MANIFEST_FILE
 from vimw.serve.defaults import FOLD_POLICIES
-from vimw.serve.mixed import tap_of
+from vimw.serve.mixed import SharedSite, shared_sites, tap_of
 from vimw.training import TaskModel
 from vimw.workflows.predict import Predictor, model_predictor
 
@@ -58,6 +58,7 @@ class ServedModel:
     predictor: Predictor
     folded: TaskModel | None = None  # its own backbone with the LoRA plug-in folded in
     timing_ms: dict | None = None  # the load-time measurement behind the choice
+    shared: dict[str, SharedSite] | None = None  # sites whose hidden pass it shares with other models
 
     @property
     def path(self) -> str:
@@ -84,6 +85,7 @@ class ServedModel:
             "backbone": {k: backbone.get(k) for k in ("arch", "fingerprint", "image_size")},
             "path": self.path,
             "path_note": _path_note(self),
+            "shared_hidden_sites": len(self.shared or {}),
             "timing_ms": self.timing_ms,
         }
 
@@ -93,6 +95,9 @@ def _path_note(served: ServedModel) -> str:
         return "own backbone copy with its LoRA plug-in folded into the weights (one pass of its own)"
     if served.model.plugin is None:
         return "shared batched pass, head only (no plug-in)"
+    if served.shared:
+        return (f"shared batched pass ({served.tap} tap); at {len(served.shared)} sites its zoo modules' hidden "
+                "pass runs once with other models' rows, then its own gate-scaled projection")
     return f"shared batched pass, its plug-in on its own rows ({served.tap} tap)"
 
 
@@ -164,8 +169,9 @@ class ModelRegistry:
         self.backbone = backbone
         self.fold = check_fold(fold)
         self._models: dict[str, ServedModel] = {}
-        # Loaded zoo modules, held weakly: a module no model uses any more is freed.
+        # Loaded zoo modules and their stacked runners, held weakly: what no model uses any more is freed.
         self._modules: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._runners: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()  # the name -> model table
         self._loading = threading.Lock()  # one load at a time (the shared backbone and module cache)
 
@@ -182,7 +188,8 @@ class ModelRegistry:
                                               module_cache=self._modules)
             predictor = model_predictor(model, manifest, str(directory))  # refuses dense models
             folded, timing = choose_path(model, self.fold)
-            served = ServedModel(name, directory, model, manifest, predictor, folded, timing)
+            shared = shared_sites(model.plugin, self._runners) if folded is None else {}
+            served = ServedModel(name, directory, model, manifest, predictor, folded, timing, shared)
             with self._lock:
                 if name in self._models:
                     raise NameTakenError(f"a model named {name!r} is already loaded")
