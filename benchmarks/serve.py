@@ -274,8 +274,8 @@ def forward_breakdown(models: list[Path], bodies: list[bytes], batch: int, repea
 
 # -- report ----------------------------------------------------------------------------------------------
 def targets(cells: list[dict], separate: list[dict], memory: dict, reference: dict) -> list[dict]:
-    one = next(c for c in cells if c["models"] == 1 and c["clients"] == 1)
-    shared = next(c for c in cells if c["models"] == 16 and c["clients"] == 32)
+    one = next(c for c in cells if c["models"] == 1 and c["clients"] == 1 and c["setup"] == "server")
+    shared = next(c for c in cells if c["models"] == 16 and c["clients"] == 32 and c["setup"] == "server")
     apart = next(c for c in separate if c["clients"] == 32)
     speed = shared["images_per_s"] / apart["images_per_s"]
     # On a shared machine the set-ups get unequal CPU: the same comparison per CPU-second of the servers.
@@ -300,7 +300,7 @@ def targets(cells: list[dict], separate: list[dict], memory: dict, reference: di
 def markdown(payload: dict) -> str:
     lines = ["## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |" for t in payload["targets"]]
-    columns = ("processes", "models", "clients", "images_per_s", "p50_ms", "p99_ms", "mean_batch_images",
+    columns = ("processes", "threads", "models", "clients", "images_per_s", "p50_ms", "p99_ms", "mean_batch_images",
                "backbone_passes_per_request", "forward_busy", "forward_ms_per_image", "forward_cpu_ms_per_image",
                "other_cpu_ms_per_request", "server_cpu_per_s",
                "client_cpu_per_s", "errors")
@@ -338,6 +338,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell (after 1 s warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="every configuration runs once per round (interleaved)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every server process")
+    parser.add_argument("--wide-threads", type=int, default=2,
+                        help="also the largest server with this many torch threads, at the most clients (0: not)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator (see drive)")
     parser.add_argument("--note", action="append", default=[], help="a line for the notes (what else ran)")
@@ -357,29 +359,32 @@ def main() -> None:
     # Every set-up stays up for the whole run, so that the rounds interleave them under the same load.
     servers = {n: start_all([models[:n]], args.threads, args.max_batch) for n in args.counts}
     singles = start_all([[m] for m in models], args.threads, args.max_batch)
+    wide = start_all([models], args.wide_threads, args.max_batch) if args.wide_threads else []
     configs = [("server", n, c) for n in args.counts for c in args.clients]
+    configs += [("wide", count, max(args.clients))] if wide else []
     configs += [("processes", count, c) for c in args.clients if c >= count // 2]
     measured: dict[tuple, list[dict]] = {k: [] for k in configs}
     try:
         for round_ in range(args.rounds):
             for kind, n, clients in configs:
-                replicas = servers[n] if kind == "server" else singles
+                replicas = {"server": servers.get(n), "processes": singles, "wide": wide}[kind]
                 if (kind, n, clients) == ("server", 1, 1):  # its reference, measured just before it
                     references.append(reference_p50())
-                measured[(kind, n, clients)].append(run_cell(replicas, clients, bodies, args.seconds, 1.0,
-                                                             args.client))
+                cell = run_cell(replicas, clients, bodies, args.seconds, 1.0, args.client)
+                measured[(kind, n, clients)].append({**cell, "setup": kind, "threads": args.wide_threads
+                                                     if kind == "wide" else args.threads})
                 print(round_, kind, n, clients, measured[(kind, n, clients)][-1]["images_per_s"], flush=True)
         memory = {f"server_{n}": replicas[0].memory() for n, replicas in servers.items()}
         parts = [r.memory() for r in singles]
         memory[f"processes_{count}"] = {k: sum(p[k] for p in parts) for k in parts[0]}
     finally:
-        for replica in [r for group in servers.values() for r in group] + singles:
+        for replica in [r for group in servers.values() for r in group] + singles + wide:
             replica.stop()
     reference = {"p50_ms": round(statistics.median(r["predict_logits"] for r in references), 4),
                  "forward_p50_ms": round(statistics.median(r["forward"] for r in references), 4),
                  "rounds": references, "what": "one decoded image in this process, 100 calls per round: "
                  "predict_logits (p50_ms), the model's forward on preprocessed pixels (forward_p50_ms)"}
-    cells = [median_cell(measured[k]) for k in configs if k[0] == "server"]
+    cells = [median_cell(measured[k]) for k in configs if k[0] in ("server", "wide")]
     separate = [median_cell(measured[k]) for k in configs if k[0] == "processes"]
     breakdown = forward_breakdown(models, bodies, batch=16)
     payload = {
