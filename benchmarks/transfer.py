@@ -16,9 +16,9 @@ image measured in the same run.
 
 Any split (``--base``, default the first half of the task's classes), any task vimw knows
 (``--task``, e.g. ``folder:DIR``), and the image sets drawn from ``--data-seed``. Torch runs on
-``VIMW_THREADS`` threads (default 1). Reruns of a unit over a filled logit cache have given the
-same rows; the run that fills the cache has given slightly different ones (the ImageNet text
-heads' rows depend, around 1e-7, on what the process embedded first).
+``VIMW_THREADS`` threads (default 1) with deterministic algorithms: a seed gives the same rows
+whether the logit cache is filled or not. The many-splits benchmark under a fixed protocol is
+``benchmarks/transfer_splits.py``.
 """
 
 from __future__ import annotations
@@ -75,17 +75,18 @@ def _merge(paths: list[str]) -> dict:
         if part["config"] != first["config"]:
             raise SystemExit(f"cannot merge runs with different settings: {paths}")
     per_seed = [r for part in parts for r in part["per_seed"]]
-    ratios: dict[str, list[float]] = {}
+    ratios: dict[str, dict[str, list[float]]] = {}
     for part in parts:
-        for key, value in part["plus_over_strong_ft"].items():
-            ratios.setdefault(key, []).append(value)
+        for protocol, values in part["plus_over_strong_ft"].items():
+            for key, value in values.items():
+                ratios.setdefault(protocol, {}).setdefault(key, []).append(value)
     summaries = summarise(per_seed)
     protocols = first["config"]["protocols"]
     first = {k: v for k, v in first.items() if k not in ("command", "machine")}  # this merge's own are written
     return {**first, "config": {**first["config"], "task": first["config"]["data"]["task"]},
             "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed, "summaries": summaries,
             "summary": summaries[headline_protocol(protocols)],
-            "plus_over_strong_ft": {k: sum(v) / len(v) for k, v in ratios.items()},
+            "plus_over_strong_ft": {p: {k: sum(v) / len(v) for k, v in by.items()} for p, by in ratios.items()},
             "merged_from": {p: part["command"] for p, part in zip(paths, parts)},
             "seconds": max(part["seconds"] for part in parts)}
 
@@ -144,28 +145,28 @@ def _markdown(result: dict, cfg, merged: bool) -> str:
         f"the training shots' images ({data.views} views, labels unused) + {data.num_align} unlabeled images; "
         f"{data.num_test} test images; K = {data.K}.", "",
         *sections,
-        "Seconds: the teacher = its fine-tuning; transferred = extraction (the teacher's pass over the unlabeled "
-        "views + distillation) + the strong model's passes over the alignment and validation images (timed in "
-        f"each seed's run: {1000 * result['strong_seconds_per_image']:.0f} ms per image on average) + "
-        "the lambda choice; TransMiter+ "
-        "adds the refinement; proxy / ensemble = the alpha choice only, but they need the fine-tuned weak model on "
-        "every image at inference, TransMiter needs only the strong model; strong fine-tuned = training with its "
-        "per-epoch validation.",
+        "Seconds: the teacher = its fine-tuning; transferred = extraction (the teacher's and the weak model's passes "
+        "over the extraction images + distillation) + both models' passes over the alignment images and the strong "
+        "model's over the training views and validation images (timed in each seed's run) + the lambda choice; "
+        "TransMiter+ adds the refinement; proxy / ensemble = the alpha choice only, but they need the fine-tuned weak "
+        "model on every image at inference, TransMiter needs only the strong model; strong fine-tuned = training "
+        "with its per-epoch validation, every learning rate.",
         "TransMiter+ time / strong fine-tuning time: "
-        + ", ".join(f"{p}: {v:.3f}" for p, v in ratio.items()) + ".",
+        + "; ".join(f"{p}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in by.items())
+                    for p, by in ratio.items()) + ".",
         f"Total wall time: {result['seconds']:.0f} s" + (" (the longest of the merged per-seed processes)."
                                                          if merged else "."),
     ])
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from transfer_splits import deterministic
 
     from vimw.transfer.protocol import ProtocolConfig, run_protocol
     from vimw.transfer.settings import TransferSettings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(int(os.environ.get("VIMW_THREADS", "1")))
+    deterministic(int(os.environ.get("VIMW_THREADS", "1")))
     s = TransferSettings()
     args = _parser(s).parse_args(argv)
     data = replace(s.data, task=args.task, base=tuple(args.base), data_seed=args.data_seed,

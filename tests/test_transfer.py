@@ -380,6 +380,47 @@ def test_refine_needs_base_class_labels():
         RefineConfig(lrs=())
 
 
+def _toy_base_to_novel(seed: int):
+    """Logits of 4 classes (0, 1 base; 2, 3 novel) on K = 32 columns: class prototypes plus noise,
+    the own column raised. Returns labelled base shots and validation, unlabeled rows of every
+    class, and labelled test rows of every class."""
+    g = torch.Generator().manual_seed(seed)
+    proto = torch.randn(4, K, generator=g)
+
+    def sample(labels: torch.Tensor) -> torch.Tensor:
+        z = proto[labels] + torch.randn(len(labels), K, generator=g)
+        z[torch.arange(len(labels)), labels] += 2.0
+        return z
+
+    shots, val = torch.tensor([0, 1] * 8), torch.tensor([0, 1] * 8)
+    unlabeled, test = torch.tensor([0, 1, 2, 3] * 8), torch.tensor([0, 1, 2, 3] * 100)
+    return (sample(shots), shots), (sample(val), val), sample(unlabeled), (sample(test), test)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_refinement_pulled_toward_its_start_keeps_the_novel_accuracy_cross_entropy_loses(seed):
+    (z, y), (zv, yv), unlabeled, (zt, yt) = _toy_base_to_novel(seed)
+    start = TransMiterAdapter(K, 4, seed=0)  # what transfer gave: its novel accuracy is the one to keep
+    base, novel = [0, 1], [2, 3]
+
+    def refined(distill: float) -> dict[str, float]:
+        config = RefineConfig(lrs=(1e-2,), epochs=20, batch_size=8, distill=distill, progress=False)
+        model, _ = refine_adapter(start, z, y, zv, yv, base=base, novel=novel, protocol="base", config=config,
+                                  distill_logits=unlabeled)
+        return base_novel_scores(adapter_logits(model, zt), yt, base, novel)
+
+    before, plain, pulled = base_novel_scores(adapter_logits(start, zt), yt, base, novel), refined(0.0), refined(10.0)
+    assert plain["novel"] < before["novel"] - 0.05  # cross-entropy on the base classes alone loses it
+    assert abs(pulled["novel"] - before["novel"]) <= 0.01  # the pull keeps it within 1 point
+    assert pulled["base"] > before["base"] and pulled["hm"] > plain["hm"]
+
+
+def test_refinement_distillation_weight_must_be_finite_and_not_negative():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(DataError, match="distillation weight"):
+            RefineConfig(distill=bad)
+
+
 # -- vocabulary ---------------------------------------------------------------------------------------
 def test_shipped_vocabulary_is_large_clean_and_generic():
     words = aux_vocabulary()

@@ -268,7 +268,7 @@ def test_cli_extract_apply_refine_evaluate_chain(tmp_path, capsys):
     adapter, manifest = load_adapter(src)
     assert adapter.num_logits == 24 and adapter.num_classes == 10 and manifest["aux_words_sha256"]
     assert manifest["settings"]["data"]["base"] == ["Trouser", "Bag"]
-    assert manifest["settings"]["extraction"]["rows"] == 48  # 24 unlabeled images x 2 views
+    assert manifest["settings"]["extraction"]["rows"] == 56  # (2 classes x 2 shots + 24 unlabeled images) x 2 views
     code, stdout, err = _cli(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48",
                               "--lambdas", "1", "10", "--out", str(dst)], capsys)
     assert code == 0, err
@@ -431,6 +431,39 @@ def test_the_base_classes_default_to_the_first_half_of_any_task(tmp_path):
     assert set(sets.pool_labels[split.train].tolist()) <= {0, 1} and len(split.base_val) == 2 * 2
     again = seed_split(sets, 0)
     assert torch.equal(again.train, split.train) and torch.equal(again.val, split.val)
+
+
+@pytest.mark.slow
+def test_every_step_takes_any_base_classes_of_any_task_a_folder_too(tmp_path, capsys):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "photos", per_class=14, classes=4)
+    cache = str(tmp_path / "cache")
+    data = ["--task", f"folder:{root}", "--base", "kind3", "kind1", "--shots", "2", "--val-per-class", "2",
+            "--pool-per-class", "4", "--num-unlabeled", "8", "--num-calibration", "4", "--num-test", "8", "-K", "8",
+            "--views", "1", "--align-views", "2", "--extraction", "shots"]
+    src, dst, plus = tmp_path / "src", tmp_path / "dst", tmp_path / "plus"
+    code, _, err = _cli(["transfer", "extract", "--weak", "efficientnet_lite0@40", "--epochs", "1",
+                         "--extraction-epochs", "1", "--out", str(src), "--cache", cache, *data], capsys)
+    assert code == 0, err
+    code, _, err = _cli(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48", "--lambdas", "1",
+                         "--out", str(dst)], capsys)
+    assert code == 0, err
+    code, _, err = _cli(["transfer", "refine", "--adapter", str(dst), "--epochs", "1", "--distill", "1",
+                         "--out", str(plus)], capsys)
+    assert code == 0, err
+    code, stdout, err = _cli(["transfer", "evaluate", "--adapter", str(plus), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert (result["base_classes"], result["novel_classes"]) == (["kind3", "kind1"], ["kind0", "kind2"])
+    from vimw.transfer import load_adapter
+
+    manifest = load_adapter(plus)[1]["settings"]
+    assert manifest["data"]["base"] == ["kind3", "kind1"] and manifest["data"]["extraction"] == "shots"
+    assert manifest["apply"]["rows"] == 2 * 2 * 2  # 2 base classes x 2 shots x 2 alignment views
+    assert manifest["refine"]["config"]["distill"] == 1.0
+    code, _, err = _cli(["transfer", "extract", "--out", str(tmp_path / "bad"), *data[:2], "--base", "kind9"], capsys)
+    assert code == 2 and "kind9" in err and not (tmp_path / "bad").exists()
 
 
 def test_the_zero_shot_loader_reads_the_one_model_name_grammar():

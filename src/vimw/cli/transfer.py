@@ -70,6 +70,8 @@ def _protocol_option(p, default: str, what: str) -> None:
 
 def _data_options(p, d) -> None:
     """The task, the split and the image counts (``DataConfig``)."""
+    from vimw.transfer.data import EXTRACTION_SETS
+
     p.add_argument("--task", help=f"any task vimw knows, e.g. fmnist or folder:DIR (default {d.task})")
     p.add_argument("--base", nargs="+",
                    help="base class names, the rest are novel (default: the first half of the task's classes)")
@@ -83,7 +85,12 @@ def _data_options(p, d) -> None:
     p.add_argument("--num-calibration", type=positive_int, help=f"default {d.num_calibration}")
     p.add_argument("--num-test", type=positive_int, help=f"default {d.num_test}")
     p.add_argument("--views", type=number(int, minimum=1, maximum=4),
-                   help=f"augmented views per extraction and alignment image, 1-4 (default {d.views})")
+                   help=f"augmented views per training and extraction image, 1-4 (default {d.views})")
+    p.add_argument("--align-views", type=number(int, minimum=1, maximum=4),
+                   help=f"augmented views per alignment image, 1-4 (default {d.align_views})")
+    p.add_argument("--extraction", choices=EXTRACTION_SETS,
+                   help="the images extraction distils on: the base shots' (as the reference) or those plus the "
+                        f"unlabeled images (default {d.extraction})")
     p.add_argument("-K", "--K", dest="K", type=number(int, minimum=2),
                    help=f"logits: task classes + K - C auxiliary words (default {d.K})")
     p.add_argument("--template", help=f"prompt template (default {d.template!r})")
@@ -127,6 +134,10 @@ def _refine_parser(sub, s) -> None:
     p.add_argument("--lr", type=positive_float, nargs="+",
                    help=f"candidate learning rates (default {' '.join(f'{v:g}' for v in s.refine.lrs)})")
     p.add_argument("--epochs", type=positive_int, help=f"default {s.refine.epochs}")
+    p.add_argument("--distill", type=nonneg_float,
+                   help="weight of the pull toward the adapter refinement starts from (KL over all K logits on "
+                        f"the alignment images), which keeps the novel classes; 0: cross-entropy alone "
+                        f"(default {s.refine.distill:g})")
     _protocol_option(p, s.protocol, "the learning rate and epoch")
     p.add_argument("--out", help="required unless the recipe names it")
     p.set_defaults(handler=run_refine)
@@ -145,10 +156,11 @@ def _evaluate_parser(sub, s) -> None:
 
 # -- the handlers -----------------------------------------------------------------------------------
 EXTRACT_FLAGS = ("task", "base", "shots", "val_per_class", "pool_per_class", "num_unlabeled", "num_align",
-                 "num_calibration", "num_test", "views", "K", "template", "data_seed", "weak", "finetuned", "seed",
+                 "num_calibration", "num_test", "views", "align_views", "extraction", "K", "template", "data_seed",
+                 "weak", "finetuned", "seed",
                  "epochs", "lr", "consistency", "extraction_epochs", "protocol", "cache", "out")
 STEP_FLAGS = {"apply": ("adapter", "to", "lambdas", "protocol", "out", "cache"),
-              "refine": ("adapter", "lr", "epochs", "protocol", "out", "cache"),
+              "refine": ("adapter", "lr", "epochs", "distill", "protocol", "out", "cache"),
               "evaluate": ("adapter", "blend", "protocol", "cache")}
 
 
@@ -182,8 +194,8 @@ def run_extract(args) -> int:
 
     recipe, options, settings = effective_transfer(args, "extract")
     done = extract_step(options["out"], settings, device=args.device, recipe=recipe)
-    print(f"adapter (K={done['K']}, C={done['C']}) extracted from {done['rows']} unlabeled rows of {done['model']} "
-          f"-> {done['out']}")
+    print(f"adapter (K={done['K']}, C={done['C']}) extracted from {done['rows']} rows of {done['model']} "
+          f"(no labels) -> {done['out']}")
     return 0
 
 

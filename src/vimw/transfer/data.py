@@ -7,17 +7,21 @@ so each zero-shot model's pass over each set is computed once, stored in a
 
 * a labelled *pool* (``pool_per_class`` training images per class): each seed draws its
   ``shots`` base-class training images and ``val_per_class`` validation images per class;
-* an *unlabeled* set (``num_unlabeled`` training images outside the pool), seen by the weak
-  model only: extraction distils the fine-tuned weak model on it, no labels;
+* an *unlabeled* set (``num_unlabeled`` training images outside the pool): with
+  ``extraction="unlabeled"`` extraction distils the fine-tuned weak model on it too, no labels;
+* the *extraction* images: the seed's training shots (their images only; the reference
+  distils on its few-shot base set), plus the unlabeled set with ``extraction="unlabeled"``;
 * the *alignment* set, seen by both zero-shot models: the seed's training shots (their images
   only, never their labels; the reference aligns on its few-shot set) plus the first
   ``num_align`` unlabeled images;
-* ``num_test`` test images.
+* ``num_test`` scored images: test images, or (``test_from="train"``, for development runs)
+  training images outside the pool and the unlabeled set, so development never reads a test image.
 
-Every extraction and alignment image comes in ``views`` deterministic augmented views
-(:data:`VIEWS`: the image, its mirror image, shifted copies), as the reference flattens its
-augmented views into both steps. The first ``num_calibration`` unlabeled images (original
-view) calibrate each ImageNet text head (the mean feature of the domain; no labels).
+Training and extraction images come in ``views`` deterministic augmented views (:data:`VIEWS`:
+the image, its mirror image, shifted copies), alignment images in ``align_views`` (more views
+give the rotation more rows than K), as the reference flattens its augmented views into both
+steps. The first ``num_calibration`` unlabeled images (original view) calibrate each ImageNet
+text head (the mean feature of the domain; no labels).
 
 The task is any task ``vimw.data.load_task`` knows (``fmnist``, ``folder:DIR``...); the base
 classes are named, or by default the first half of the task's classes.
@@ -25,8 +29,8 @@ classes are named, or by default the first half of the task's classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,8 @@ from vimw.transfer.vocab import DEFAULT_NUM_LOGITS, DEFAULT_TEMPLATE, build_clas
 from vimw.transfer.zeroshot import ZeroShotClassifier, load_zero_shot
 
 VIEWS = ("orig", "flip", "shift", "flip-shift")
+EXTRACTION_SETS = ("shots", "unlabeled")
+TEST_SOURCES = ("test", "train")
 
 
 # -- views ---------------------------------------------------------------------------------------------
@@ -77,9 +83,12 @@ class DataConfig:
     num_calibration: int = 200
     num_test: int = 600
     views: int = 2
+    align_views: int = 2
+    extraction: str = "unlabeled"
     K: int = DEFAULT_NUM_LOGITS  # noqa: N815
     template: str = DEFAULT_TEMPLATE
     data_seed: int = 0
+    test_from: str = "test"
 
     def __post_init__(self) -> None:
         for name in ("shots", "val_per_class", "pool_per_class", "num_unlabeled", "num_calibration", "num_test", "K"):
@@ -87,8 +96,13 @@ class DataConfig:
                 raise DataError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.num_align < 0:
             raise DataError(f"num_align must be >= 0, got {self.num_align}")
-        if not 1 <= self.views <= len(VIEWS):
-            raise DataError(f"views must be in [1, {len(VIEWS)}], got {self.views}")
+        for name in ("views", "align_views"):
+            if not 1 <= getattr(self, name) <= len(VIEWS):
+                raise DataError(f"{name} must be in [1, {len(VIEWS)}], got {getattr(self, name)}")
+        if self.extraction not in EXTRACTION_SETS:
+            raise DataError(f"extraction must be one of {EXTRACTION_SETS}, got {self.extraction!r}")
+        if self.test_from not in TEST_SOURCES:
+            raise DataError(f"test_from must be one of {TEST_SOURCES}, got {self.test_from!r}")
         if self.pool_per_class < self.shots + self.val_per_class:
             raise DataError(f"pool_per_class ({self.pool_per_class}) must be >= shots + val_per_class "
                             f"({self.shots} + {self.val_per_class})")
@@ -179,20 +193,37 @@ def make_sets(cfg: DataConfig) -> ImageSets:
     if cfg.num_unlabeled > len(rest):
         raise DataError(f"num_unlabeled={cfg.num_unlabeled} but only {len(rest)} training images are left")
     unlabeled = rng.choice(rest, cfg.num_unlabeled, replace=False)
-    test = np.sort(rng.choice(len(data.test), min(cfg.num_test, len(data.test)), replace=False))
+    scored = data.test if cfg.test_from == "test" else data.train
+    if cfg.test_from == "test":
+        test = np.sort(rng.choice(len(data.test), min(cfg.num_test, len(data.test)), replace=False))
+    else:  # held-out training images: outside the pool and the unlabeled set
+        left = np.setdiff1d(rest, unlabeled)
+        test = np.sort(rng.choice(left, min(cfg.num_test, len(left)), replace=False))
     k_names, aux_sha = build_class_list(names, cfg.K, seed=0)
-    tag = f"{cfg.task}/d{cfg.data_seed}"
-    ids = {"pool": f"{tag}/pool{cfg.pool_per_class}", "unlabeled": f"{tag}/unlabeled{cfg.num_unlabeled}",
-           "align": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_align}]",
-           "calibration": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_calibration}]", "test": f"{tag}/test{len(test)}"}
     return ImageSets(
         config=cfg, class_names=names, k_names=k_names, aux_sha=aux_sha,
         base=[names.index(b) for b in base], novel=[i for i, n in enumerate(names) if n not in base],
         pool_images=data.train.images[torch.as_tensor(pool)], pool_labels=data.train.targets[torch.as_tensor(pool)],
         unlabeled_images=data.train.images[torch.as_tensor(unlabeled)],
-        test_images=data.test.images[torch.as_tensor(test)], test_labels=data.test.targets[torch.as_tensor(test)],
-        ids=ids,
+        test_images=scored.images[torch.as_tensor(test)], test_labels=scored.targets[torch.as_tensor(test)],
+        ids=_set_ids(cfg, len(test)),
     )
+
+
+def _set_ids(cfg: DataConfig, num_test: int) -> dict[str, str]:
+    """The cache ids of the image sets (what fixes their images, and nothing else)."""
+    tag = f"{cfg.task}/d{cfg.data_seed}"
+    return {"pool": f"{tag}/pool{cfg.pool_per_class}", "unlabeled": f"{tag}/unlabeled{cfg.num_unlabeled}",
+            "align": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_align}]",
+            "calibration": f"{tag}/unlabeled{cfg.num_unlabeled}[:{cfg.num_calibration}]",
+            "test": f"{tag}/test{num_test}" if cfg.test_from == "test" else f"{tag}/heldout-train{num_test}"}
+
+
+def with_image_use(sets: ImageSets, extraction: str, num_align: int) -> ImageSets:
+    """The same image sets, with extraction and alignment using other images (nothing is
+    reloaded: only the choice of images changes)."""
+    cfg = replace(sets.config, extraction=extraction, num_align=num_align)
+    return replace(sets, config=cfg, ids=_set_ids(cfg, len(sets.test_images)))
 
 
 # -- a training seed's split of the pool ------------------------------------------------------------------
@@ -277,19 +308,45 @@ def stack_views(logits: dict[str, torch.Tensor], names: Sequence[str], rows: tor
     return torch.cat(parts)
 
 
-def alignment_names(data: DataConfig) -> list[str]:
-    """The extra unlabeled alignment images, in every view (none by default)."""
-    return view_names("align", data.views) if data.num_align else []
+def training_rows(name: str, values: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """Of a ``pool`` set only the training shots' rows (the pool's other images are for
+    validation); any other set whole."""
+    return values[train] if name.partition("/")[0] == "pool" else values
+
+
+def gather(names: Sequence[str], lookup: Callable[[str], torch.Tensor], train: torch.Tensor) -> torch.Tensor:
+    """``lookup(name)`` for each image set, :func:`training_rows` of it, one under the other."""
+    return torch.cat([training_rows(n, lookup(n), train) for n in names])
+
+
+def gather_images(sets: ImageSets, names: Sequence[str], train: torch.Tensor) -> list[torch.Tensor]:
+    """The images behind :func:`gather`'s rows, one tensor per image set."""
+    return [training_rows(n, sets.images(n), train) for n in names]
+
+
+def extraction_names(data: DataConfig) -> list[str]:
+    """The image sets extraction distils on: the shots' views, then (``extraction="unlabeled"``)
+    the unlabeled images' views."""
+    extra = view_names("unlabeled", data.views) if data.extraction == "unlabeled" else []
+    return view_names("pool", data.views) + extra
+
+
+def alignment_names(data: DataConfig, *, shots: bool = True) -> list[str]:
+    """The alignment image sets: the shots' views (unless ``shots=False``), then the
+    ``num_align`` unlabeled images' views, all in ``align_views`` views."""
+    return ((view_names("pool", data.align_views) if shots else [])
+            + (view_names("align", data.align_views) if data.num_align else []))
 
 
 def alignment_rows(logits: dict[str, torch.Tensor], data: DataConfig, train: torch.Tensor) -> torch.Tensor:
     """A model's alignment rows: the training shots' images (labels unused), then the
-    ``num_align`` unlabeled images, in every view."""
-    return torch.cat([stack_views(logits, view_names("pool", data.views), train)]
-                     + ([stack_views(logits, alignment_names(data))] if data.num_align else []))
+    ``num_align`` unlabeled images, in ``align_views`` views."""
+    return gather(alignment_names(data), logits.__getitem__, train)
 
 
 __all__ = [
+    "EXTRACTION_SETS",
+    "TEST_SOURCES",
     "VIEWS",
     "DataConfig",
     "ImageSets",
@@ -298,11 +355,16 @@ __all__ = [
     "alignment_rows",
     "base_classes",
     "calibrate",
+    "extraction_names",
+    "gather",
+    "gather_images",
+    "training_rows",
     "make_sets",
     "make_view",
     "model_logits",
     "seed_split",
     "stack_views",
     "view_names",
+    "with_image_use",
     "zero_shot_logits",
 ]

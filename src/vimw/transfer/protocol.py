@@ -1,23 +1,28 @@
 """The base-to-novel protocol: TransMiter's steps and its baselines on one task, seed by seed.
 
-What the benchmark (``benchmarks/transfer.py``) and the demo's transfer step run; the image
-sets and the cached zero-shot passes are :mod:`vimw.transfer.data`'s, the defaults
-:mod:`vimw.transfer.settings`'. One seed (:func:`run_seed`) runs, in this order:
+What the benchmarks (``benchmarks/transfer.py``, ``benchmarks/transfer_splits.py``) and the
+demo's transfer step run; the image sets and the cached zero-shot passes are
+:mod:`vimw.transfer.data`'s, the defaults :mod:`vimw.transfer.settings`'. One seed
+(:func:`run_seed`) runs, in this order:
 
-1. the teacher: the weak model fine-tuned on the base shots (its epoch on base-class
-   validation images: the weak model's owner never sees novel labels), and without its
-   consistency term for the ablation;
-2. extraction, no labels: the teacher's logits on the unlabeled images and their views;
-3. the strong model's passes over the alignment and validation images, timed in the seed's
-   run as the cost TransMiter pays on the target side;
-4. per validation protocol: transfer (lambda), TransMiter+ (refinement), their blends with
-   the strong zero-shot model, and the logit-arithmetic baselines (proxy, ensemble);
-5. the costly upper reference: the strong model fine-tuned with the teacher's recipe.
+1. the teacher: the weak model fine-tuned on the base shots in the training views (its epoch
+   on base-class validation images: the weak model's owner never sees novel labels), and
+   without its consistency term for the ablation;
+2. per image use (:class:`ImageUse`: the few-shot base set only, as the reference, or with
+   extra unlabeled images): extraction, no labels, on the teacher's logits; the zero-shot
+   passes of both models over the alignment images and of the strong one over the validation
+   images, timed in the seed's run as the cost TransMiter pays;
+3. per validation protocol: transfer (lambda), TransMiter+ (refinement, with its pull toward
+   the transferred adapter, and without it for the ablation), their blends with the strong
+   zero-shot model, and the logit-arithmetic baselines (proxy, ensemble) on the teacher's logits;
+4. the costly upper reference: the strong model fine-tuned with the teacher's recipe (the same
+   training views), over a grid of learning rates chosen like refinement's.
 
 Two validation protocols choose every knob - teacher epochs, Procrustes lambda, the blends'
-alpha, refinement settings - by the one selection rule (``vimw.evaluation.selection``):
-``"all"`` (validation images of base and novel classes, score = HM) and ``"base"`` (base
-classes only: novel labels are never seen). Test images are only ever scored.
+alpha, refinement and fine-tuning rates and epochs - by the one selection rule
+(``vimw.evaluation.selection``): ``"all"`` (validation images of base and novel classes,
+score = HM) and ``"base"`` (base classes only: novel labels are never seen). Test images are
+only ever scored.
 """
 
 from __future__ import annotations
@@ -32,20 +37,45 @@ import numpy as np
 import torch
 
 from vimw.errors import DataError
+from vimw.evaluation.selection import best_candidate
 from vimw.modules.registry import DEFAULT_MODULE_KIND
 from vimw.transfer.adapter import TransMiterAdapter
 from vimw.transfer.cache import LogitCache
-from vimw.transfer.data import (DataConfig, ImageSets, SeedSplit, alignment_names, alignment_rows, calibrate,
-                                make_sets, model_logits, seed_split, stack_views, view_names, zero_shot_logits)
+from vimw.transfer.data import (EXTRACTION_SETS, DataConfig, ImageSets, SeedSplit, alignment_names, alignment_rows,
+                                calibrate, extraction_names, gather, gather_images, make_sets, model_logits,
+                                seed_split, stack_views, view_names, with_image_use, zero_shot_logits)
 from vimw.transfer.scoring import (ALPHA_GRID, base_novel_scores, blend_logits, ensemble_logits, json_safe, proxy_logits,
                                    select_alpha, validation_metrics)
 from vimw.transfer.settings import DEFAULT_STRONG, DEFAULT_WEAK
+from vimw.transfer.standardize import standardize
 from vimw.transfer.steps import (LAMBDA_GRID, ExtractionConfig, RefineConfig, adapter_logits, apply_adapter,
                                  extract_adapter, refine_adapter, select_lambda)
 from vimw.transfer.teacher import FineTunedZeroShot, TeacherConfig, finetune_teacher, make_plugin
 from vimw.transfer.zeroshot import load_zero_shot
 
 FIXED_ALPHA = {"transferred": 1.0, "transmiter_plus": 1.0, "proxy": 1.0, "ensemble": 0.5}
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    """One configuration of TransMiter's images: what extraction distils on (``"shots"``: the
+    base shots' images, as the reference; ``"unlabeled"``: plus the unlabeled images) and how
+    many unlabeled images alignment adds to the shots'. ``name`` suffixes its rows
+    (``transferred+NAME``); the headline configuration has none."""
+
+    name: str = ""
+    extraction: str = "shots"
+    num_align: int = 0
+
+    def __post_init__(self) -> None:
+        if self.extraction not in EXTRACTION_SETS:
+            raise DataError(f"extraction must be one of {EXTRACTION_SETS}, got {self.extraction!r}")
+        if self.num_align < 0:
+            raise DataError(f"num_align must be >= 0, got {self.num_align}")
+
+    @property
+    def suffix(self) -> str:
+        return f"+{self.name}" if self.name else ""
 
 
 @dataclass(frozen=True)
@@ -63,8 +93,25 @@ class ProtocolConfig:
     alphas: tuple[float, ...] = ALPHA_GRID
     protocols: tuple[str, ...] = ("all", "base")
     strong_ft: bool = True
+    strong_lrs: tuple[float, ...] = ()  # the strong fine-tuning's rates, chosen on validation; () = the teacher's
+    strong_consistency: float | None = None  # the strong fine-tuning's consistency weight; None = the teacher's
     teacher_ablation: bool = True  # also fine-tune the teacher without the consistency term
+    refine_ablation: bool = False  # also refine with cross-entropy alone (rows transmiter_plus_ce)
+    uses: tuple[ImageUse, ...] = ()  # () = the data config's own extraction and alignment images
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        uses = self.image_uses()
+        if len({u.name for u in uses}) != len(uses) or uses[0].name:
+            raise DataError(f"image uses need distinct names and an unnamed first (headline) one, got {uses}")
+        if len({u.num_align for u in uses if u.num_align}) > 1:
+            raise DataError("image uses may add one number of unlabeled alignment images (or none)")
+
+    def image_uses(self) -> tuple[ImageUse, ...]:
+        return self.uses or (ImageUse("", self.data.extraction, self.data.num_align),)
+
+    def data_for(self, use: ImageUse) -> DataConfig:
+        return replace(self.data, extraction=use.extraction, num_align=use.num_align)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,27 +129,35 @@ class Shared:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _wanted(cfg: ProtocolConfig) -> dict[str, list[str]]:
+    """The zero-shot logits each role needs, over every image use."""
+    wanted: dict[str, dict[str, None]] = {"weak": {}, "strong": {}}
+    for use in cfg.image_uses():
+        data = cfg.data_for(use)
+        common = view_names("pool", data.views) + alignment_names(data) + ["test"]
+        wanted["weak"].update(dict.fromkeys(common + extraction_names(data)))
+        wanted["strong"].update(dict.fromkeys(common))
+    return {role: list(names) for role, names in wanted.items()}
+
+
 def prepare(cfg: ProtocolConfig, cache_dir: str | Path, log: Callable[[str], None] = print) -> Shared:
     """Image sets, calibrated zero-shot models and every zero-shot pass (cached)."""
     cache = LogitCache(cache_dir)
     sets = make_sets(cfg.data)
     shared = Shared(sets, load_zero_shot(cfg.weak, device=cfg.device), load_zero_shot(cfg.strong, device=cfg.device))
-    v = cfg.data.views
-    wanted = {"weak": view_names("pool", v) + view_names("unlabeled", v) + ["test"],
-              "strong": view_names("pool", v) + alignment_names(cfg.data) + ["test"]}
-    for role in ("weak", "strong"):
+    num_align = max(u.num_align for u in cfg.image_uses())
+    with_align = with_image_use(sets, cfg.data.extraction, num_align)  # the "align" images of the use that has some
+    for role, names in _wanted(cfg).items():
         model, logits = getattr(shared, role), shared.logits[role]
         started = time.perf_counter()
         calibrate(model, sets, cache)
-        for name in wanted[role]:
-            logits[name] = zero_shot_logits(model, sets, cache, name)
+        for name in names:
+            logits[name] = zero_shot_logits(model, with_align, cache, name)
         shared.seconds[f"{role}_zero_shot_passes"] = time.perf_counter() - started
-        if role == "weak":  # the alignment images are the first unlabeled ones
-            for name in alignment_names(cfg.data):
-                logits[name] = logits[name.replace("align", "unlabeled", 1)][: cfg.data.num_align]
         log(f"  {role} zero-shot logits ({model.name}): {shared.seconds[f'{role}_zero_shot_passes']:.1f} s (0 when cached)")
-    # warm up, so that the first seed's timed strong passes do not pay for first-call set-up
-    shared.strong.encode_images(sets.pool_images[:4], batch_size=4, progress=False)
+    # warm up, so that the first seed's timed passes do not pay for first-call set-up
+    for model in (shared.weak, shared.strong):
+        model.encode_images(sets.pool_images[:4], batch_size=4, progress=False)
     return shared
 
 
@@ -119,6 +174,8 @@ class SeedRun:
     results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     choices: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    pass_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    timed: bool = True  # False: the zero-shot passes are not repeated to be timed (development sweeps)
 
     def __post_init__(self) -> None:
         for p in (*self.cfg.protocols, "fixed"):
@@ -140,12 +197,15 @@ class SeedRun:
     def labels(self, rows: torch.Tensor) -> torch.Tensor:
         return self.sets.pool_labels[rows]
 
+    def train_views(self) -> list[str]:
+        return view_names("pool", self.cfg.data.views)
+
     def score(self, protocol: str, name: str, test_logits: torch.Tensor, secs: float) -> None:
         """Test base / novel / HM of ``name`` under ``protocol`` (scored, never chosen on)."""
         s = self.sets
         row = {**base_novel_scores(test_logits[:, : self.c], s.test_labels, s.base, s.novel), "seconds": round(secs, 2)}
         self.results[protocol][name] = row
-        self.log(f"  seed {self.seed} [{protocol:5s}] {name:24s} base {row['base']:.3f} novel {row['novel']:.3f} "
+        self.log(f"  seed {self.seed} [{protocol:5s}] {name:30s} base {row['base']:.3f} novel {row['novel']:.3f} "
                  f"HM {row['hm']:.3f} ({secs:.1f} s)")
 
     def score_all(self, name: str, test_logits: torch.Tensor, secs: float) -> None:
@@ -154,76 +214,129 @@ class SeedRun:
 
     def fine_tune(self, role: str, config: TeacherConfig, protocol: str, val: torch.Tensor,
                   extra: Sequence[str] = ()) -> tuple[FineTunedZeroShot, dict[str, Any]]:
-        """The ``role`` model fine-tuned on the base shots (the weak one with ``cfg.plugin``)."""
+        """The ``role`` model fine-tuned on the base shots in the training views (the weak one
+        with ``cfg.plugin``): the same views refinement trains on."""
         head, cfg = getattr(self.shared, role), self.cfg
         plugin, _ = make_plugin(head.backbone, cfg.plugin if role == "weak" else DEFAULT_MODULE_KIND, seed=self.seed)
         model = FineTunedZeroShot(head, self.sets.class_names, plugin.to(cfg.device), cfg.data.template).to(cfg.device)
-        train = self.split.train
-        return finetune_teacher(model, self.sets.pool_images[train], self.labels(train), self.sets.pool_images[val],
-                                self.labels(val), base=self.sets.base, novel=self.sets.novel, protocol=protocol,
-                                config=config, extra_protocols=extra)
+        views = self.train_views()
+        images = torch.cat(gather_images(self.sets, views, self.split.train))
+        labels = self.labels(self.split.train).repeat(len(views))
+        return finetune_teacher(model, images, labels, self.sets.pool_images[val], self.labels(val),
+                                base=self.sets.base, novel=self.sets.novel, protocol=protocol, config=config,
+                                extra_protocols=extra)
 
     def validation(self, logits: torch.Tensor, protocol: str) -> dict[str, Any]:
         return validation_metrics(logits, self.labels(self.split.val), self.sets.base, self.sets.novel, protocol)
 
+    def zero_shot_pass_seconds(self, role: str, names: Sequence[str], sets: ImageSets | None = None) -> float:
+        """Seconds of ``role``'s zero-shot passes over these image sets of ``sets`` (default the
+        shared ones; the shots' rows of a pool set), each set timed once per seed: the logits
+        come from the cache, the cost is measured."""
+        model, total = getattr(self.shared, role), 0.0
+        if not self.timed:
+            return total
+        for name, images in zip(names, gather_images(sets or self.sets, names, self.split.train)):
+            if (role, name) not in self.pass_seconds:
+                started = time.perf_counter()
+                model.encode_images(images, batch_size=64, progress=False)
+                self.pass_seconds[(role, name)] = time.perf_counter() - started
+            total += self.pass_seconds[(role, name)]
+        return total
 
-@dataclass(frozen=True)
-class TeacherLogits:
-    """The teacher's logits on the validation and test images (the baselines need them)."""
 
+@dataclass
+class Teacher:
+    """The fine-tuned weak model, its logits on the validation and test images (the baselines
+    need them) and its passes over extraction images, each set passed once and timed."""
+
+    model: FineTunedZeroShot
     val: torch.Tensor
     test: torch.Tensor
+    passes: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
+
+    def logits(self, run: SeedRun, names: Sequence[str]) -> tuple[torch.Tensor, float]:
+        """The teacher's logits on these image sets (training shots' rows of pool sets) and the
+        seconds its passes took."""
+        for name, images in zip(names, gather_images(run.sets, names, run.split.train)):
+            if name not in self.passes:
+                started = time.perf_counter()
+                self.passes[name] = (self.model.predict(images), time.perf_counter() - started)
+        return torch.cat([self.passes[n][0] for n in names]), sum(self.passes[n][1] for n in names)
 
 
-def _teacher(run: SeedRun) -> FineTunedZeroShot:
-    """Step 1: the weak model fine-tuned on the base classes, epoch on base-class validation."""
-    teacher_cfg = replace(run.cfg.teacher, seed=run.seed)
-    started = time.perf_counter()
+def train_teacher(run: SeedRun, config: TeacherConfig | None = None, *, row: str = "teacher") -> Teacher:
+    """Step 1: the weak model fine-tuned on the base classes, epoch on base-class validation;
+    scored as ``row``, its seconds (training with its validation passes) recorded under ``row``."""
+    teacher_cfg = replace(config or run.cfg.teacher, seed=run.seed)
     teacher, info = run.fine_tune("weak", teacher_cfg, "base", run.split.base_val)
-    run.seconds["teacher"] = time.perf_counter() - started
-    run.choices["teacher"] = {"epoch": info["best_epoch"], "val": info["best_metrics"], "config": teacher_cfg.to_dict()}
-    run.score_all("teacher", teacher.predict(run.sets.test_images), run.seconds["teacher"])
-    if run.cfg.teacher_ablation and teacher_cfg.consistency > 0:
-        plain, p_info = run.fine_tune("weak", replace(teacher_cfg, consistency=0.0), "base", run.split.base_val)
-        run.choices["teacher_no_consistency"] = {"epoch": p_info["best_epoch"], "val": p_info["best_metrics"]}
-        run.score_all("teacher_no_consistency", plain.predict(run.sets.test_images), p_info["seconds"])
-    return teacher
+    run.seconds[row], run.seconds[f"{row}_validation"] = info["seconds"], info["validation_seconds"]
+    run.choices[row] = {"epoch": info["best_epoch"], "val": info["best_metrics"], "config": teacher_cfg.to_dict()}
+    out = Teacher(teacher, teacher.predict(run.sets.pool_images[run.split.val]), teacher.predict(run.sets.test_images))
+    run.score_all(row, out.test, info["seconds"])
+    return out
 
 
-def _extract(run: SeedRun, teacher: FineTunedZeroShot) -> tuple[TransMiterAdapter, TeacherLogits]:
-    """Step 2, no labels: distil the teacher's logits on the unlabeled images and their views."""
-    sets, val = run.sets, run.split.val
+def extract(run: SeedRun, teacher: Teacher, use: ImageUse, *, logits: dict[str, torch.Tensor] | None = None,
+            record: bool = True) -> tuple[TransMiterAdapter, float]:
+    """Step 2, no labels: distil the teacher's logits on the extraction images of ``use`` into
+    an adapter on the weak model's zero-shot logits (``logits``: another K's; default the
+    shared ones). Returns the adapter and its seconds: the teacher's and the weak model's
+    passes over the extraction images, and the distillation."""
+    names = extraction_names(run.cfg.data_for(use))
+    target, teacher_secs = teacher.logits(run, names)
+    source = gather(names, (logits or run.shared.logits["weak"]).__getitem__, run.split.train)
     started = time.perf_counter()
-    unl_views = view_names("unlabeled", run.cfg.data.views)
-    teacher_unl = torch.cat([teacher.predict(sets.images(n)) for n in unl_views])
-    teacher_pass = time.perf_counter() - started
-    adapter, _ = extract_adapter(stack_views(run.shared.logits["weak"], unl_views), teacher_unl,
-                                 config=replace(run.cfg.extraction, seed=run.seed))
-    run.seconds["extraction"] = time.perf_counter() - started
-    teacher_val = teacher.predict(sets.pool_images[val])
-    src_val = adapter_logits(adapter, run.logits("weak", "pool", val))
-    run.choices["extraction"] = {"teacher_val": run.validation(teacher_val, "all"),
-                                 "source_adapter_val": run.validation(src_val, "all"),
-                                 "teacher_pass_seconds": teacher_pass, "rows": len(teacher_unl)}
-    run.score_all("source_adapter", adapter_logits(adapter, run.logits("weak", "test")), run.seconds["extraction"])
-    return adapter, TeacherLogits(teacher_val, teacher.predict(sets.test_images))
+    adapter, _ = extract_adapter(source, target, config=replace(run.cfg.extraction, seed=run.seed))
+    secs = teacher_secs + run.zero_shot_pass_seconds("weak", names) + time.perf_counter() - started
+    if record:
+        src_val = adapter_logits(adapter, run.logits("weak", "pool", run.split.val))
+        run.seconds[f"extraction{use.suffix}"] = secs
+        run.choices[f"extraction{use.suffix}"] = {"teacher_val": run.validation(teacher.val, "all"),
+                                                  "source_adapter_val": run.validation(src_val, "all"),
+                                                  "teacher_pass_seconds": teacher_secs, "rows": len(target)}
+        run.score_all(f"source_adapter{use.suffix}", adapter_logits(adapter, run.logits("weak", "test")), secs)
+    return adapter, secs
 
 
-def _strong_passes(run: SeedRun) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 3: the alignment rows of both models (from the cache), and the strong model's passes
-    over the alignment and validation images timed here, as the cost on the target side."""
-    data, sets, train = run.cfg.data, run.sets, run.split.train
-    align_src = alignment_rows(run.shared.logits["weak"], data, train)
-    align_tgt = alignment_rows(run.shared.logits["strong"], data, train)
-    strong_inputs = ([sets.images(n)[train] for n in view_names("pool", data.views)] + [sets.pool_images[run.split.val]]
-                     + [sets.images(n) for n in alignment_names(data)])
-    started = time.perf_counter()
-    for images in strong_inputs:
-        run.shared.strong.encode_images(images, batch_size=64, progress=False)
-    run.seconds["strong_passes"] = time.perf_counter() - started
-    strong_images = sum(len(images) for images in strong_inputs)  # alignment rows + validation images
-    run.choices["alignment"] = {"rows": len(align_tgt), "strong_images_passed": strong_images}
-    return align_src, align_tgt
+def alignment_rank(source: torch.Tensor, target: torch.Tensor) -> dict[str, int]:
+    """Rows, K and the ranks of the standardised alignment matrices and of ``T^T S`` (what the
+    rotation is fitted on: directions beyond its rank are set by lambda's pull alone)."""
+    s, t = standardize(source)[0].double(), standardize(target)[0].double()
+    rank = torch.linalg.matrix_rank
+    return {"rows": int(s.shape[0]), "K": int(s.shape[1]), "rank_source": int(rank(s)), "rank_target": int(rank(t)),
+            "rank_cross": int(rank(t.T @ s))}
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One image use's alignment rows of both models, and the seconds of the passes TransMiter
+    pays on the target side (both models over the alignment images, the strong one over the
+    training views and the validation images)."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    seconds: float
+
+
+def align(run: SeedRun, use: ImageUse, *, weak: dict[str, torch.Tensor] | None = None,
+          strong: dict[str, torch.Tensor] | None = None, record: bool = True) -> Alignment:
+    """Step 2b: the alignment rows of ``use`` (from the cache), the passes timed."""
+    data = run.cfg.data_for(use)
+    src = alignment_rows(weak or run.shared.logits["weak"], data, run.split.train)
+    tgt = alignment_rows(strong or run.shared.logits["strong"], data, run.split.train)
+    names, sets = alignment_names(data), with_image_use(run.sets, use.extraction, use.num_align)
+    strong_names = list(dict.fromkeys(names + run.train_views()))
+    secs = run.zero_shot_pass_seconds("weak", names, sets) + run.zero_shot_pass_seconds("strong", strong_names, sets)
+    if run.timed and ("strong", "validation") not in run.pass_seconds:  # the validation images, once per seed
+        started = time.perf_counter()
+        run.shared.strong.encode_images(run.sets.pool_images[run.split.val], batch_size=64, progress=False)
+        run.pass_seconds[("strong", "validation")] = time.perf_counter() - started
+    secs += run.pass_seconds.get(("strong", "validation"), 0.0)
+    if record:
+        run.seconds[f"passes{use.suffix}"] = secs
+        run.choices[f"alignment{use.suffix}"] = alignment_rank(src, tgt)
+    return Alignment(src, tgt, secs)
 
 
 def _score_blend(run: SeedRun, protocol: str, method: str, val_logits: torch.Tensor, test_logits: torch.Tensor,
@@ -249,36 +362,64 @@ def _adapter_rows(run: SeedRun, protocol: str, method: str, adapter: TransMiterA
     return test_logits
 
 
-def _transferred(run: SeedRun, protocol: str, adapter: TransMiterAdapter, align: tuple[torch.Tensor, torch.Tensor]
-                 ) -> tuple[TransMiterAdapter, torch.Tensor, float]:
-    """Step 4a: the adapter moved to the strong model, lambda chosen on validation."""
+def transfer(run: SeedRun, protocol: str, adapter: TransMiterAdapter, alignment: Alignment, *,
+             val_logits: torch.Tensor | None = None) -> tuple[TransMiterAdapter, float, dict[str, Any]]:
+    """Step 3a: the adapter moved to the strong model, lambda chosen on validation (on
+    ``val_logits``: another K's; default the shared ones). Returns it, the seconds of the
+    lambda choice and the choice."""
     val = run.split.val
+    zv = run.logits("strong", "pool", val) if val_logits is None else val_logits
     started = time.perf_counter()
-    lam, candidates = select_lambda(adapter, *align, run.logits("strong", "pool", val), run.labels(val),
+    lam, candidates = select_lambda(adapter, alignment.source, alignment.target, zv, run.labels(val),
                                     base=run.sets.base, novel=run.sets.novel, protocol=protocol, grid=run.cfg.lambdas)
-    moved = apply_adapter(adapter, *align, lam)
-    run.choices[protocol]["lambda"] = {"chosen": lam, "candidates": candidates}
-    secs = run.seconds["extraction"] + run.seconds["strong_passes"] + time.perf_counter() - started
-    return moved, _adapter_rows(run, protocol, "transferred", moved, secs), secs
+    moved = apply_adapter(adapter, alignment.source, alignment.target, lam)
+    return moved, time.perf_counter() - started, {"chosen": lam, "candidates": candidates}
 
 
-def _refined(run: SeedRun, protocol: str, moved: TransMiterAdapter, transfer_secs: float) -> tuple[torch.Tensor, float]:
-    """Step 4b, TransMiter+: refine on the training shots' strong logits (every view)."""
-    train, val = run.split.train, run.split.val
-    pool_views = view_names("pool", run.cfg.data.views)
+def refine(run: SeedRun, protocol: str, moved: TransMiterAdapter, alignment: Alignment, config: RefineConfig, *,
+           strong: dict[str, torch.Tensor] | None = None) -> tuple[TransMiterAdapter, float, dict[str, Any]]:
+    """Step 3b, TransMiter+: refine on the training shots' strong logits in the training views,
+    pulled toward ``moved`` on the alignment rows (no labels there). Returns the refined
+    adapter, its seconds and the choices."""
+    views, train = run.train_views(), run.split.train
+    logits = strong or run.shared.logits["strong"]
     started = time.perf_counter()
-    plus, info = refine_adapter(moved, stack_views(run.shared.logits["strong"], pool_views, train),
-                                run.labels(train).repeat(len(pool_views)), run.logits("strong", "pool", val),
-                                run.labels(val), base=run.sets.base, novel=run.sets.novel, protocol=protocol,
-                                config=replace(run.cfg.refine, seed=run.seed))
-    run.choices[protocol]["refine"] = {k: v for k, v in info.items() if k != "config"}
-    secs = transfer_secs + time.perf_counter() - started
-    run.seconds[f"transmiter_plus/{protocol}"] = secs
-    return _adapter_rows(run, protocol, "transmiter_plus", plus, secs), secs
+    plus, info = refine_adapter(moved, stack_views(logits, views, train), run.labels(train).repeat(len(views)),
+                                logits["pool"][run.split.val], run.labels(run.split.val), base=run.sets.base,
+                                novel=run.sets.novel, protocol=protocol, config=replace(config, seed=run.seed),
+                                distill_logits=alignment.target)
+    return plus, time.perf_counter() - started, {k: v for k, v in info.items() if k != "config"}
 
 
-def _logit_arithmetic(run: SeedRun, protocol: str, teacher: TeacherLogits) -> None:
-    """Step 4c: proxy and ensemble, which need the fine-tuned weak model on every image."""
+def _transmiter(run: SeedRun, teacher: Teacher, use: ImageUse, headline: bool) -> None:
+    """Steps 2-3 for one image use: extraction, alignment, then per protocol transfer and
+    refinement (and the refinement ablation), rows suffixed with the use's name."""
+    sfx, cfg = use.suffix, run.cfg
+    adapter, extraction_secs = extract(run, teacher, use)
+    alignment = align(run, use)
+    base_secs = extraction_secs + alignment.seconds
+    refinements = [("transmiter_plus", cfg.refine)]
+    if cfg.refine_ablation and cfg.refine.distill > 0:
+        refinements.append(("transmiter_plus_ce", replace(cfg.refine, distill=0.0)))
+    for protocol in cfg.protocols:
+        moved, lambda_secs, lam = transfer(run, protocol, adapter, alignment)
+        run.choices[protocol][f"lambda{sfx}"] = lam
+        secs = base_secs + lambda_secs
+        run.seconds[f"transferred{sfx}/{protocol}"] = secs
+        moved_test = _adapter_rows(run, protocol, f"transferred{sfx}", moved, secs)
+        kept = {"transferred": (moved_test, secs)}
+        for method, config in refinements:
+            plus, refine_secs, info = refine(run, protocol, moved, alignment, config)
+            run.choices[protocol][f"refine{sfx}" if method == "transmiter_plus" else f"refine_ce{sfx}"] = info
+            run.seconds[f"{method}{sfx}/{protocol}"] = secs + refine_secs
+            kept[method] = (_adapter_rows(run, protocol, f"{method}{sfx}", plus, secs + refine_secs), secs + refine_secs)
+        if headline and protocol == "base":
+            for method, (test_logits, method_secs) in kept.items():
+                run.score("fixed", method, test_logits, method_secs)
+
+
+def _logit_arithmetic(run: SeedRun, protocol: str, teacher: Teacher) -> None:
+    """Step 3c: proxy and ensemble, which need the fine-tuned weak model on every image."""
     c, val = run.c, run.split.val
     sz_val, wz_val = run.logits("strong", "pool", val)[:, :c], run.logits("weak", "pool", val)[:, :c]
     sz_test, wz_test = run.logits("strong", "test")[:, :c], run.logits("weak", "test")[:, :c]
@@ -291,36 +432,44 @@ def _logit_arithmetic(run: SeedRun, protocol: str, teacher: TeacherLogits) -> No
         run.score(protocol, name, fn(alpha, sz_test, teacher.test, wz_test), time.perf_counter() - started)
 
 
-def _fixed_rows(run: SeedRun, rows: dict[str, tuple[torch.Tensor, float]], teacher: TeacherLogits) -> None:
-    """The fixed-alpha rows, reusing the choices that never saw a novel label (protocol b's)."""
+def _fixed_baselines(run: SeedRun, teacher: Teacher) -> None:
+    """The fixed-alpha baselines; TransMiter's fixed rows reuse the choices that never saw a
+    novel label (protocol b's)."""
     c = run.c
     sz_test, wz_test = run.logits("strong", "test")[:, :c], run.logits("weak", "test")[:, :c]
-    for method, (test_logits, secs) in rows.items():
-        run.score("fixed", method, test_logits, secs)
     run.score("fixed", "proxy", proxy_logits(sz_test, teacher.test, wz_test, FIXED_ALPHA["proxy"]), 0.0)
     run.score("fixed", "ensemble", ensemble_logits(teacher.test, sz_test, FIXED_ALPHA["ensemble"]), 0.0)
     run.choices["fixed"] = {"alpha": FIXED_ALPHA, "lambda_and_refine_from": "base"}
 
 
-def _strong_fine_tuned(run: SeedRun) -> None:
-    """Step 5: the strong model fine-tuned with the teacher's recipe; one run keeps the epoch
-    each protocol's rule prefers."""
+def fine_tune_strong(run: SeedRun) -> None:
+    """Step 4: the strong model fine-tuned with the teacher's recipe and training views, once
+    per learning rate of ``strong_lrs``; each protocol's rule picks the (rate, epoch) it
+    prefers, as refinement's does. Its seconds: all runs, and their validation passes apart."""
     first, *others = run.cfg.protocols
-    started = time.perf_counter()
-    model, info = run.fine_tune("strong", replace(run.cfg.teacher, seed=run.seed), first, run.split.val,
-                                extra=tuple(others))
-    secs = run.seconds["strong_fine_tuning"] = time.perf_counter() - started
-    test_first = model.predict(run.sets.test_images)
-    run.score(first, "strong_fine_tuned", test_first, secs)
-    run.choices[first]["strong_fine_tuning"] = {"epoch": info["best_epoch"], "val": info["best_metrics"]}
-    for p in others:
-        kept = info["states"][p]
-        run.choices[p]["strong_fine_tuning"] = {"epoch": kept["epoch"], "val": kept["metrics"]}
-        if kept["epoch"] != info["best_epoch"]:
-            model.plugin.load_state_dict(kept["state"])
-            run.score(p, "strong_fine_tuned", model.predict(run.sets.test_images), secs)
-        else:
-            run.score(p, "strong_fine_tuned", test_first, secs)
+    candidates: dict[str, list[dict[str, Any]]] = {p: [] for p in run.cfg.protocols}
+    total = validation = 0.0
+    model = None
+    recipe = run.cfg.teacher
+    if run.cfg.strong_consistency is not None:
+        recipe = replace(recipe, consistency=run.cfg.strong_consistency)
+    for lr in run.cfg.strong_lrs or (recipe.lr,):
+        model, info = run.fine_tune("strong", replace(recipe, seed=run.seed, lr=lr), first, run.split.val,
+                                    extra=tuple(others))
+        total, validation = total + info["seconds"], validation + info["validation_seconds"]
+        state = {k: v.detach().clone() for k, v in model.plugin.state_dict().items()}
+        candidates[first].append({"lr": lr, "epoch": info["best_epoch"], **info["best_metrics"], "state": state})
+        for p in others:
+            kept = info["states"][p]
+            candidates[p].append({"lr": lr, "epoch": kept["epoch"], **kept["metrics"], "state": kept["state"]})
+    run.seconds["strong_fine_tuning"], run.seconds["strong_fine_tuning_validation"] = total, validation
+    for p, cands in candidates.items():
+        best = cands[best_candidate(cands)]
+        model.plugin.load_state_dict(best["state"])
+        run.choices[p]["strong_fine_tuning"] = {"lr": best["lr"], "epoch": best["epoch"],
+                                                "candidates": [{k: v for k, v in c.items() if k != "state"}
+                                                               for c in cands]}
+        run.score(p, "strong_fine_tuned", model.predict(run.sets.test_images), total)
     if "base" in run.cfg.protocols:
         run.results["fixed"]["strong_fine_tuned"] = run.results["base"]["strong_fine_tuned"]
 
@@ -331,45 +480,49 @@ def run_seed(cfg: ProtocolConfig, shared: Shared, seed: int, log: Callable[[str]
     c = run.c
     run.score_all("weak_zero_shot", run.logits("weak", "test")[:, :c], 0.0)
     run.score_all("strong_zero_shot", run.logits("strong", "test")[:, :c], 0.0)
-    teacher = _teacher(run)
-    adapter, teacher_logits = _extract(run, teacher)
-    del teacher
-    align = _strong_passes(run)
+    teacher = train_teacher(run)
+    if cfg.teacher_ablation and cfg.teacher.consistency > 0:
+        train_teacher(run, replace(cfg.teacher, consistency=0.0), row="teacher_no_consistency")
+    for i, use in enumerate(cfg.image_uses()):
+        _transmiter(run, teacher, use, headline=i == 0)
     for protocol in cfg.protocols:
-        moved, moved_test, transfer_secs = _transferred(run, protocol, adapter, align)
-        plus_test, plus_secs = _refined(run, protocol, moved, transfer_secs)
-        _logit_arithmetic(run, protocol, teacher_logits)
-        if protocol == "base":
-            _fixed_rows(run, {"transferred": (moved_test, transfer_secs), "transmiter_plus": (plus_test, plus_secs)},
-                        teacher_logits)
+        _logit_arithmetic(run, protocol, teacher)
+    if "base" in cfg.protocols:
+        _fixed_baselines(run, teacher)
+    del teacher
     if cfg.strong_ft:
-        _strong_fine_tuned(run)
+        fine_tune_strong(run)
     return {"seed": seed, "rows": run.results, "choices": run.choices, "seconds": run.seconds,
             "counts": {"train": len(run.split.train), "val": len(run.split.val)}}
 
 
 # -- many seeds, summaries, tables ------------------------------------------------------------------------
-METHODS = ("weak_zero_shot", "teacher_no_consistency", "teacher", "strong_zero_shot", "source_adapter", "transferred",
-           "transferred_blend", "transmiter_plus", "transmiter_plus_blend", "proxy", "ensemble", "strong_fine_tuned")
 LABELS = {
     "weak_zero_shot": "weak zero-shot", "teacher_no_consistency": "weak fine-tuned, no consistency term",
     "teacher": "weak fine-tuned (the teacher)", "strong_zero_shot": "strong zero-shot",
     "source_adapter": "weak + extracted adapter", "transferred": "TransMiter transferred (no backprop), alpha = 1",
     "transferred_blend": "TransMiter transferred + blend", "transmiter_plus": "TransMiter+ (base shots), alpha = 1",
-    "transmiter_plus_blend": "TransMiter+ + blend", "proxy": "proxy (logit arithmetic)",
+    "transmiter_plus_blend": "TransMiter+ + blend",
+    "transmiter_plus_ce": "TransMiter+, cross-entropy alone (no pull toward transferred)",
+    "transmiter_plus_ce_blend": "TransMiter+, cross-entropy alone + blend", "proxy": "proxy (logit arithmetic)",
     "ensemble": "ensemble (logit arithmetic)", "strong_fine_tuned": "strong fine-tuned (upper reference)",
 }
 
 
+def label(method: str) -> str:
+    """A row's name for people: ``transferred+unlabeled`` is the transferred row of that image use."""
+    name, _, use = method.partition("+")
+    return LABELS.get(name, name) + (f" [{use}]" if use else "")
+
+
 def summarise(per_seed: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and std over seeds of base, novel, HM and seconds, per protocol and method."""
+    """Mean and std over seeds of base, novel, HM and seconds, per protocol and method (in the
+    order the runs scored them)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for protocol in per_seed[0]["rows"]:
         table: dict[str, dict[str, float]] = {}
-        for method in METHODS:
+        for method in dict.fromkeys(m for r in per_seed for m in r["rows"][protocol]):
             runs = [r["rows"][protocol][method] for r in per_seed if method in r["rows"][protocol]]
-            if not runs:
-                continue
             row: dict[str, float] = {"seeds": len(runs)}
             for key in ("base", "novel", "hm", "seconds"):
                 values = np.array([r[key] for r in runs], dtype=float)
@@ -387,7 +540,7 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
             return f"{100 * row[k]:.1f} ± {100 * row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{100 * row[k]:.1f}"
 
         per_seed = " / ".join(f"{100 * v:.1f}" for v in row["hm_per_seed"])
-        lines.append(f"| {LABELS.get(method, method)} | {pm('base')} | {pm('novel')} | {pm('hm')} | {per_seed} | "
+        lines.append(f"| {label(method)} | {pm('base')} | {pm('novel')} | {pm('hm')} | {per_seed} | "
                      f"{row['seconds']:.1f} |")
     return "\n".join(lines)
 
@@ -397,17 +550,27 @@ def headline_protocol(protocols: Sequence[str]) -> str:
     return "base" if "base" in protocols else protocols[0]
 
 
-def _cost_ratios(per_seed: Sequence[dict[str, Any]], protocols: Sequence[str]) -> dict[str, float]:
-    """TransMiter+'s seconds over strong fine-tuning's, with and without the extraction."""
-    ratios: dict[str, list[float]] = {}
-    for r in per_seed:
-        if "strong_fine_tuning" in r["seconds"]:
-            for p in protocols:
-                plus, ft = r["seconds"][f"transmiter_plus/{p}"], r["seconds"]["strong_fine_tuning"]
-                ratios.setdefault(p, []).append(plus / ft)
-                # extraction is done once per weak adaptation, whatever the target: without it
-                ratios.setdefault(f"{p} (target side)", []).append((plus - r["seconds"]["extraction"]) / ft)
-    return {p: float(np.mean(v)) for p, v in ratios.items()}
+def cost_ratios(seconds: dict[str, float], protocol: str, suffix: str = "") -> dict[str, float]:
+    """TransMiter+'s seconds over strong fine-tuning's, for one seed: with the teacher's
+    fine-tuning counted, without it, and on the target side alone (without the extraction,
+    done once per weak adaptation whatever the target); and over strong fine-tuning without
+    its validation passes."""
+    plus, ft = seconds[f"transmiter_plus{suffix}/{protocol}"], seconds["strong_fine_tuning"]
+    ft_train = ft - seconds["strong_fine_tuning_validation"]
+    with_teacher = plus + seconds["teacher"]
+    return {"with_teacher": with_teacher / ft, "without_teacher": plus / ft,
+            "target_side": (plus - seconds[f"extraction{suffix}"]) / ft,
+            "with_teacher_over_training_only": with_teacher / ft_train}
+
+
+def _cost_ratios(per_seed: Sequence[dict[str, Any]], protocols: Sequence[str]) -> dict[str, dict[str, float]]:
+    """:func:`cost_ratios`, averaged over the seeds that fine-tuned the strong model."""
+    out: dict[str, dict[str, float]] = {}
+    for p in protocols:
+        runs = [cost_ratios(r["seconds"], p) for r in per_seed if "strong_fine_tuning" in r["seconds"]]
+        if runs:
+            out[p] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    return out
 
 
 def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int] = (0,),
@@ -423,10 +586,7 @@ def run_protocol(cfg: ProtocolConfig, cache_dir: str | Path, seeds: Sequence[int
         "config": {**cfg.to_dict(), "task": cfg.data.task}, "seeds": list(seeds), "per_seed": per_seed,
         "summaries": summaries, "summary": summaries[headline_protocol(cfg.protocols)],
         "split": shared.sets.split_names(), "models": {"weak": shared.weak.name, "strong": shared.strong.name},
-        "shared_seconds": shared.seconds,
-        "strong_seconds_per_image": float(np.mean([r["seconds"]["strong_passes"] / r["choices"]["alignment"]
-                                                   ["strong_images_passed"] for r in per_seed])),
-        "plus_over_strong_ft": _cost_ratios(per_seed, cfg.protocols),
+        "shared_seconds": shared.seconds, "plus_over_strong_ft": _cost_ratios(per_seed, cfg.protocols),
         "seconds": time.perf_counter() - started,
     })
 
@@ -453,5 +613,6 @@ def measure_pairs(cfg: DataConfig, weak: Sequence[str], strong: Sequence[str], c
     return rows
 
 
-__all__ = ["FIXED_ALPHA", "LABELS", "METHODS", "ProtocolConfig", "Shared", "format_table", "headline_protocol",
-           "measure_pairs", "prepare", "run_protocol", "run_seed", "summarise"]
+__all__ = ["FIXED_ALPHA", "LABELS", "Alignment", "ImageUse", "ProtocolConfig", "SeedRun", "Shared", "Teacher", "align",
+           "alignment_rank", "cost_ratios", "extract", "fine_tune_strong", "format_table", "headline_protocol", "label", "measure_pairs",
+           "prepare", "refine", "run_protocol", "run_seed", "summarise", "train_teacher", "transfer"]

@@ -30,6 +30,7 @@ DEFAULT_WEAK = "efficientnet_lite0@96+invert"
 DEFAULT_STRONG = "efficientnet_lite2@160"
 DEFAULT_CACHE = str(Path("runs") / TRANSFER_CACHE_DIR)
 STEPS = ("extract", "apply", "refine", "evaluate")
+DEVELOPMENT_ONLY = ("test_from",)  # a DataConfig field for development runs, not a recipe option
 PATHS = ("out", "adapter", "cache")
 AUTO = "auto"  # the blend chosen on validation images
 
@@ -57,14 +58,16 @@ class TransferSettings:
 
     def to_section(self) -> dict[str, Any]:
         """These settings as a recipe's ``transfer`` section (without paths but the cache)."""
-        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.data.to_dict().items()}
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.data.to_dict().items()
+                if k not in DEVELOPMENT_ONLY}
         if not data["base"]:
             del data["base"]  # the first half of the task's classes
         return {**data, "weak": self.weak, "finetuned": self.finetuned, "seed": self.seed,
                 "epochs": self.teacher.epochs, "lr": self.teacher.lr, "consistency": self.teacher.consistency,
                 "extraction_epochs": self.extraction.epochs, "protocol": self.teacher_protocol, "cache": self.cache,
                 "apply": {"to": self.strong, "lambdas": list(self.lambdas), "protocol": self.protocol},
-                "refine": {"lr": list(self.refine.lrs), "epochs": self.refine.epochs, "protocol": self.protocol},
+                "refine": {"lr": list(self.refine.lrs), "epochs": self.refine.epochs, "distill": self.refine.distill,
+                           "protocol": self.protocol},
                 "evaluate": {"blend": AUTO if self.blend is None else self.blend, "protocol": self.protocol}}
 
     @classmethod
@@ -117,7 +120,7 @@ def _with_step(settings: TransferSettings, step: str, own: dict[str, Any]) -> Tr
         lambdas = tuple(float(v) for v in own.get("lambdas", settings.lambdas))
         return replace(settings, strong=own.get("to", settings.strong), lambdas=lambdas, protocol=protocol)
     if step == "refine":
-        refine = replace(settings.refine, **_pick(own, {"epochs": "epochs"}),
+        refine = replace(settings.refine, **_pick(own, {"epochs": "epochs", "distill": "distill"}),
                          lrs=tuple(float(v) for v in own.get("lr", settings.refine.lrs)))
         return replace(settings, refine=refine, protocol=protocol)
     if step == "evaluate":

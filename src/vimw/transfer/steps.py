@@ -7,7 +7,9 @@
   to the source's with a regularised orthogonal Procrustes rotation; return a copy of the
   source adapter that applies it, ``f_target(s) = f_source(s Q) Q^T``.
 * :func:`refine_adapter` - TransMiter+: cross-entropy on the labelled base classes of the
-  target's logits; learning rate and epoch chosen by the selection rule on validation data.
+  target's logits, plus (``distill`` > 0) a pull toward the adapter it starts from on all K
+  columns, so what transfer gave the novel classes is kept; learning rate and epoch chosen by
+  the selection rule on validation data.
 * :func:`select_lambda` - the Procrustes lambda (per image) the selection rule prefers on
   validation data, over :data:`LAMBDA_GRID` unless told otherwise.
 
@@ -17,6 +19,7 @@ Every training loop runs on the shared engine (``vimw.training.engine.run_fit``)
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +72,9 @@ class ExtractionConfig(FitConfig):
 class RefineConfig(FitConfig):
     """Settings of :func:`refine_adapter` (TransMiter+); ``lrs`` are candidates (``lr`` is unused).
 
-    No gradient clipping, as in the reference's recipe.
+    ``distill``: weight of ``KL(start || refined)`` over all K columns, the start being the
+    frozen adapter refinement begins from (0: cross-entropy on the base classes alone, which
+    lets the novel classes drift). No gradient clipping, as in the reference's recipe.
     """
 
     lrs: tuple[float, ...] = (1e-3,)
@@ -78,6 +83,7 @@ class RefineConfig(FitConfig):
     weight_decay: float = 1e-3
     warmup_fraction: float = 0.05
     grad_clip: float | None = None
+    distill: float = 0.0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -85,6 +91,8 @@ class RefineConfig(FitConfig):
         if not self.lrs or any(not lr > 0 for lr in self.lrs) or self.epochs < 1 or self.batch_size < 1:
             raise DataError(f"refinement needs positive learning rates, epochs >= 1 and batch_size >= 1, got "
                             f"lrs={self.lrs}, epochs={self.epochs}, batch_size={self.batch_size}")
+        if not (self.distill >= 0 and math.isfinite(self.distill)):
+            raise DataError(f"the distillation weight must be a finite number >= 0, got {self.distill}")
 
 
 # -- checks ---------------------------------------------------------------------------------------------
@@ -127,6 +135,17 @@ def adapter_logits(adapter: TransMiterAdapter, logits: torch.Tensor, *, batch_si
     try:
         with parametrize.cached():
             return torch.cat([adapter(z[i : i + batch_size]) for i in range(0, z.shape[0], batch_size)])
+    finally:
+        adapter.train(was)
+
+
+@torch.no_grad()
+def _start_log_probs(adapter: TransMiterAdapter, z: torch.Tensor) -> torch.Tensor:
+    """The frozen adapter's log-probabilities over all K columns (the distillation target)."""
+    was = adapter.training
+    adapter.eval()
+    try:
+        return F.log_softmax(adapter(z, return_all=True), -1)
     finally:
         adapter.train(was)
 
@@ -266,14 +285,18 @@ def refine_adapter(
     protocol: str = "all",
     config: RefineConfig | None = None,
     criterion: str = DEFAULT_CRITERION,
+    distill_logits: torch.Tensor | None = None,
 ) -> tuple[TransMiterAdapter, dict[str, Any]]:
     """TransMiter+: fine-tune a (transferred) adapter on a few labelled target examples.
 
-    Cross-entropy over the base columns (every training label must be a base class); all
-    adapter parameters train (the transfer rotation is a fixed buffer). For each learning rate
-    the adapter restarts from the input; the epoch and the rate are chosen by the selection rule
-    on validation logits under ``protocol``, the unrefined adapter (epoch 0) being a candidate.
-    Returns a new adapter (the input is untouched) and ``{"lr", "epoch", "candidates", ...}``.
+    Cross-entropy over the base columns (every training label must be a base class), plus
+    ``config.distill`` x ``KL(p_start || p_refined)`` over all K columns on ``distill_logits``
+    (unlabeled rows of the target model, e.g. the alignment rows; default: the training rows),
+    ``p_start`` being the input adapter, frozen. All adapter parameters train (the transfer
+    rotation is a fixed buffer). For each learning rate the adapter restarts from the input; the
+    epoch and the rate are chosen by the selection rule on validation logits under ``protocol``,
+    the unrefined adapter (epoch 0) being a candidate. Returns a new adapter (the input is
+    untouched) and ``{"lr", "epoch", "candidates", ...}``.
     """
     from vimw.training.engine import run_fit
 
@@ -283,25 +306,37 @@ def refine_adapter(
     y = _labels("train_labels", train_labels, z.shape[0], c)
     zv = _logits("val_logits", val_logits, cols=k)
     yv = _labels("val_labels", val_labels, zv.shape[0], c)
+    zd = z if distill_logits is None else _logits("distill_logits", distill_logits, cols=k)
+    start = _start_log_probs(adapter, zd) if cfg.distill > 0 else None
     base_t = torch.as_tensor(list(base), dtype=torch.long)
     if not torch.isin(y, base_t).all():
         raise DataError("refine_adapter: every training label must be a base class")
     remap = torch.full((c,), -1, dtype=torch.long)
     remap[base_t] = torch.arange(base_t.numel())
     y_local = remap[y]
-    n = z.shape[0]
+    n, nd = z.shape[0], zd.shape[0]
     steps = -(-n // cfg.batch_size)
     runs = []
     for lr in cfg.lrs:
         model = copy.deepcopy(adapter)
 
         def batches(epoch: int, _lr=lr):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 104729 + epoch))
+            gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch)
+            order, distill_order = torch.randperm(n, generator=gen), torch.randperm(nd, generator=gen)
             for i in range(steps):
-                yield order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                # the distillation rows cycle at the training batch's size
+                j = torch.arange(i * cfg.batch_size, (i + 1) * cfg.batch_size) % nd
+                yield order[i * cfg.batch_size : (i + 1) * cfg.batch_size], distill_order[j]
 
-        def loss(idx, _m=model) -> torch.Tensor:
-            return F.cross_entropy(_m(z[idx])[:, base_t], y_local[idx])
+        def loss(batch, _m=model) -> torch.Tensor:
+            idx, jdx = batch
+            if start is None:
+                return F.cross_entropy(_m(z[idx])[:, base_t], y_local[idx])
+            # one forward for both parts (the map is row-wise), so W is materialised once a step
+            out = _m(torch.cat([z[idx], zd[jdx]]), return_all=True)
+            ce = F.cross_entropy(out[: len(idx), base_t], y_local[idx])
+            kl = F.kl_div(F.log_softmax(out[len(idx) :], -1), start[jdx], reduction="batchmean", log_target=True)
+            return ce + cfg.distill * kl
 
         def validate(_m=model) -> dict[str, float]:
             return validation_metrics(adapter_logits(_m, zv), yv, base, novel, protocol)

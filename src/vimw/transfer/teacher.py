@@ -188,7 +188,8 @@ def finetune_teacher(
     Validation after every epoch, the starting state (epoch 0) included, by
     :func:`~vimw.transfer.scoring.validation_metrics` under ``protocol``. For each protocol in
     ``extra_protocols`` the state the rule would keep under it is returned too (one run serves
-    several protocols): ``info["states"][protocol]``.
+    several protocols): ``info["states"][protocol]``. ``info["seconds"]`` counts the whole run,
+    ``info["validation_seconds"]`` the validation passes in it.
     """
     from vimw.evaluation.selection import is_better
     from vimw.training.engine import RunOutputs, Trainable, run_fit
@@ -228,10 +229,12 @@ def finetune_teacher(
 
     extra: dict[str, tuple[dict[str, float] | None, dict[str, torch.Tensor] | None, int]] = {
         p: (None, None, -1) for p in extra_protocols}
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = {"validation_seconds": 0.0}
 
     def validate() -> dict[str, float]:
+        started = time.perf_counter()
         val_logits = model.predict(val_images)
+        last["validation_seconds"] += time.perf_counter() - started  # the passes, apart from training
         last["epoch_metrics"] = {p: validation_metrics(val_logits, yv, base, novel, p) for p in extra}
         if "started" not in last:  # the starting state (epoch 0) is a candidate for every protocol
             last["started"] = True
@@ -263,6 +266,7 @@ def finetune_teacher(
     info: dict[str, Any] = {
         "config": cfg.to_dict(), "protocol": protocol, "best_epoch": result.best_epoch,
         "best_metrics": result.best_metrics, "history": result.history, "seconds": time.perf_counter() - started,
+        "validation_seconds": last["validation_seconds"],
         "trainable": sum(p.numel() for p in params),
         "states": {p: {"epoch": e, "metrics": m, "state": s} for p, (m, s, e) in extra.items()},
     }

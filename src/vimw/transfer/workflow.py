@@ -20,8 +20,8 @@ from vimw.errors import DataError, FormatError
 from vimw.io.names import TEACHER_DIR
 from vimw.transfer.adapter import TransMiterAdapter, load_adapter, save_adapter
 from vimw.transfer.cache import LogitCache
-from vimw.transfer.data import (DataConfig, ImageSets, alignment_names, alignment_rows, make_sets, model_logits,
-                                seed_split, stack_views, view_names)
+from vimw.transfer.data import (DataConfig, ImageSets, alignment_names, alignment_rows, extraction_names, gather,
+                                gather_images, make_sets, model_logits, seed_split, stack_views, view_names)
 from vimw.transfer.scoring import base_novel_scores, blend_logits, json_safe, select_alpha, validation_metrics
 from vimw.transfer.settings import TransferSettings
 from vimw.transfer.steps import RefineConfig, adapter_logits, apply_adapter, extract_adapter, refine_adapter, select_lambda
@@ -86,21 +86,23 @@ def _new_teacher(settings: TransferSettings, sets: ImageSets, model: Any, out: P
 def extract_step(out: str | Path, settings: TransferSettings = _DEFAULTS, *, device: str = "cpu",
                  log: Callable[[str], None] = print, recipe: Mapping | None = None) -> dict[str, Any]:
     """Fine-tune the weak model on the base shots (unless ``settings.finetuned`` is a saved
-    teacher), then extract an adapter from it on the unlabeled images, without labels.
+    teacher), then extract an adapter from it on the extraction images (the shots' images, and
+    with ``extraction="unlabeled"`` the unlabeled ones), without labels.
     ``recipe`` (the effective recipe, when a command ran from one) lands as ``out/recipe.json``."""
     out, data, seed = Path(out), settings.data, settings.seed
     if not is_teacher_dir(settings.finetuned):
         check_plugin_source(settings.finetuned)  # before the passes over the images
     sets = make_sets(data)
-    unl = view_names("unlabeled", data.views)
-    model, zs = model_logits(settings.weak, sets, LogitCache(settings.cache), unl, device)
+    names = extraction_names(data)
+    model, zs = model_logits(settings.weak, sets, LogitCache(settings.cache), names, device)
     started = time.perf_counter()
     if is_teacher_dir(settings.finetuned):
         ft, teacher_info = _saved_teacher(settings, sets, device, log)
     else:
         ft, teacher_info = _new_teacher(settings, sets, model, out, device, log)
-    teacher_logits = torch.cat([ft.predict(sets.images(n)) for n in unl])  # the unlabeled images: no labels
-    adapter, x_info = extract_adapter(stack_views(zs, unl), teacher_logits,
+    train = seed_split(sets, seed).train
+    teacher_logits = torch.cat([ft.predict(x) for x in gather_images(sets, names, train)])  # no labels
+    adapter, x_info = extract_adapter(gather(names, zs.__getitem__, train), teacher_logits,
                                       config=replace(settings.extraction, seed=seed))
     record = {"data": data.to_dict(), "seed": seed, "cache": str(Path(settings.cache).resolve()),
               "model_spec": settings.weak, "weak_spec": settings.weak, "teacher": teacher_info,
@@ -134,7 +136,7 @@ def apply_step(
     adapter, manifest, settings, data = _load(adapter_dir)
     store = LogitCache(cache or settings["cache"])
     sets = make_sets(data)
-    names = view_names("pool", data.views) + alignment_names(data)
+    names = alignment_names(data)  # the shots' views first: "pool" itself holds the validation images
     _, source = model_logits(settings["model_spec"], sets, store, names, device)
     target_model, target = model_logits(to, sets, store, names, device)
     split = seed_split(sets, settings["seed"])
@@ -163,16 +165,19 @@ def refine_step(
     device: str = "cpu",
     recipe: Mapping | None = None,
 ) -> dict[str, Any]:
-    """TransMiter+: refine a saved adapter on its model's logits of the base-class shots."""
+    """TransMiter+: refine a saved adapter on its model's logits of the base-class shots,
+    pulled toward the adapter it starts from on the alignment images (``refine.distill``)."""
     adapter, manifest, settings, data = _load(adapter_dir)
     sets = make_sets(data)
     pool_views = view_names("pool", data.views)
-    _, logits = model_logits(settings["model_spec"], sets, LogitCache(cache or settings["cache"]), pool_views, device)
+    names = list(dict.fromkeys(pool_views + alignment_names(data)))
+    _, logits = model_logits(settings["model_spec"], sets, LogitCache(cache or settings["cache"]), names, device)
     split, y = seed_split(sets, settings["seed"]), sets.pool_labels
     refined, info = refine_adapter(adapter, stack_views(logits, pool_views, split.train),
                                    y[split.train].repeat(len(pool_views)), logits["pool"][split.val], y[split.val],
                                    base=sets.base, novel=sets.novel, protocol=protocol,
-                                   config=replace(refine, seed=settings["seed"]))
+                                   config=replace(refine, seed=settings["seed"]),
+                                   distill_logits=alignment_rows(logits, data, split.train))
     settings["refine"] = {**{k: v for k, v in info.items() if k != "config"}, "protocol": protocol,
                           "config": refine.to_dict()}
     _save(refined, out, manifest, settings, manifest.get("target_model"), recipe)
