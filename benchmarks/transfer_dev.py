@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
-from transfer_splits import (PROTOCOL, chosen_defaults, deterministic, protocol_config, read_protocol,  # noqa: E402
-                             write_json)
+from transfer_splits import (PROTOCOL, chosen_defaults, code_version, deterministic, protocol_config,  # noqa: E402
+                             read_protocol, write_json)
 
 UNITS = RESULTS / "transfer-dev-units"
 NAME = "transfer-dev"
@@ -265,7 +265,7 @@ def run_stage(protocol: dict[str, Any], stage: str) -> None:
                           "protocol": protocol["file"], "result": result, "determinism": settings,
                           "wall_seconds": time.perf_counter() - started,
                           "load_average": {"start": load, "end": os.getloadavg()}, "machine": machine(),
-                          "command": command_line()})
+                          "code": code_version(), "command": command_line()})
 
 
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]:

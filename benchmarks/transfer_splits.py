@@ -72,6 +72,21 @@ def draw_splits(classes: list[str], count: int, seed: int, exclude: list[list[st
     return [candidates[i] for i in sorted(picked)]
 
 
+def code_version() -> str:
+    """The commit the code ran at (``+changes`` when src/ or benchmarks/ differ from it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks/transfer_splits.py",
+                                     "benchmarks/transfer_dev.py") else "")
+
+
 def deterministic(threads: int) -> dict[str, Any]:
     """One unit's numbers depend on its seed alone: a fixed thread count, deterministic algorithms."""
     import torch
@@ -153,7 +168,7 @@ def run_unit(protocol: dict[str, Any], pair: dict[str, str], split: str, seed: i
             "seconds": per_seed["seconds"], "cost_ratios": ratios, "shared_seconds": result["shared_seconds"],
             "wall_seconds": time.perf_counter() - started, "determinism": settings,
             "load_average": {"start": load_before, "end": os.getloadavg()}, "machine": machine(),
-            "command": command_line()}
+            "code": code_version(), "command": command_line()}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
