@@ -15,6 +15,15 @@ round, rounds interleaved, so that a shared machine's changing load falls on all
 them alike; the tables give each number's median over the rounds.
 
 Writes benchmarks/results/serve.json (every number, a ``targets`` list) and serve.md.
+
+The 16 models of the recorded run (any 16 saved models on one backbone will do)::
+
+    vimw zoo import runs/zoo --zoo runs/serve/zoo --modules fmnist-apparel mnist-segmentation \
+        fmnist-rotation fmnist-distill            # the demo's modules, from a default zoo build
+    for task in fmnist-footwear-bags digits8x8 mnist fmnist; do for seed in 0 1 2 3; do
+      vimw aggregate --zoo runs/serve/zoo --task $task --shots 5 --epochs 3 --seed $seed \
+        --method $(echo ens uniform topk merge | cut -d' ' -f$((seed + 1))) --out runs/serve/models/$task-s$seed
+    done; done
 """
 
 from __future__ import annotations
@@ -297,6 +306,38 @@ def targets(cells: list[dict], separate: list[dict], memory: dict, reference: di
     ]
 
 
+def limits(payload: dict) -> list[str]:
+    """What bounds the throughput of each set-up at the most clients, in words, from the measurements."""
+    cells, apart = payload["cells"], payload["separate_processes"][-1]
+    server = max((c for c in cells if c["setup"] == "server"), key=lambda c: (c["models"], c["clients"]))
+    b = payload["forward_breakdown"]["cpu_ms_per_image"]
+    waited = 1 - server["forward_cpu_ms_per_image"] / server["forward_ms_per_image"]
+    lines = [
+        f"- One server, {server['models']} models, {server['clients']} clients: its one compute thread ran forward "
+        f"passes {server['forward_busy']:.0%} of the time ({server['mean_batch_images']:.1f} images per pass, "
+        f"{server['forward_cpu_ms_per_image']:.2f} ms of CPU per image), while everything else (HTTP, parsing, "
+        f"decoding, answers) took {server['other_cpu_ms_per_request']:.2f} ms of CPU per request on the event "
+        f"loop: the compute thread bounds throughput. It waited for a core {waited:.0%} of its busy time "
+        f"({server['forward_ms_per_image']:.2f} ms wall per image): the process got {server['server_cpu_per_s']:.2f} "
+        f"CPU-seconds per second on this shared machine.",
+        f"- {apart['processes']} single-model processes, {apart['clients']} clients: {apart['mean_batch_images']:.1f} "
+        f"images per pass, {apart['forward_cpu_ms_per_image']:.2f} ms of CPU per image in the forward and "
+        f"{apart['other_cpu_ms_per_request']:.2f} ms per request outside it; together they got "
+        f"{apart['server_cpu_per_s']:.2f} CPU-seconds per second: more processes, a larger share of a contested machine.",
+        f"- In process, batch {payload['forward_breakdown']['batch']} (CPU ms per image): backbone {b['backbone']}, "
+        f"one model {b['one_model']}, {payload['forward_breakdown']['models']} models mixed {b['mixed_models']}, "
+        f"one model at one image {b['one_model_one_image']}. The server's advantage is the batch across models; "
+        f"routing the rows of many models still costs {b['mixed_models'] - b['one_model']:.2f} ms per image over one "
+        "model (each model's own projection per site, and merge-mode models, whose parameters differ, on their own).",
+    ]
+    wide = [c for c in cells if c["setup"] == "wide"]
+    if wide:
+        w = wide[0]
+        lines.append(f"- The same server with {w['threads']} torch threads: {w['images_per_s']:.1f} images/s "
+                     f"({w['server_cpu_per_s']:.2f} CPU-seconds per second).")
+    return lines
+
+
 def markdown(payload: dict) -> str:
     lines = ["## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |" for t in payload["targets"]]
@@ -317,7 +358,7 @@ def markdown(payload: dict) -> str:
               "| " + " | ".join(str(v) for v in b["cpu_ms_per_image"].values()) + " |"]
     lines += ["", f"In process, one image: `predict_logits` p50 {payload['in_process']['p50_ms']} ms, "
               f"the model's forward alone p50 {payload['in_process']['forward_p50_ms']} ms.", "",
-              "## Notes", "", *payload["notes"]]
+              "## What limits throughput", "", *limits(payload), "", "## Notes", "", *(f"- {n}" for n in payload["notes"])]
     return "\n".join(lines)
 
 
@@ -328,6 +369,19 @@ def median_cell(rounds: list[dict]) -> dict:
     cell["errors"] = sum(r["errors"] for r in rounds)
     cell["rounds"] = [{k: r[k] for k in ("images_per_s", "p50_ms", "p99_ms")} for r in rounds]
     return cell
+
+
+def rewrite_markdown() -> None:
+    """serve.md again from serve.json (the run's own command and machine kept)."""
+    import json
+
+    from _common import RESULTS
+
+    from vimw.io import atomic_write_text
+
+    payload = json.loads((RESULTS / "serve.json").read_text())
+    header = f"Command: `{payload['command']}`\n\nMachine: {payload['machine']}\n\n"
+    atomic_write_text(RESULTS / "serve.md", header + markdown(payload) + "\n")
 
 
 def main() -> None:
@@ -343,7 +397,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator (see drive)")
     parser.add_argument("--note", action="append", default=[], help="a line for the notes (what else ran)")
+    parser.add_argument("--rewrite-md", action="store_true", help="only rewrite serve.md from serve.json")
     args = parser.parse_args()
+    if args.rewrite_md:
+        rewrite_markdown()
+        return
 
     import torch
 
