@@ -210,7 +210,8 @@ def run_cell(replicas: list[Replica], clients: int, bodies: list[bytes], seconds
         forward_ms_per_image=1e3 * delta["compute_seconds"] / max(1, delta["images"]),
         forward_cpu_ms_per_image=1e3 * delta["compute_cpu_seconds"] / max(1, delta["images"]),
         # Everything else the server processes spent CPU on (HTTP, parsing, decoding, answers), per request.
-        other_cpu_ms_per_request=1e3 * (delta["cpu_seconds"] - delta["compute_cpu_seconds"]) / max(1, delta["requests"]),
+        other_cpu_ms_per_request=1e3 * (delta["cpu_seconds"] - delta["compute_cpu_seconds"])
+        / max(1, delta["requests"]),
     )
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
@@ -265,7 +266,8 @@ def forward_breakdown(models: list[Path], bodies: list[bytes], batch: int, repea
     cases = {
         "backbone": (lambda: registry.backbone.forward_features(pixels), batch),
         "one_model": (lambda: run_batch([Job(served[0], images)]), batch),
-        "mixed_models": (lambda: run_batch([Job(served[i % len(served)], images[i:i + 1]) for i in range(batch)]), batch),
+        "mixed_models": (lambda: run_batch([Job(served[i % len(served)], images[i:i + 1]) for i in range(batch)]),
+                         batch),
         "one_model_one_image": (lambda: run_batch([Job(served[0], images[:1])]), 1),
     }
     out = {}
@@ -288,7 +290,8 @@ def targets(cells: list[dict], separate: list[dict], memory: dict, reference: di
     apart = next(c for c in separate if c["clients"] == 32)
     speed = shared["images_per_s"] / apart["images_per_s"]
     # On a shared machine the set-ups get unequal CPU: the same comparison per CPU-second of the servers.
-    per_cpu = (shared["images_per_s"] / shared["server_cpu_per_s"]) / (apart["images_per_s"] / apart["server_cpu_per_s"])
+    per_cpu = ((shared["images_per_s"] / shared["server_cpu_per_s"])
+               / (apart["images_per_s"] / apart["server_cpu_per_s"]))
     share = memory["server_16"]["pss_mb"] / memory["processes_16"]["pss_mb"]
     latency = one["p50_ms"] / reference["p50_ms"]
     strict = one["p50_ms"] / reference["forward_p50_ms"]
@@ -323,7 +326,8 @@ def limits(payload: dict) -> list[str]:
         f"- {apart['processes']} single-model processes, {apart['clients']} clients: {apart['mean_batch_images']:.1f} "
         f"images per pass, {apart['forward_cpu_ms_per_image']:.2f} ms of CPU per image in the forward and "
         f"{apart['other_cpu_ms_per_request']:.2f} ms per request outside it; together they got "
-        f"{apart['server_cpu_per_s']:.2f} CPU-seconds per second: more processes, a larger share of a contested machine.",
+        f"{apart['server_cpu_per_s']:.2f} CPU-seconds per second: more processes, a larger share of a contested "
+        "machine.",
         f"- In process, batch {payload['forward_breakdown']['batch']} (CPU ms per image): backbone {b['backbone']}, "
         f"one model {b['one_model']}, {payload['forward_breakdown']['models']} models mixed {b['mixed_models']}, "
         f"one model at one image {b['one_model_one_image']}. The server's advantage is the batch across models; "
@@ -358,7 +362,8 @@ def markdown(payload: dict) -> str:
               "| " + " | ".join(str(v) for v in b["cpu_ms_per_image"].values()) + " |"]
     lines += ["", f"In process, one image: `predict_logits` p50 {payload['in_process']['p50_ms']} ms, "
               f"the model's forward alone p50 {payload['in_process']['forward_p50_ms']} ms.", "",
-              "## What limits throughput", "", *limits(payload), "", "## Notes", "", *(f"- {n}" for n in payload["notes"])]
+              "## What limits throughput", "", *limits(payload), "",
+              "## Notes", "", *(f"- {n}" for n in payload["notes"])]
     return "\n".join(lines)
 
 
