@@ -160,6 +160,57 @@ def test_ridge_leave_one_out_equals_refitting_without_each_point(n, dim, lam):
     assert abs(ridge_loo_accuracy(features, targets, 3, lam) - want_accuracy) < 1e-12
 
 
+def test_closed_form_head_is_the_ridge_solution_and_its_choices_see_only_held_out_residuals():
+    from vimw.aggregation.closedform import HEAD_LAMBDAS, TEMPERATURES, fit_ridge_head, set_linear_head
+
+    g = torch.Generator().manual_seed(3)
+    targets = torch.arange(12) % 3
+    features = torch.randn(3, 20, generator=g, dtype=torch.float64)[targets] + 0.7 * torch.randn(12, 20, generator=g,
+                                                                                              dtype=torch.float64)
+    fitted = fit_ridge_head(features + 3.0, targets, 3)
+    assert fitted.chosen_by == "leave-one-out" and fitted.lam in HEAD_LAMBDAS and fitted.temperature in TEMPERATURES
+    # The primal ridge solution with an unpenalised intercept, at the chosen lambda.
+    f, y = features + 3.0, nn.functional.one_hot(targets, 3).double()
+    fc, yc = f - f.mean(0), y - y.mean(0)
+    alpha = fitted.lam * fc.pow(2).sum(1).mean()
+    weight = torch.linalg.solve(fc.T @ fc + alpha * torch.eye(20, dtype=f.dtype), fc.T @ yc)
+    torch.testing.assert_close(fitted.weight, weight.T)
+    torch.testing.assert_close(fitted.bias, y.mean(0) - f.mean(0) @ weight)
+    # Its leave-one-out accuracy is the refitting one at that lambda.
+    _, want_accuracy = refit_without_each_point(f, targets, 3, float(alpha))
+    assert abs(fitted.loo_accuracy - want_accuracy) < 1e-12
+    head = nn.Linear(20, 3).double()
+    set_linear_head(head, fitted)
+    torch.testing.assert_close(head(f), fitted.temperature * (f @ fitted.weight.T + fitted.bias))
+
+
+def test_closed_form_head_with_one_image_per_class_uses_the_fixed_defaults():
+    from vimw.aggregation.closedform import ONE_SHOT_LAMBDA, ONE_SHOT_TEMPERATURE, fit_ridge_head
+
+    fitted = fit_ridge_head(torch.randn(4, 10), torch.arange(4), 4)
+    assert (fitted.lam, fitted.temperature, fitted.loo_accuracy) == (ONE_SHOT_LAMBDA, ONE_SHOT_TEMPERATURE, None)
+    with pytest.raises(VimwError, match="every one of the 4 classes"):
+        fit_ridge_head(torch.randn(6, 10), torch.tensor([0, 1, 2, 0, 1, 2]), 4)
+
+
+def test_closed_form_head_on_a_frozen_zoo_model_predicts_as_the_ridge_on_its_features(tiny_zoo, lite0, make_task):
+    from vimw.aggregation.closedform import fit_closed_form_head, fit_ridge_head
+    from vimw.training.headfit import frozen_features
+
+    data = make_task(n_train=12, n_val=6, n_test=6)
+    model, _ = build_model("uniform", lite0, data, zoo=tiny_zoo)
+    fitted = fit_closed_form_head(model, data.train.images, data.train.targets)
+    features = frozen_features(model, data.test.images).double()
+    direct = fit_ridge_head(frozen_features(model, data.train.images), data.train.targets, data.num_classes)
+    with torch.no_grad():
+        logits = model.eval()(lite0.preprocess(data.test.images)).double()
+    torch.testing.assert_close(logits, fitted.temperature * (features @ direct.weight.T + direct.bias), rtol=1e-4,
+                               atol=1e-4)
+    scratch, _ = build_model("scratch", lite0, data, zoo=tiny_zoo)
+    with pytest.raises(VimwError, match="frozen"):
+        fit_closed_form_head(scratch, data.train.images, data.train.targets)
+
+
 def test_ridge_leave_one_out_cannot_be_won_by_interpolating_the_shots():
     # Pure noise with more features than images: a smaller lambda interpolates better but
     # predicts a left-out image no better, so the loss stays at or above chance level.
@@ -223,7 +274,7 @@ def test_zoo_residual_starts_as_the_fitted_aggregate_and_trains_only_the_new_mod
     fit(model, data, TrainConfig(epochs=2, lr=1e-2, batch_size=4, seed=0), progress=False)
     for key, value in model.plugin.zoo.state_dict().items():
         assert torch.equal(value, zoo_state[key])  # gates, scales and zoo modules untouched
-    assert any(float(p.abs().max()) > 0 for n, p in model.plugin.module.named_parameters() if ".up." in n)
+    assert any(float(p.detach().abs().max()) > 0 for n, p in model.plugin.module.named_parameters() if ".up." in n)
 
 
 # -- zoo-initialised module -----------------------------------------------------------------------------
