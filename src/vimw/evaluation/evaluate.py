@@ -27,7 +27,8 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits for uint8 images, in inference mode, batched."""
     was_training = model.training
-    model.eval()
+    if was_training:  # switching a model with many sub-modules costs more than a small batch
+        model.eval()
     outputs = []
     cached = getattr(model, "can_use_prefix_cache", lambda: False)()
     for start in range(0, len(images), batch_size):
@@ -36,7 +37,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256
             continue
         pixels = model.backbone.preprocess(images[start : start + batch_size].to(model_device(model)))
         outputs.append(model(pixels))
-    model.train(was_training)
+    if was_training:
+        model.train()
     return torch.cat(outputs).cpu()
 
 
