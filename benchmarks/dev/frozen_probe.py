@@ -23,7 +23,6 @@ Development numbers, not claims: seeds 100+ only; the evaluation's seeds are nev
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
