@@ -29,8 +29,10 @@ httpx = pytest.importorskip("httpx")
 from conftest import pattern_images, synthetic_task, write_npz  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vimw.errors import VimwError  # noqa: E402
 from vimw.methods import train_downstream  # noqa: E402
 from vimw.serve.batcher import Job, run_batch  # noqa: E402
+from vimw.serve.device import resolve_device  # noqa: E402
 from vimw.serve.registry import ModelRegistry  # noqa: E402
 from vimw.serve.server import BackgroundServer, start  # noqa: E402
 from vimw.training import TrainConfig  # noqa: E402
@@ -152,7 +154,8 @@ def test_models_endpoint_describes_each_model_and_its_path(server, lite0):
         model = by_name[name]
         assert model["method"] == method and model["classes"] == [f"class{c}" for c in range(3)]
         assert model["backbone"]["fingerprint"] == lite0.fingerprint() and model["task"]["name"] == f"syn-{pattern}"
-        assert model["path"] == "shared"
+        assert model["path"] == "shared" and model["device"] == "cpu"
+    assert listing["device"] == "cpu" and server.get("/v1/stats").json()["device"] == "cpu"
     assert by_name["dots-probe"]["zoo_modules"] == [] and len(by_name["bands-ens"]["zoo_modules"]) == 3
     # ens and topk over one zoo: their modules' hidden pass is shared at every site; a probe has none.
     assert by_name["bands-ens"]["shared_hidden_sites"] == by_name["blocks-topk"]["shared_hidden_sites"] > 0
@@ -385,6 +388,38 @@ def test_serve_command_help_lists_its_options():
     done = subprocess.run([sys.executable, "-m", "vimw.cli", "serve", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    for option in ("--models", "--max-batch", "--max-wait-ms", "--max-upload-mb", "--host", "--fold"):
+    for option in ("--models", "--max-batch", "--max-wait-ms", "--max-upload-mb", "--host", "--fold", "--device"):
         assert option in done.stdout
     assert "127.0.0.1" in done.stdout
+
+
+# -- the device ---------------------------------------------------------------------------------------------
+def run_serve(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vimw.cli", "serve", "--port", "0", *options], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_device_names_are_checked_and_cpu_is_always_there():
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("gpu", "CUDA", "cuda:", "cuda:x", "cuda:0:1", "", None):
+        with pytest.raises(VimwError, match="cpu, cuda or cuda:N"):
+            resolve_device(name)
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda", 0)
+        with pytest.raises(VimwError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_serve_asks_for_cuda_without_a_gpu_and_is_refused_before_loading(tmp_path):
+    done = run_serve("--device", "cuda:0", "--models", str(tmp_path / "no-such-model"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"vimw: error: device 'cuda:0' was asked for, but this torch ({torch.__version__}) sees no CUDA GPU "
+        "(use --device cpu)"]
+
+
+def test_serve_refuses_a_malformed_device_name():
+    done = run_serve("--device", "gpu")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "vimw: error: argument --device: expected cpu, cuda or cuda:N, got 'gpu'"

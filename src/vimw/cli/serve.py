@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from vimw.serve.defaults import (DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_WAIT_MS,
-                                 DEFAULT_PORT, FOLD_POLICIES)
+import argparse
+import re
+
+from vimw.serve.defaults import (DEFAULT_DEVICE, DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_UPLOAD_MB,
+                                 DEFAULT_MAX_WAIT_MS, DEFAULT_PORT, DEVICE_PATTERN, FOLD_POLICIES)
+
+
+def device_name(text: str) -> str:
+    """``--device``'s spelling, checked at parse time (whether the GPU exists is checked at start)."""
+    if not re.fullmatch(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def register(commands) -> None:
@@ -27,6 +37,9 @@ def register(commands) -> None:
     parser.add_argument("--fold", choices=FOLD_POLICIES, default="auto",
                         help="LoRA models: their own folded backbone copy where it measures faster (auto), "
                              "never, or always (default auto)")
+    parser.add_argument("--device", type=device_name, default=DEFAULT_DEVICE,
+                        help="where the backbone, plug-ins and heads run: cpu, cuda or cuda:N; images go there per "
+                             f"batch (default {DEFAULT_DEVICE})")
     parser.add_argument("--threads", type=positive_int, help="torch threads for the forward passes (default: torch's)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=run)
@@ -40,11 +53,13 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     service = start(args.models, zoo=args.zoo, fold=args.fold, max_batch=args.max_batch,
-                    max_wait_ms=args.max_wait_ms, max_upload_bytes=int(args.max_upload_mb * 2**20))
+                    max_wait_ms=args.max_wait_ms, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                    device=args.device)
     sock = bind(args.host, args.port)
     for model in service.registry.describe()["models"]:
         print(f"  {model['name']}: {model['method']} on {model['backbone']['arch']}, "
               f"{len(model['classes'])} classes, {model['path']} path")
-    print(f"serving {len(service.registry)} models on {url_of(sock)} (Ctrl-C stops)", flush=True)
+    print(f"serving {len(service.registry)} models on {url_of(sock)} ({service.registry.device}; Ctrl-C stops)",
+          flush=True)
     serve(service, sock, log_level=args.log_level)
     return 0

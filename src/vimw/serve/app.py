@@ -11,7 +11,8 @@ Endpoints (every answer is JSON; every error is ``{"error": {"type", "message"}}
 - ``POST /v1/models/{name}/predict``: image files as ``multipart/form-data`` (every file
   part is an image) or JSON ``{"images": [base64 | {"name", "data": base64}], "top": k}``;
   ``?top=k`` also works. Answers the top-k classes per image, as ``vimw predict`` does.
-- ``GET /v1/stats``: the batcher's counters (requests, images, batches, backbone passes).
+- ``GET /v1/stats``: the batcher's counters (requests, images, batches, backbone passes),
+  the device, and on CUDA the memory torch's allocator holds.
 
 Bodies over ``max_upload_bytes`` are refused while they arrive (413), before anything is
 decoded; nothing is ever written to disk.
@@ -37,6 +38,7 @@ from starlette.routing import Route
 from vimw.errors import BackboneMismatchError, DataError, FormatError, RegistryError, VimwError
 from vimw.serve.batcher import Batcher, BatchTooLargeError
 from vimw.serve.defaults import DEFAULT_MAX_UPLOAD_MB, DEFAULT_TOP
+from vimw.serve.device import memory_stats
 from vimw.serve.registry import ModelRegistry, NameTakenError, UnknownModelError
 from vimw.workflows.predict import check_top, top_classes
 
@@ -196,7 +198,7 @@ def create_app(registry: ModelRegistry, batcher: Batcher, *,
         return JSONResponse(registry.describe())
 
     async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(batcher.stats())
+        return JSONResponse({**batcher.stats(), **memory_stats(registry.device)})
 
     async def add_model(request: Request) -> JSONResponse:
         payload = await read_json(request)

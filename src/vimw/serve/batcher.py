@@ -49,7 +49,8 @@ def run_batch(jobs: Sequence[Job]) -> tuple[list[torch.Tensor], int]:
     """Each job's ``N x C`` probabilities, and the number of backbone passes it took.
 
     Rows are ordered model by model; the models on the shared backbone are grouped by
-    tap, one pass per group; a folded model's rows run on its own copy.
+    tap, one pass per group; a folded model's rows run on its own copy. Images go to the
+    models' device, probabilities come back on the CPU.
     """
     by_model: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -76,7 +77,7 @@ def _run_pass(jobs: Sequence[Job], groups: list[list[int]], results: list) -> No
     rows = [len(x) for x in images]
     first = served[0]
     network = first.folded if first.folded is not None else first.model
-    pixels = network.backbone.preprocess(torch.cat(images))
+    pixels = network.backbone.preprocess(torch.cat(images).to(first.device, non_blocking=True))
     if first.folded is not None:
         features = network.backbone.forward_features(pixels)
     else:
@@ -85,7 +86,7 @@ def _run_pass(jobs: Sequence[Job], groups: list[list[int]], results: list) -> No
     start = 0
     for model, group, count in zip(served, groups, rows):
         head = (model.folded or model.model).head
-        probabilities = head(features[start:start + count]).float().softmax(-1)
+        probabilities = head(features[start:start + count]).float().softmax(-1).cpu()  # answers are written here
         start += count
         offset = 0
         for i in group:

@@ -10,6 +10,9 @@ A model whose plug-in is LoRA may instead run on its own copy of the backbone wi
 plug-in folded into the weights (``fold``): ``"auto"`` keeps the copy only where it
 measures faster than the shared pass at load time, and :meth:`ServedModel.describe`
 says which path each model takes.
+
+Every model lives on the registry's device (``cpu``, ``cuda``, ``cuda:N``): the shared
+backbone, the zoo modules, the heads and the folded copies alike.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from vimw.aggregation.store import read_manifest
 from vimw.backbones import Backbone
 from vimw.errors import BackboneMismatchError, VimwError
 from vimw.io.names import MANIFEST_FILE
-from vimw.serve.defaults import FOLD_POLICIES
+from vimw.serve.defaults import DEFAULT_DEVICE, FOLD_POLICIES
+from vimw.serve.device import resolve_device, synchronize
 from vimw.serve.mixed import SharedSite, shared_sites, tap_of
 from vimw.training import TaskModel
 from vimw.workflows.predict import Predictor, model_predictor
@@ -59,6 +63,7 @@ class ServedModel:
     folded: TaskModel | None = None  # its own backbone with the LoRA plug-in folded in
     timing_ms: dict | None = None  # the load-time measurement behind the choice
     shared: dict[str, SharedSite] | None = None  # sites whose hidden pass it shares with other models
+    device: torch.device = torch.device("cpu")  # where its backbone, plug-in and head run
 
     @property
     def path(self) -> str:
@@ -84,6 +89,7 @@ class ServedModel:
             "zoo_modules": [m["name"] for m in zoo.get("modules", [])],
             "backbone": {k: backbone.get(k) for k in ("arch", "fingerprint", "image_size")},
             "path": self.path,
+            "device": str(self.device),
             "path_note": _path_note(self),
             "shared_hidden_sites": len(self.shared or {}),
             "timing_ms": self.timing_ms,
@@ -137,36 +143,41 @@ def _forward_ms(model: TaskModel, pixels: torch.Tensor) -> float:
         model(pixels)
         best = float("inf")
         for _ in range(PROBE_REPEATS):
+            synchronize(pixels.device)
             started = time.perf_counter()
             model(pixels)
+            synchronize(pixels.device)
             best = min(best, time.perf_counter() - started)
     return best * 1e3
 
 
-def choose_path(model: TaskModel, fold: str) -> tuple[TaskModel | None, dict | None]:
-    """The folded copy the model should run on (``None``: the shared pass) and the timing behind it."""
+def choose_path(model: TaskModel, fold: str, device: torch.device = torch.device("cpu")
+                ) -> tuple[TaskModel | None, dict | None]:
+    """The folded copy the model should run on (``None``: the shared pass) and the timing behind it;
+    ``model`` is on ``device`` already, the copy is put there too."""
     from vimw.aggregation.fold import fold_lora
 
     if check_fold(fold) == "never" or model.plugin is None:
         return None, None
     try:
-        folded = fold_lora(model)
+        folded = fold_lora(model).to(device)  # its new head is built on the CPU
     except VimwError:  # not LoRA: non-linear plug-ins cannot fold
         return None, None
     if fold == "always":
         return folded, None
     size = model.backbone.preprocess.size
-    pixels = model.backbone.preprocess(torch.rand(PROBE_IMAGES, 3, size, size))
+    pixels = model.backbone.preprocess(torch.rand(PROBE_IMAGES, 3, size, size, device=device))
     timing = {"shared": round(_forward_ms(model, pixels), 3), "folded": round(_forward_ms(folded, pixels), 3),
               "images": PROBE_IMAGES}
     return (folded if timing["folded"] < timing["shared"] else None), timing
 
 
 class ModelRegistry:
-    """The loaded models by name, on one shared backbone (set by the first model unless given)."""
+    """The loaded models by name, on one shared backbone (set by the first model unless given), on ``device``."""
 
-    def __init__(self, backbone: Backbone | None = None, *, fold: str = "auto") -> None:
-        self.backbone = backbone
+    def __init__(self, backbone: Backbone | None = None, *, fold: str = "auto", device: str = DEFAULT_DEVICE) -> None:
+        self.device = resolve_device(device)  # first: a missing GPU is refused before anything loads
+        self.backbone = backbone.to(self.device) if backbone is not None else None
         self.fold = check_fold(fold)
         self._models: dict[str, ServedModel] = {}
         # Loaded zoo modules and their stacked runners, held weakly: what no model uses any more is freed.
@@ -187,9 +198,10 @@ class ModelRegistry:
             model, manifest = load_downstream(directory, zoo_dir=zoo, backbone=self.backbone,
                                               module_cache=self._modules)
             predictor = model_predictor(model, manifest, str(directory))  # refuses dense models
-            folded, timing = choose_path(model, self.fold)
+            model.to(self.device)  # the shared backbone and cached modules are there already after the first
+            folded, timing = choose_path(model, self.fold, self.device)
             shared = shared_sites(model.plugin, self._runners) if folded is None else {}
-            served = ServedModel(name, directory, model, manifest, predictor, folded, timing, shared)
+            served = ServedModel(name, directory, model, manifest, predictor, folded, timing, shared, self.device)
             with self._lock:
                 if name in self._models:
                     raise NameTakenError(f"a model named {name!r} is already loaded")
@@ -220,7 +232,7 @@ class ModelRegistry:
         with self._lock:
             models = list(self._models.values())
         backbone = self.backbone.record().to_dict() if self.backbone is not None else None
-        return {"backbone": backbone, "zoo_modules_in_memory": len(self._modules),
+        return {"backbone": backbone, "device": str(self.device), "zoo_modules_in_memory": len(self._modules),
                 "models": [m.describe() for m in models]}
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from vimw.errors import MissingExtraError, VimwError
 from vimw.serve.batcher import Batcher
-from vimw.serve.defaults import (DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_WAIT_MS,
-                                  DEFAULT_PORT)
+from vimw.serve.defaults import (DEFAULT_DEVICE, DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_UPLOAD_MB,
+                                  DEFAULT_MAX_WAIT_MS, DEFAULT_PORT)
 from vimw.serve.registry import ModelRegistry
 
 
@@ -42,13 +42,13 @@ def parse_model_spec(spec: str) -> tuple[str | None, str]:
 
 def start(models: Sequence[str] = (), *, zoo: str | None = None, fold: str = "auto",
           max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-          max_upload_bytes: int | None = None) -> Service:
-    """Load ``models`` (``DIR`` or ``NAME=DIR``) onto one backbone and build the app around them."""
+          max_upload_bytes: int | None = None, device: str = DEFAULT_DEVICE) -> Service:
+    """Load ``models`` (``DIR`` or ``NAME=DIR``) onto one backbone on ``device`` and build the app around them."""
     try:
         from vimw.serve.app import create_app
     except ImportError as exc:
         raise MissingExtraError(f"vimw serve needs the 'serve' extra (pip install 'vimw[serve]'): {exc}") from None
-    registry = ModelRegistry(fold=fold)
+    registry = ModelRegistry(fold=fold, device=device)
     for spec in models:
         name, directory = parse_model_spec(spec)
         registry.load(directory, name, zoo)
