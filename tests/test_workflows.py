@@ -80,7 +80,8 @@ def test_aggregate_talks_while_it_works_and_its_budget_is_a_deadline(tiny_zoo, t
     assert "linear_probe [1/2]" in out and "cut short by the budget" in out
     assert "validation images" in out
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert any(c["cut_short"] for c in manifest["search"]["candidates"])
+    search = manifest["search"]  # the budget ended something: a run cut short, or candidates left out
+    assert any(c["cut_short"] for c in search["candidates"]) or search["skipped"]
 
 
 def test_the_reporter_writes_a_line_at_least_every_heartbeat_while_a_run_trains(monkeypatch):
