@@ -64,13 +64,15 @@ def view_bank(model: TaskModel, data: TaskData, config: TrainConfig, views: int)
 
 def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: int = DEFAULT_VIEWS,
              progress: bool | None = False, on_epoch_end: Callable[[int, dict], None] | None = None,
-             stop: Callable[[], bool] | None = None) -> FitResult:
-    """Train ``model.head`` on cached features; choose the epoch on validation like ``fit``."""
+             stop: Callable[[], bool] | None = None, keep_last: bool = False) -> FitResult:
+    """Train ``model.head`` on cached features; choose the epoch on validation like ``fit``
+    (``keep_last``: keep the last epoch, no validation images needed, as ``fit``)."""
     augmenting = bool(getattr(config, "augment", False))
     bank = view_bank(model, data, config, views if augmenting else 1)
     targets = data.train.targets.to(bank.device)
-    val_features = frozen_features(model, data.val.images, config.eval_batch_size)
-    val_targets = data.val.targets.to(val_features.device)
+    if not keep_last:
+        val_features = frozen_features(model, data.val.images, config.eval_batch_size)
+        val_targets = data.val.targets.to(val_features.device)
     n = len(targets)
     steps_per_epoch = -(-n // config.batch_size)
     torch.manual_seed(config.seed)
@@ -102,7 +104,7 @@ def fit_head(model: TaskModel, data: TaskData, config: TrainConfig, *, views: in
         loss,
         config=config,
         steps_per_epoch=steps_per_epoch,
-        validate=validate,
+        validate=None if keep_last else validate,
         outputs=RunOutputs(settings={"train": config.to_dict(), "task": data.spec.name, "views": views},
                            progress=progress, desc="head"),
         on_epoch_end=on_epoch_end,

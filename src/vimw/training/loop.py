@@ -60,8 +60,12 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     prefix_cache: int | None = None,
     stop: Callable[[], bool] | None = None,
+    keep_last: bool = False,
 ) -> FitResult:
     """Train the trainable parameters of ``model`` on ``data.train``; select on ``data.val``.
+
+    ``keep_last``: no epoch is chosen (true few-shot: no validation images); the run trains
+    its configured steps and keeps the last state, and ``data.val`` may be empty.
 
     ``prefix_cache``: a byte limit to enable ``model.enable_prefix_cache`` (frozen
     prefix computed once per image); a cache already attached to ``model`` is used
@@ -72,7 +76,7 @@ def fit(
     """
     if len(data.train) == 0:
         raise DataError(f"task {data.spec.name!r}: the training split is empty")
-    if len(data.val) == 0:
+    if len(data.val) == 0 and not keep_last:
         raise DataError(f"task {data.spec.name!r}: the validation split is empty")
     if not model.trainable_parameters():
         raise TrainingError("the model has no trainable parameters")
@@ -120,7 +124,7 @@ def fit(
         loss,
         config=config,
         steps_per_epoch=steps_per_epoch,
-        validate=lambda: evaluate(model, data.val, config.eval_batch_size),
+        validate=None if keep_last else (lambda: evaluate(model, data.val, config.eval_batch_size)),
         outputs=RunOutputs(checkpoint_dir=checkpoint_dir, resume=resume,
                            settings={"train": config.to_dict(), "task": data.spec.name}, log_path=log_path,
                            tensorboard_dir=tensorboard_dir, progress=progress, desc="train"),
