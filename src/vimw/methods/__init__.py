@@ -27,7 +27,7 @@ from vimw.methods.base import (
     zoo_methods,
 )
 # Registration order is the order methods are listed in (ViM first, baselines last).
-from vimw.methods import vim, fitted, zoo_init, baselines  # noqa: F401, I001  (registers the built-in methods)
+from vimw.methods import vim, fitted, zoo_init, closed_form, baselines  # noqa: F401, I001  (registers the built-in methods)
 from vimw.methods.zoo_init import zoo_average_module
 
 __all__ = [

@@ -9,8 +9,7 @@ from vimw.modules import DEFAULT_MODULE_KIND, ModuleSet, config_from_dict
 from vimw.training import TaskModel, TrainConfig
 
 
-@register_method("linear_probe", "a head on the frozen backbone's features", grid=HEAD_ONLY_GRID, auto_rank=0,
-                 trains="head")
+@register_method("linear_probe", "a head on the frozen backbone's features", grid=HEAD_ONLY_GRID, trains="head")
 class LinearProbe(DownstreamMethod):
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         return TaskModel(ctx.backbone, ctx.head()), {}

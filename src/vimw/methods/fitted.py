@@ -54,7 +54,7 @@ def fitted_gates(model: TaskModel, ctx: MethodContext, strategy: str, seed: int)
 
 
 @register_method("gates_ridge", "gates and per-site scales fitted by gradient to a ridge head's leave-one-out loss",
-                 grid=HEAD_ONLY_GRID, uses_zoo=True, auto_rank=3, trains="head")
+                 grid=HEAD_ONLY_GRID, uses_zoo=True, trains="head")
 class GatesRidge(FittedGates):
     strategy: ClassVar[str] = "ridge"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from vimw.aggregation.aggregate import ZooAggregate
+from vimw.errors import VimwError
 from vimw.evaluation.selection import best_candidate
 from vimw.methods.base import (
     GATED_GRID,
@@ -38,9 +39,9 @@ class ZooGates(DownstreamMethod):
 
 # The modes differ only in what ``ZooAggregate`` does with the gates: one subclass each.
 for _name, _summary, _grid, _rank, _trains in (
-    ("ens", "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head", GATED_GRID, 5, "zoo"),
+    ("ens", "ViM's Ens-MoE: every zoo module runs, per-site softmax gates learned with the head", GATED_GRID, None, "zoo"),
     ("topk", "learned gates, only the top-k modules of each site run", GATED_GRID, None, "zoo"),
-    ("uniform", "gates fixed equal over the zoo; only the head trains", HEAD_ONLY_GRID, 2, "head"),
+    ("uniform", "gates fixed equal over the zoo; only the head trains", HEAD_ONLY_GRID, None, "head"),
     ("merge", "learned gates over the modules' parameters: one module's inference cost", GATED_GRID, None, "zoo"),
 ):
     register_method(_name, _summary, grid=_grid, uses_zoo=True, auto_rank=_rank, trains=_trains)(
@@ -57,6 +58,9 @@ class Single(ZooGates):
         return super().build(ctx, config, single_index=single_index)
 
     def train(self, ctx: MethodContext, config: TrainConfig, *, progress: bool | None = False) -> DownstreamResult:
+        if not len(ctx.data.val):
+            raise VimwError("method 'single' picks its module on validation images, and a true few-shot run (--shots) "
+                            "has none: use zoo_ridge, or run without --shots")
         started = time.perf_counter()
         names = ctx.zoo_names(self.name)
         runs = []

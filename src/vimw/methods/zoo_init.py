@@ -3,7 +3,8 @@
 ``zoo_init``: each site's parameters are the uniform average of the zoo modules' (what
 ``merge`` computes with uniform gates, at one module's cost). ``zoo_init_gated``: each site's
 average is weighted by the softmax gates ``gates_ridge`` fits on the training images (no
-validation data). Either is saved and served as one module.
+validation data), and its output multiplied by the site scale fitted with them (the
+module's last projection scaled: exact). Either is saved and served as one module.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from vimw.training import TaskModel, TrainConfig
 
 
 @register_method("zoo_init", "a new module initialised as the zoo modules' parameter average, then fine-tuned",
-                 grid=MODULE_GRID, uses_zoo=True, auto_rank=4)
+                 grid=MODULE_GRID, uses_zoo=True)
 class ZooInit(DownstreamMethod):
 
     def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor] | None:
@@ -56,14 +57,42 @@ class ZooInitGated(ZooInit):
         gated.to(ctx.device())
         fitted_gates(gated, ctx, method.strategy, config.seed)
         with torch.no_grad():
-            # the softmax gates alone: a site scale would be renormalised away by the average
-            ctx.cache[key] = dict(zip(gated.plugin.site_names, ZooAggregate.gates(gated.plugin).cpu()))
+            # The softmax gates weight the average (a scale would be renormalised away by it); the
+            # site scales multiply the averaged module's output afterwards.
+            ctx.cache[key] = (dict(zip(gated.plugin.site_names, ZooAggregate.gates(gated.plugin).cpu())),
+                              dict(zip(gated.plugin.site_names, gated.plugin.site_scales().cpu().tolist())))
 
-    def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor]:
+    def fitted(self, ctx: MethodContext, config: TrainConfig) -> tuple[dict, dict]:
         key = ("zoo_init_weights", self.gates_from, config.seed)
         if key not in ctx.cache:
             raise VimwError(f"method {self.name!r} is built from fitted gates: train it with train_downstream")
         return ctx.cache[key]
+
+    def site_weights(self, ctx: MethodContext, config: TrainConfig) -> dict[str, torch.Tensor]:
+        return self.fitted(ctx, config)[0]
+
+    def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
+        model, info = super().build(ctx, config)
+        scales = self.fitted(ctx, config)[1]
+        scale_site_outputs(model.plugin, scales)
+        info["init"]["site_scales"] = {k: round(v, 6) for k, v in scales.items()}
+        return model, info
+
+
+# The last linear map of each module kind: multiplying it multiplies the module's output exactly.
+OUTPUT_PROJECTIONS = ("up", "lora_B")
+
+
+def scale_site_outputs(module: ModuleSet, scales: dict[str, float]) -> None:
+    """Multiply the output of ``module`` at each site by ``scales[site]`` (its last projection, bias included)."""
+    with torch.no_grad():
+        for site, scale in scales.items():
+            layer = next((getattr(module[site], n) for n in OUTPUT_PROJECTIONS if hasattr(module[site], n)), None)
+            if layer is None:
+                raise VimwError(f"zoo_init_gated: module kind {module[site].kind!r} has no output projection to scale")
+            layer.weight.mul_(scale)
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
 
 
 def zoo_average_module(experts: list[ModuleSet], backbone: Backbone,
