@@ -114,12 +114,15 @@ def run_aggregate(args) -> int:
                         skip_bad=args.skip_bad_images)
     if outcome.auto is not None:
         print(outcome.auto.explain())
-        print(f"auto chose {outcome.method} ({outcome.auto.selection}; accuracy ties go to the lower validation loss)")
+        print(f"auto chose {outcome.method} ({outcome.auto.selection}; accuracy ties go to the lower held-out loss)")
     for module, reasons in outcome.zoo_overlaps.items():
         print(f"note: zoo module {module!r} was trained on data this task shares ({'; '.join(reasons)}): "
               "its help here is not help on unseen data")
     result, data = outcome.result, outcome.data
-    print(f"{outcome.method} on {data.spec.name}: val {result.val_score:.4f} ({len(data.val)} images), "
+    # True few-shot (--shots): no validation split; the held-out numbers are cross-validated inside the shots.
+    held = f"val {result.val_score:.4f} ({len(data.val)} images)" if len(data.val) else (
+        f"cross-validated {result.val_score:.4f} ({len(data.train)} labelled images)")
+    print(f"{outcome.method} on {data.spec.name}: {held}, "
           f"test {outcome.test['score']:.4f} ({len(data.test)} images); {result.trainable:,} trainable parameters, "
           f"{result.seconds:.1f} s -> {outcome.out}")
     return 0

@@ -28,6 +28,8 @@ class AggregateSettings:
 
     ``method`` ``auto`` trains the candidates within ``budget`` seconds and keeps the best on
     validation (or by ``cv``-fold cross-validation over the labelled images when ``cv`` >= 2).
+    With ``shots`` the run is true few-shot: the k images per class are the only labels used,
+    and every choice is made by cross-validation inside them (``cv``: at most that many folds).
     """
 
     zoo: str | None = None
@@ -205,6 +207,10 @@ def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter, skip_
     started = time.perf_counter()
     zoo, backbone = open_zoo(settings)
     data = load_data(settings, skip_bad)
+    if settings.shots is not None:  # true few-shot: the k images per class are all the labels used
+        from vimw.workflows.compare import few_shot_data
+
+        data = few_shot_data(data)
     search = settings.search
     names = list(settings.modules) if settings.modules else None
     auto = None
@@ -230,10 +236,15 @@ def _aggregate(settings: AggregateSettings, recipe: dict | None, reporter, skip_
 
 
 def search_one(settings: AggregateSettings, backbone, data, zoo, names, reporter):
-    """One method's settings searched on validation: ``(config, result, record of every setting)``."""
+    """One method's settings searched on validation (with ``shots``: by cross-validation inside them):
+    ``(config, result, record of every setting)``."""
     from vimw.evaluation.selection import SELECTION_RULE, best_candidate
     from vimw.methods import MethodContext
-    from vimw.workflows.compare import search_settings
+    from vimw.workflows.compare import MAX_FOLDS, search_settings, select_and_train
+
+    if settings.shots is not None:
+        return select_and_train(backbone, data, settings.method, zoo=zoo, names=names, settings=settings.search,
+                                max_folds=settings.cv or MAX_FOLDS, top_k=settings.top_k, reporter=reporter)
 
     context = MethodContext(backbone, data, zoo=zoo, names=names, top_k=settings.top_k)
     base = settings.search.base_config(len(data.train))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 
 from vimw.backbones import Backbone
@@ -270,17 +271,246 @@ def kfold_metrics(backbone: Backbone, data: TaskData, methods: Sequence[str], *,
             for m, ms in per_method.items() if len(ms) == folds}
 
 
+# -- true few-shot: every choice by cross-validation inside the k labelled images per class ------------
+# Leave-one-image-per-class-out folds, at most this many (beyond, a fold holds more images per class):
+# every trained candidate runs once per fold.
+MAX_FOLDS = 5
+# What ``auto`` (and ``best_zoo``) use when nothing can be held out (a class has one image): the
+# first of these among the candidates, fixed on the development tasks.
+ONE_SHOT_ORDER = ("zoo_ridge", "ridge_probe", "scratch")
+
+Fold = tuple[np.ndarray, np.ndarray]  # (rows that train, rows held out) of the labelled images
+
+
+def few_shot_data(data: TaskData) -> TaskData:
+    """``data`` with no validation split: the labelled images are the training split alone."""
+    return TaskData(data.spec, data.train, data.train.subset([], name=f"{data.spec.name}/no-val"), data.test)
+
+
+def few_shot_folds(targets: torch.Tensor, seed: int, max_folds: int = MAX_FOLDS) -> list[Fold]:
+    """Stratified folds that hold out one image per class each (``min(k, max_folds)`` folds for
+    k images per class; with more, a fold holds several per class). Empty when a class has
+    fewer than two images: nothing can be held out then."""
+    labels = targets.cpu().numpy()
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    if max_folds < 2:
+        raise VimwError(f"cross-validation needs at least 2 folds, got {max_folds}")
+    if not len(present) or present.min() < 2:
+        return []
+    folds = int(min(present.min(), max_folds))
+    rng = np.random.default_rng([23, int(seed)])
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for label in np.flatnonzero(counts):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        fold_of[members] = np.arange(len(members)) % folds
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(folds)]
+
+
+def ranked(metrics: Sequence[dict]) -> list[int]:
+    """Indices of ``metrics`` best first by the selection rule (earlier candidates win full ties)."""
+    left, order = list(range(len(metrics))), []
+    while left:
+        best = left[best_candidate([metrics[i] for i in left])]
+        order.append(best)
+        left.remove(best)
+    return order
+
+
+@dataclass
+class Halving:
+    """What successive halving kept: the chosen candidate and every rung's numbers."""
+
+    chosen: int
+    rungs: list[dict]  # {"resource", "candidates", "metrics", "kept"}; the last rung is the full resource
+
+
+def halving_schedule(count: int, resource: int, eta: int = 2) -> list[tuple[int, int]]:
+    """Successive halving's rungs as ``(units of resource, candidates kept)``: each rung scores the
+    candidates still in on ``resource * eta**(rung - rungs)`` units (at least one) and keeps the
+    best ``1/eta``; the last rung compares the ones left on the whole resource and keeps one."""
+    if count < 1 or resource < 1 or eta < 2:
+        raise VimwError(f"successive halving needs candidates, a resource and eta >= 2 (got {count}, {resource}, {eta})")
+    rungs = 0
+    while eta ** rungs < count:
+        rungs += 1
+    schedule, alive = [], count
+    for rung in range(rungs):
+        alive = max(1, math.ceil(alive / eta))
+        schedule.append((max(1, math.ceil(resource * eta ** (rung - rungs))), alive))
+    return schedule + [(resource, 1)]
+
+
+def successive_halving(count: int, metrics: Callable[[int, int], dict], resource: int, eta: int = 2) -> Halving:
+    """Choose among ``count`` candidates, giving the resource (e.g. folds) to the better ones only.
+
+    ``metrics(candidate, r)`` scores a candidate on the first ``r`` units of the resource
+    (``{"score", "loss"}``; compute lazily: a unit already scored is reused). The rungs are
+    ``halving_schedule``'s; within a rung the selection rule ranks the candidates.
+    """
+    alive, record = list(range(count)), []
+    for units, keep in halving_schedule(count, resource, eta):
+        scores = [metrics(i, units) for i in alive]
+        kept = sorted(alive[j] for j in ranked(scores)[:keep])
+        record.append({"resource": units, "candidates": list(alive), "metrics": scores, "kept": kept})
+        alive = kept
+    return Halving(alive[0], record)
+
+
+def held_out_metrics(logits: Sequence[torch.Tensor], folds: Sequence[Fold], targets: torch.Tensor) -> dict:
+    """Accuracy and mean cross-entropy over the held-out images of the first ``len(logits)`` folds."""
+    held = torch.cat([targets[torch.as_tensor(h)] for _, h in folds[:len(logits)]])
+    joined = torch.cat(list(logits)).float()
+    return {"score": float((joined.argmax(1) == held).double().mean()),
+            "loss": float(torch.nn.functional.cross_entropy(joined, held)), "images": len(held)}
+
+
+@dataclass
+class MethodCV:
+    """One method's settings chosen by cross-validation over the labelled images, and its held-out numbers."""
+
+    method: str
+    setting: dict
+    chosen_by: str  # "k-fold cross-validation" or "fixed (a class has one image)"
+    metrics: dict = field(default_factory=dict)  # at the chosen setting, every fold: score, loss, images
+    correct: torch.Tensor | None = None  # per held-out image, in fold order: 1 if predicted right
+    rungs: list = field(default_factory=list)  # successive halving over the grid
+    runs: int = 0  # fits made (a trained method: one training run each)
+    seconds: float = 0.0
+    folds: int = 0
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "setting": self.setting, "chosen_by": self.chosen_by, "cv": self.metrics,
+                "folds": self.folds, "runs": self.runs, "seconds": round(self.seconds, 2),
+                "rungs": [{"folds": r["resource"], "settings": [i for i in r["candidates"]],
+                           "cv": [{k: round(v, 6) for k, v in m.items()} for m in r["metrics"]], "kept": r["kept"]}
+                          for r in self.rungs]}
+
+
+class BudgetSpent(VimwError):
+    """The time budget ran out during a cross-validation (the method is left out)."""
+
+
+def cross_validate(context: MethodContext, method: str, settings: SearchSettings, folds: Sequence[Fold],
+                   grid: Sequence[dict] | None = None, past: Callable[[], bool] | None = None) -> MethodCV:
+    """``method``'s setting chosen on ``folds`` of ``context.data.train`` by successive halving over its grid.
+
+    With no folds (a class has one image) the grid's first setting is used, as fixed on the
+    development tasks. Every fold trains on its own images only and keeps its last step.
+    ``past()`` says the budget is spent: no further fold starts (``BudgetSpent`` is raised).
+    """
+    grid = tuple(grid or settings.grid(method))
+    if not folds:
+        return MethodCV(method, dict(grid[0]), "fixed (a class has one image)")
+    started = time.perf_counter()
+    chosen_method = get_method(method)
+    targets = context.data.train.targets
+    logits: dict[int, list[torch.Tensor]] = {}
+
+    def config_for(index: int):
+        return lambda num_train: settings.base_config(num_train).replace(**grid[index])
+
+    def metrics(index: int, units: int) -> dict:
+        done = logits.setdefault(index, [])
+        while len(done) < units:
+            if past is not None and past():
+                raise BudgetSpent(f"{method}: the budget ran out during its cross-validation")
+            done.extend(chosen_method.held_out_logits(context, config_for(index), folds[len(done):len(done) + 1]))
+        return held_out_metrics(done[:units], folds, targets)
+
+    halving = successive_halving(len(grid), metrics, len(folds))
+    best = logits[halving.chosen]
+    held = torch.cat([targets[torch.as_tensor(h)] for _, h in folds])
+    correct = (torch.cat(best).argmax(1) == held).to(torch.float64)
+    runs = sum(len(v) for v in logits.values())
+    return MethodCV(method, dict(grid[halving.chosen]), f"{len(folds)}-fold cross-validation",
+                    halving.rungs[-1]["metrics"][0], correct, halving.rungs, runs, time.perf_counter() - started,
+                    len(folds))
+
+
+def choose_method(cvs: dict[str, MethodCV], among: Sequence[str]) -> str | None:
+    """The method ``auto``'s rule keeps among ``among``: the best cross-validated one by the selection
+    rule, or, when nothing could be held out, the first of ``ONE_SHOT_ORDER`` present."""
+    pool = [m for m in among if m in cvs]
+    if not pool:
+        return None
+    scored = [m for m in pool if cvs[m].metrics]
+    if not scored:
+        fixed = [m for m in ONE_SHOT_ORDER if m in pool]
+        return fixed[0] if fixed else pool[0]
+    return scored[best_candidate([cvs[m].metrics for m in scored])]
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of ``values`` with a two-sided t interval (``low`` = ``high`` = mean when they do not vary)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+@dataclass
+class ZooGain:
+    """The zoo's estimated gain over a fresh module: paired over the same held-out images."""
+
+    zoo_method: str
+    fresh_method: str
+    mean: float  # points of accuracy
+    low: float  # 95% interval (paired t over held-out images)
+    high: float
+    images: int
+    folds: int
+
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "helps"
+        return "hurts" if self.high < 0 else "no evidence"
+
+    def sentence(self, chosen: str) -> str:
+        numbers = (f"{self.mean:+.1f} points (95% interval {self.low:+.1f} to {self.high:+.1f}; {self.zoo_method} vs "
+                   f"{self.fresh_method} on the same {self.images} held-out images, {self.folds}-fold cross-validation)")
+        lead = {"helps": "the zoo helps", "hurts": "the zoo hurts this task",
+                "no evidence": "no evidence that the zoo helps this task"}[self.verdict()]
+        return f"{lead}: {numbers}; using {chosen}"
+
+    def to_dict(self) -> dict:
+        return {"zoo_method": self.zoo_method, "fresh_method": self.fresh_method, "mean": round(self.mean, 4),
+                "low": round(self.low, 4), "high": round(self.high, 4), "images": self.images, "folds": self.folds,
+                "verdict": self.verdict()}
+
+
+FRESH_MODULE = "scratch"  # what "the zoo helps" is measured against
+
+
+def zoo_gain(cvs: dict[str, MethodCV], zoo_method: str | None) -> ZooGain | None:
+    """``zoo_method`` minus a fresh module (``scratch``) on the same held-out images; None when either
+    is missing or nothing could be held out."""
+    zoo, fresh = cvs.get(zoo_method or ""), cvs.get(FRESH_MODULE)
+    if zoo is None or fresh is None or zoo.correct is None or fresh.correct is None:
+        return None
+    stats = mean_interval((100.0 * (zoo.correct - fresh.correct)).tolist())
+    return ZooGain(zoo.method, fresh.method, stats["mean"], stats["low"], stats["high"], stats["n"], zoo.folds)
+
+
 @dataclass
 class AutoResult:
     """What ``auto`` tried and kept: the chosen method's row and trained model, and why."""
 
     chosen: MethodRow
     result: object  # the chosen method's DownstreamResult
-    rows: list[MethodRow]  # every candidate that ran, with its validation numbers
+    rows: list[MethodRow]  # every candidate that ran, with its validation (or cross-validated) numbers
     skipped: list[str]  # candidates not started (or not usable) within the time budget
-    selection: str  # "holdout" or "<k>-fold cross-validation"
+    selection: str  # "holdout", "<k>-fold cross-validation" or "fixed (a class has one image)"
     cv_scores: dict[str, dict] = field(default_factory=dict)  # per method: mean validation over folds
-    val_images: int = 0
+    val_images: int = 0  # images the choice was made on (held out in turn under cross-validation)
+    cvs: dict[str, MethodCV] = field(default_factory=dict)  # true few-shot: each candidate's cross-validation
+    gain: ZooGain | None = None  # the zoo's estimated gain over a fresh module
+    best_zoo: str | None = None  # the zoo method the rule keeps among zoo methods only
 
     def metrics(self, row: MethodRow) -> dict[str, float]:
         return self.cv_scores.get(row.method, row.val_metrics)
@@ -290,7 +520,21 @@ class AutoResult:
         best = self.metrics(self.chosen)["score"]
         return [r.method for r in self.rows if abs(self.metrics(r)["score"] - best) <= SCORE_TIE]
 
+    def gain_sentence(self) -> str:
+        """What ``auto`` says about the zoo: its estimated gain with an interval, or why there is none."""
+        chosen = self.chosen.method
+        if self.gain is not None:
+            return self.gain.sentence(chosen)
+        if self.selection.startswith("fixed"):
+            return (f"a class has one labelled image, so nothing can be held out to estimate the zoo's gain; "
+                    f"using {chosen}, fixed in advance on the development tasks")
+        if self.best_zoo is None:
+            return f"no zoo method among the candidates; using {chosen}"
+        return f"no estimate of the zoo's gain ({FRESH_MODULE} did not run); using {chosen}"
+
     def explain(self) -> str:
+        if self.cvs:
+            return self._explain_few_shot()
         lines = [f"auto: candidates by validation ({self.selection}, {self.val_images} validation images; "
                  f"rule: {SELECTION_RULE}):"]
         tied = self.ties()
@@ -306,6 +550,31 @@ class AutoResult:
             step = f"; one image is {1 / self.val_images:.4f}" if self.val_images else ""
             lines.append(f"  {len(tied)} candidates tie on validation accuracy ({', '.join(tied)}): the lower "
                          f"validation loss chose{step}. Treat the choice as uncertain.")
+        lines.append(f"  {self.gain_sentence()}")
+        return "\n".join(lines)
+
+    def _explain_few_shot(self) -> str:
+        if self.selection.startswith("fixed"):
+            lines = [f"auto: {self.selection}: nothing can be held out; the choice was fixed on the development "
+                     f"tasks (first of {', '.join(ONE_SHOT_ORDER)} among the candidates)"]
+        else:
+            lines = [f"auto: candidates by {self.selection} over the {self.val_images} labelled images (true few-shot: "
+                     f"no validation images; each fold holds out images the fit never saw; rule: {SELECTION_RULE}):"]
+        tied = self.ties() if not self.selection.startswith("fixed") else []
+        for method, cv in self.cvs.items():
+            marks = (["chosen"] if method == self.chosen.method else []) + (
+                ["tie"] if len(tied) > 1 and method in tied else [])
+            setting = ", ".join(f"{k} {v:g}" for k, v in cv.setting.items()) or "closed form"
+            how = f"{setting}; {cv.runs} fits, {cv.seconds:.0f} s"
+            numbers = (f"cv acc {cv.metrics['score']:.4f}  cv loss {cv.metrics['loss']:.4f}" if cv.metrics
+                       else "not cross-validated")
+            lines.append(f"  {method:13s} {numbers}  ({how}){'  <- ' + ', '.join(marks) if marks else ''}")
+        if self.skipped:
+            lines.append(f"  not tried within the time budget: {', '.join(self.skipped)}")
+        if len(tied) > 1:
+            lines.append(f"  {len(tied)} candidates tie on cross-validated accuracy ({', '.join(tied)}): the lower "
+                         "loss chose. Treat the choice as uncertain.")
+        lines.append(f"  {self.gain_sentence()}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -313,9 +582,11 @@ class AutoResult:
                 "val_images": self.val_images, "ties": self.ties(),
                 "candidates": [{"method": r.method, "val": r.val, "val_loss": r.val_loss, "lr": r.lr,
                                 "gate_lr": r.gate_lr, "seconds": r.search_seconds, "cut_short": r.cut_short,
-                                **({"cv": self.cv_scores[r.method]} if r.method in self.cv_scores else {})}
+                                **({"cv": self.cv_scores[r.method]} if r.method in self.cv_scores else {}),
+                                **({"cross_validation": self.cvs[r.method].to_dict()} if r.method in self.cvs else {})}
                                for r in self.rows],
-                "skipped": list(self.skipped)}
+                "skipped": list(self.skipped), "best_zoo": self.best_zoo,
+                "zoo_gain": None if self.gain is None else self.gain.to_dict(), "zoo_gain_says": self.gain_sentence()}
 
 
 def run_auto(
@@ -331,22 +602,28 @@ def run_auto(
     names: list[str] | None = None,
     reporter=None,
 ) -> AutoResult:
-    """Train the candidates (settings searched on validation), keep the one the rule prefers.
+    """Train the candidates, keep the one the rule prefers, and estimate what the zoo gives.
 
-    ``folds`` >= 2: methods are compared by their mean validation numbers over k folds of
-    the labelled images (each fold trains on the rest), and the chosen method's model is
-    the one trained on the given split. ``budget_seconds`` is a deadline for the whole
-    search: a run still training then stops with the best it had, later candidates are
-    skipped (linear_probe and scratch run first, so there is always a baseline). Test is
-    never scored here. ``reporter`` is told the estimate and the progress.
+    With ``shots`` (k labelled images per class) the run is true few-shot (``run_auto_few_shot``):
+    the validation split is not used, every choice is made by cross-validation inside the k
+    images (``folds``: at most this many, default ``MAX_FOLDS``). Without, the candidates'
+    settings are searched on the validation split (``folds`` >= 2: methods are compared by
+    k-fold cross-validation over train + validation). ``budget_seconds`` is a deadline for
+    the whole search: a run still training then stops with the best it had, later
+    candidates are skipped (linear_probe and scratch run first, so there is always a
+    baseline). Test is never scored here. ``reporter`` is told the estimate and the progress.
     """
-    started = time.perf_counter()
-    deadline = None if budget_seconds is None else started + budget_seconds
     candidates = auto_candidates() if candidates is None else tuple(candidates)
-    order = [m for m in ("linear_probe", "scratch") if m in candidates] + [
-        m for m in candidates if m not in ("linear_probe", "scratch")]
+    order = [m for m in ("ridge_probe", "linear_probe", "scratch") if m in candidates] + [
+        m for m in candidates if m not in ("ridge_probe", "linear_probe", "scratch")]
     if zoo is None:
         order = [m for m in order if not get_method(m).uses_zoo]
+    if shots is not None:
+        return run_auto_few_shot(backbone, data, zoo=zoo, shots=shots, settings=settings, order=order,
+                                 budget_seconds=budget_seconds, max_folds=folds or MAX_FOLDS, names=names,
+                                 reporter=reporter)
+    started = time.perf_counter()
+    deadline = None if budget_seconds is None else started + budget_seconds
     if reporter is not None:
         from vimw.workflows.reporting import estimate_seconds, probe_costs
 
@@ -371,7 +648,152 @@ def run_auto(
         else:  # the budget ended cross-validation early: every candidate is compared on the split alike
             cv_scores, selection = {}, f"holdout ({folds}-fold cross-validation cut short by the budget)"
     best = rows[best_candidate([cv_scores.get(r.method, r.val_metrics) for r in rows])]
-    return AutoResult(best, results[best.method], rows, skipped, selection, cv_scores, len(data.val))
+    zoo_rows = [r for r in rows if get_method(r.method).uses_zoo]
+    best_zoo = zoo_rows[best_candidate([cv_scores.get(r.method, r.val_metrics) for r in zoo_rows])].method \
+        if zoo_rows else None
+    return AutoResult(best, results[best.method], rows, skipped, selection, cv_scores, len(data.val),
+                      best_zoo=best_zoo)
+
+
+def train_chosen(context: MethodContext, cv: MethodCV, settings: SearchSettings):
+    """``(config, result)``: ``cv.method`` trained on every labelled image with its chosen setting, keeping
+    its last step; its validation numbers are the cross-validated ones (nothing else was held out)."""
+    config = settings.base_config(len(context.data.train)).replace(**cv.setting)
+    result = get_method(cv.method).train(context, config)
+    if cv.metrics:
+        result.val_score = cv.metrics["score"]
+        result.val_metrics = {"score": cv.metrics["score"], "loss": cv.metrics["loss"]}
+    return config, result
+
+
+def cv_row(data: TaskData, shots: int | None, settings: SearchSettings, cv: MethodCV, config) -> MethodRow:
+    """A candidate's row in a true few-shot search: its cross-validated numbers as its validation ones."""
+    return MethodRow(task=data.spec.name, shots=shots, seed=settings.seed, method=cv.method, lr=config.lr,
+                     gate_lr=config.gate_lr, val=cv.metrics.get("score", math.nan), test=math.nan, trainable=0,
+                     seconds=0.0, epochs=config.epochs, val_loss=cv.metrics.get("loss", math.nan),
+                     augment=config.augment, selection=cv.chosen_by, candidates=[cv.to_dict()],
+                     search_seconds=round(cv.seconds, 2))
+
+
+def run_auto_few_shot(backbone: Backbone, data: TaskData, *, zoo: Zoo | None, shots: int, settings: SearchSettings,
+                      order: Sequence[str], budget_seconds: float | None, max_folds: int = MAX_FOLDS,
+                      names: list[str] | None = None, reporter=None) -> AutoResult:
+    """``auto`` on ``shots`` labelled images per class and nothing else (true few-shot).
+
+    Each candidate's setting is chosen by cross-validation (``cross_validate``: leave one
+    image per class out, successive halving over its grid); the candidates are compared on
+    the same held-out images by the selection rule; only the chosen one is then trained on
+    every labelled image. A class with one image leaves nothing to hold out: the choice is
+    then ``ONE_SHOT_ORDER``'s, fixed on the development tasks. The zoo's gain over a fresh
+    module is estimated on the held-out images (``zoo_gain``). Candidates not started by the
+    ``budget_seconds`` deadline are skipped (the first always runs).
+    """
+    started = time.perf_counter()
+    deadline = None if budget_seconds is None else started + budget_seconds
+
+    def past() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
+    context, folds = few_shot_context(backbone, data, zoo, names, settings.seed, max_folds, reporter, past=past)
+    labelled = context.data
+    if reporter is not None:
+        reporter.plan(few_shot_estimate(context, order, settings, folds), budget_seconds)
+    cvs: dict[str, MethodCV] = {}
+    skipped: list[str] = []
+    for method in order:
+        if cvs and past():
+            skipped.append(method)
+            if reporter is not None:
+                reporter.skipped(method, "not started: the budget ran out")
+            continue
+        if reporter is not None:
+            reporter.cv_started(method, len(settings.grid(method)), len(folds))
+        try:
+            cvs[method] = cross_validate(context, method, settings, folds, past=past)
+        except BudgetSpent:
+            if cvs:
+                skipped.append(method)
+                if reporter is not None:
+                    reporter.skipped(method, "cross-validation cut short by the budget: left out")
+                continue
+            # The first candidate always yields a model: its grid's first setting, as at 1 shot.
+            cvs[method] = MethodCV(method, dict(settings.grid(method)[0]), "fixed (cross-validation cut short by the "
+                                                                            "budget)")
+        if reporter is not None:
+            reporter.cv_finished(cvs[method])
+    chosen = choose_method(cvs, list(cvs))
+    best_zoo = choose_method(cvs, [m for m in cvs if get_method(m).uses_zoo])
+    config, result = train_chosen(context, cvs[chosen], settings)
+    if reporter is not None and result.fit.stopped:
+        reporter.skipped(chosen, "its final fit was cut short by the budget (its last step is kept)")
+    rows = [cv_row(labelled, shots, settings, cv, settings.base_config(len(labelled.train)).replace(**cv.setting))
+            for cv in cvs.values()]
+    best = replace(next(r for r in rows if r.method == chosen), trainable=result.trainable,
+                   seconds=round(result.seconds, 2), cut_short=result.fit.stopped)
+    selection = cvs[chosen].chosen_by
+    return AutoResult(best, result, rows, skipped, selection, {m: cv.metrics for m, cv in cvs.items() if cv.metrics},
+                      len(labelled.train), cvs, zoo_gain(cvs, best_zoo), best_zoo)
+
+
+def few_shot_context(backbone: Backbone, data: TaskData, zoo: Zoo | None, names: list[str] | None, seed: int,
+                     max_folds: int = MAX_FOLDS, reporter=None, top_k: int = 2,
+                     past: Callable[[], bool] | None = None) -> tuple[MethodContext, list[Fold]]:
+    """The context of a true few-shot search (the labelled images only) and its folds; a reporter
+    hears a heartbeat from every training step, and a run stops there once ``past()`` says so."""
+    labelled = few_shot_data(data)
+    context = MethodContext(backbone, labelled, zoo=zoo, names=names, top_k=top_k)
+
+    def stop() -> bool:
+        if reporter is not None:
+            reporter.tick()
+        return past is not None and past()
+
+    context.hooks = FitHooks(None, stop)
+    return context, few_shot_folds(labelled.train.targets, seed, max_folds)
+
+
+def select_and_train(backbone: Backbone, data: TaskData, method: str, *, zoo: Zoo | None, names: list[str] | None,
+                     settings: SearchSettings, max_folds: int = MAX_FOLDS, top_k: int = 2, reporter=None):
+    """One method, true few-shot: its setting by cross-validation inside the shots, then trained on all of
+    them. ``(config, result, record)``, as ``vimw aggregate --method NAME --shots K`` runs it."""
+    context, folds = few_shot_context(backbone, data, zoo, names, settings.seed, max_folds, reporter, top_k)
+    if reporter is not None:
+        reporter.cv_started(method, len(settings.grid(method)), len(folds))
+    cv = cross_validate(context, method, settings, folds)
+    if reporter is not None:
+        reporter.cv_finished(cv)
+    config, result = train_chosen(context, cv, settings)
+    return config, result, {"rule": SELECTION_RULE, "selection": cv.chosen_by, "cross_validation": cv.to_dict()}
+
+
+def few_shot_estimate(context: MethodContext, order: Sequence[str], settings: SearchSettings,
+                      folds: Sequence[Fold]) -> dict[str, float]:
+    """Each candidate's estimated seconds: its cross-validation fits (successive halving's worst case) and
+    a final fit (counted for every candidate: which one is kept is not known yet)."""
+    from vimw.training.headfit import DEFAULT_VIEWS
+    from vimw.workflows.reporting import probe_costs
+
+    n = len(context.data.train)
+    base = settings.base_config(n)
+    costs = probe_costs(context, base)
+    steps = base.epochs * max(1, math.ceil(n / base.batch_size))
+    out = {}
+    for method in order:
+        chosen = get_method(method)
+        closed = getattr(chosen, "closed_form", False)  # features once, every fold refits in closed form
+        one = costs.run_seconds(chosen.trains, steps, n, 0, 1 if closed else DEFAULT_VIEWS)
+        fits = 0 if closed or not folds else halving_fits(len(settings.grid(method)), len(folds))
+        out[method] = one * (1 + fits)
+    return out
+
+
+def halving_fits(count: int, resource: int, eta: int = 2) -> int:
+    """How many (candidate, unit) evaluations ``successive_halving`` makes at most."""
+    fits, alive = 0, count
+    for units, keep in halving_schedule(count, resource, eta):
+        fits += (alive - keep) * units  # dropped here, having reached ``units``
+        alive = keep
+    return fits + resource
 
 
 def summarise(rows: Sequence[MethodRow]) -> list[dict]:

@@ -167,5 +167,18 @@ class SearchReporter:
     def skipped(self, method: str, why: str) -> None:
         self.write(f"  {method}: {why}")
 
+    def cv_started(self, method: str, settings: int, folds: int) -> None:
+        """A method's cross-validation begins (true few-shot): its settings, fold by fold."""
+        self._label, self._best, self._last, self._epoch = f"{method} (cross-validation)", math.nan, time.perf_counter(), 0
+        what = f"{settings} setting(s) over {folds} folds by successive halving" if folds else "no folds (fixed setting)"
+        self.write(f"  [{self.elapsed()}] {method}: {what}")
+
+    def cv_finished(self, cv) -> None:
+        """A method's cross-validated numbers (``compare.MethodCV``)."""
+        self.spent[cv.method] = cv.seconds
+        numbers = (f"cv acc {cv.metrics['score']:.4f}, loss {cv.metrics['loss']:.4f} on {cv.metrics['images']} held-out "
+                   "images" if cv.metrics else cv.chosen_by)
+        self.write(f"  [{self.elapsed()}] {cv.method}: {numbers} ({cv.runs} fits, {duration(cv.seconds)})")
+
 
 __all__ = ["SearchReporter", "StepCosts", "duration", "estimate_seconds", "probe_costs"]
