@@ -375,10 +375,40 @@ def test_vimw_aggregate_runs_auto_by_default_and_says_what_it_chose(tiny_zoo, tm
     manifest = json.loads((out / "manifest.json").read_text())
     auto = manifest["search"]
     tried = [c["method"] for c in auto["candidates"]]
-    assert tried[:2] == ["linear_probe", "scratch"] and "zoo_init" in tried and "gates_ridge" in tried
+    assert tried == ["ridge_probe", "scratch", "zoo_ridge"]  # auto's candidates, baselines first
     assert manifest["method"] == auto["chosen"] in tried
     assert f"auto chose {auto['chosen']}" in printed
-    for method in tried:  # every candidate's validation numbers are printed
+    for method in tried:  # every candidate's cross-validated numbers are printed
         assert method in printed
-    assert "val acc" in printed and "val loss" in printed
+    assert "cv acc" in printed and "cv loss" in printed and auto["zoo_gain_says"] in printed
+    assert manifest["metrics"]["val_images"] == 0  # true few-shot: the 2 shots per class are all the labels
     assert manifest["training"]["augment"] is True
+
+
+def test_zoo_init_gated_keeps_the_site_scales_its_gates_were_fitted_with(lite0, tiny_zoo):
+    from conftest import synthetic_task
+
+    from vimw.methods import MethodContext, get_method, zoo_average_module
+    from vimw.methods.zoo_init import scale_site_outputs
+    from vimw.training import TrainConfig
+
+    names = tiny_zoo.names()
+    experts = [tiny_zoo.load(n, lite0) for n in names]
+    plain = zoo_average_module(experts, lite0).eval()
+    site = next(iter(plain.keys()))
+    x = torch.randn(2, plain[site].site.in_channels, 8, 8)
+    before = plain[site](x)
+    scale_site_outputs(plain, {site: 2.5})
+    torch.testing.assert_close(plain[site](x), 2.5 * before)  # the output, exactly: the last projection scaled
+    # The method builds its module from the fitted gates (weights) and the fitted scales (here set by hand).
+    weights = {s: torch.tensor([0.5, 0.3, 0.2]) for s in plain.keys()}
+    scales = {s: 1.0 + 0.1 * i for i, s in enumerate(plain.keys())}
+    ctx = MethodContext(lite0, synthetic_task(n_train=6, n_val=3, n_test=3), zoo=tiny_zoo, names=names)
+    config = TrainConfig()
+    ctx.cache[("zoo_init_weights", "gates_ridge", config.seed)] = (weights, scales)
+    model, info = get_method("zoo_init_gated").build(ctx, config)
+    expected = zoo_average_module(experts, lite0, weights)
+    for s, scale in scales.items():
+        torch.testing.assert_close(model.plugin[s].up.weight, scale * expected[s].up.weight)
+        torch.testing.assert_close(model.plugin[s].up.bias, scale * expected[s].up.bias)
+    assert info["init"]["site_scales"] == pytest.approx(scales)

@@ -115,6 +115,21 @@ def test_every_method_searches_its_grid_saves_loads_and_predicts_the_same(method
     torch.testing.assert_close(predict_logits(loaded, data.test.images), predict_logits(result.model, data.test.images))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_true_few_shot_choosing_by_cross_validation_alone(method, lite0, tiny_zoo, data):
+    from vimw.workflows.compare import select_and_train
+
+    if method == "single":  # it picks a module on validation images, which true few-shot has none of
+        with pytest.raises(VimwError, match="validation images"):
+            select_and_train(lite0, data, method, zoo=tiny_zoo, names=None, settings=SEARCH)
+        return
+    config, result, record = select_and_train(lite0, data, method, zoo=tiny_zoo, names=None, settings=SEARCH)
+    cv = record["cross_validation"]
+    assert cv["folds"] == 3 and cv["cv"]["images"] == len(data.train)  # 3 shots: one image per class per fold
+    assert cv["setting"] in [dict(s) for s in get_method(method).grid] and result.val_score == cv["cv"]["score"]
+    assert predict_logits(result.model, data.test.images).shape == (len(data.test), data.num_classes)
+
+
 def test_the_cases_cover_every_registered_method():
     assert set(METHODS) == set(list_methods()) and TOY_METHOD in METHODS
 

@@ -77,7 +77,7 @@ def test_aggregate_talks_while_it_works_and_its_budget_is_a_deadline(tiny_zoo, t
     assert code == 0
     assert elapsed <= 1.1 * budget, f"the run took {elapsed:.1f} s for a budget of {budget} s"
     assert re.search(r"auto: \d+ candidates .* about .* in all", out)  # the estimate, before training
-    assert "linear_probe [1/2]" in out and "cut short by the budget" in out
+    assert "scratch: 2 setting(s) over 4 folds" in out and "cut short by the budget" in out  # true few-shot
     assert "validation images" in out
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     search = manifest["search"]  # the budget ended something: a run cut short, or candidates left out

@@ -125,7 +125,9 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
                        search={"selection": row.selection, "candidates": row.candidates})
 
     started = time.perf_counter()
-    rows = compare_methods(backbone, data, auto_candidates(), zoo=zoo, shots=settings.shots, settings=search,
+    # auto's candidates, and the baselines the README's story shows beside them (the ViM paper's ens).
+    shown = (*auto_candidates(), *(m for m in ("linear_probe", "ens") if m not in auto_candidates()))
+    rows = compare_methods(backbone, data, shown, zoo=zoo, shots=settings.shots, settings=search,
                            on_result=keep)
     # Chosen on validation only (accuracy, ties to the lower loss); test is what they then score.
     for label, among in (("auto", auto_candidates()), ("best_zoo", zoo_methods())):
