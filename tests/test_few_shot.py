@@ -11,6 +11,7 @@ from conftest import synthetic_task
 from vimw.aggregation.closedform import fit_ridge_head
 from vimw.methods import get_method
 from vimw.workflows.compare import (
+    ONE_SHOT_ORDER,
     MethodCV,
     SearchSettings,
     ZooGain,
@@ -120,8 +121,8 @@ def test_the_zoo_gain_says_helps_or_no_evidence_with_its_interval():
 
 def test_one_shot_choices_are_fixed_in_advance():
     fixed = {m: MethodCV(m, {}, "fixed (a class has one image)") for m in ("scratch", "ridge_probe", "zoo_ridge")}
-    assert choose_method(fixed, ["scratch", "ridge_probe", "zoo_ridge"]) == "zoo_ridge"
-    assert choose_method(fixed, ["scratch", "ridge_probe"]) == "ridge_probe"
+    assert choose_method(fixed, ["ridge_probe", "scratch", "zoo_ridge"]) == ONE_SHOT_ORDER[0] == "scratch"
+    assert choose_method(fixed, ["ridge_probe", "zoo_ridge"]) == "zoo_ridge"  # best_zoo at 1 shot
 
 
 @pytest.fixture(scope="module")
