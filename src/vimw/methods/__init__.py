@@ -3,7 +3,9 @@
 - ``baselines``: ``linear_probe``, ``scratch`` (a new module), ``full_ft`` (benchmark only);
 - ``vim``: ViM's aggregation modes ``ens``, ``topk``, ``uniform``, ``merge``, ``single``;
 - ``fitted``: ``gates_ridge``, ``gates_cma`` (gates fitted to a held-out ridge objective);
-- ``zoo_init``: ``zoo_init``, ``zoo_init_gated`` (a new module initialised from the zoo).
+- ``zoo_init``: ``zoo_init``, ``zoo_init_gated`` (a new module initialised from the zoo);
+- ``closed_form``: ``ridge_probe``, ``zoo_ridge`` (a ridge head in closed form on the frozen
+  backbone / the amplified uniform zoo ensemble: no training seed, no validation images).
 
 ``base`` defines :class:`DownstreamMethod` and the registry; importing this package registers
 every built-in method. Choosing among methods (``auto``) is a workflow: ``vimw.workflows.compare``.

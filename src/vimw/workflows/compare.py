@@ -1,11 +1,20 @@
-"""Downstream methods side by side: same task, same shots, same seed, same loop.
+"""Downstream methods side by side, and ``auto``: same task, same shots, same seed, same loop.
 
-Each method's learning rate is chosen on the validation split (never test) from a
-small grid by the one selection rule (``evaluation.selection``: accuracy, ties broken by
-the lower loss); the chosen model is then scored once on test. ``run_auto`` is
-``vimw aggregate --method auto``: the same search over several methods, then the same
-rule across methods (optionally on k-fold cross-validation). Used by the README demo and
-by ``benchmarks/downstream.py``.
+Two regimes, one selection rule (``evaluation.selection``: accuracy, ties broken by the lower
+loss), never test:
+
+- **true few-shot** (``shots`` given, ``vimw aggregate --shots K``): the K images per class are
+  the only labels. Each method's setting is chosen by cross-validation inside them
+  (``cross_validate``: leave one image per class out, successive halving over its grid; at 1
+  shot its grid's first setting, ordered on development tasks), then it is trained on all of
+  them, keeping its last step. ``run_auto`` compares the candidates on the same held-out images,
+  trains only the one it keeps, and estimates the zoo's gain over a fresh module
+  (``zoo_gain``) with a 95% interval.
+- **holdout** (no ``shots``): each method's learning rate is chosen on the validation split
+  (``compare_methods``), and ``run_auto`` applies the rule across methods (optionally on k-fold
+  cross-validation over train + validation).
+
+Used by ``vimw aggregate``, the README demo and ``benchmarks/downstream*.py``.
 """
 
 from __future__ import annotations
