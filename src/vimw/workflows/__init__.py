@@ -1,8 +1,9 @@
 """Workflows: what the commands do, built on the library's parts. Each holds its own settings.
 
 - ``midstream``: train zoo modules (``train_module``, ``build_zoo``) and record them;
-- ``compare``: downstream methods side by side, each searched on validation by one recipe
-  (``SearchSettings``); ``run_auto`` (``vimw aggregate --method auto``);
+- ``compare``: downstream methods side by side by one recipe (``SearchSettings``), settings
+  chosen on validation or, true few-shot, by cross-validation inside the shots; ``run_auto``
+  (``vimw aggregate --method auto``) and its estimate of what the zoo gives;
 - ``aggregate``: one aggregation run end to end, and the one place a downstream model is
   written (``AggregateSettings``, ``aggregate``, ``save_model``);
 - ``predict``: top-k classes of image files (``vimw predict``, the demo, the server);
