@@ -244,7 +244,7 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
         out["methods"][variant][method]["test"] = test_metrics(values, test.targets)
     out.update(seconds=round(time.perf_counter() - started, 1), load_average={"start": load_before,
                                                                              "end": os.getloadavg()},
-               code=code_version(), machine=machine(), command=command_line())
+               code=plan.get("code") or code_version(), machine=machine(), command=command_line())
     if plan["protocol"] is not None:
         out["protocol"] = plan["protocol"]
     return out
@@ -269,6 +269,7 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
     from vimw.zoo import Zoo
 
     print(deterministic(plan["threads"]), flush=True)
+    plan = {**plan, "code": code_version()}  # the code this process loaded (later commits do not change it)
     zoo = Zoo(plan["zoo"])
     backbone = create_backbone("efficientnet_lite0", image_size=64).eval()
     for seed in seeds or plan["seeds"]:  # seed-major: every cell has its first seeds early
@@ -463,8 +464,8 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
         t, k = key.split("/")
         lines.append(f"| {t} | {k} | {v['training_sd']:.1f} | {v['split_sd']:.1f} | {v['total_sd']:.1f} | {v['splits']} |")
     lines += ["", "## Cost per unit (seconds, mean over units; cross-validation and the final fit)", "",
-              "| shots | " + " | ".join(plan["methods"]) + " | auto (its candidates' cross-validation + the chosen fit) |",
-              "|---|" + "---|" * (len(plan["methods"]) + 1)]
+              "| shots | " + " | ".join(plan["methods"]) + " | auto (its candidates' cross-validation + the chosen "
+              "fit) | auto / scratch |", "|---|" + "---|" * (len(plan["methods"]) + 2)]
     for k in plan["shots"]:
         us = [u for u in units if u["shots"] == k]
         if not us:
@@ -472,7 +473,8 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
         cost = {m: np.mean([u["methods"][LOO][m]["seconds"]["all"] for u in us]) for m in plan["methods"]}
         auto = np.mean([sum(u["methods"][LOO][m]["seconds"]["cv"] for m in ("ridge_probe", "scratch", "zoo_ridge"))
                         + u["methods"][LOO][u["choices"][LOO]["auto"]]["seconds"]["final"] for u in us])
-        lines.append(f"| {k} | " + " | ".join(f"{cost[m]:.0f}" for m in plan["methods"]) + f" | {auto:.0f} |")
+        lines.append(f"| {k} | " + " | ".join(f"{cost[m]:.0f}" for m in plan["methods"])
+                     + f" | {auto:.0f} | {auto / cost['scratch']:.2f} |")
     lines += ["", "## Goals", ""]
     for g in payload["goals"]:
         if "stat" in g:
