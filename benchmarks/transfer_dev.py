@@ -200,8 +200,10 @@ def choose_stage2(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict
     base = {k[0]: m for k, m in _mean_by(rows, ("distill",), "base").items()}
     transferred_novel = float(np.mean([r["transferred"]["novel"] for r in rows]))
     transferred_hm = float(np.mean([r["transferred"]["hm"] for r in rows]))
+    lrs = [r["lr"] for r in rows]
     return {"chosen": {"distill": _best(means, grid)}, "hm": means, "base": base, "novel": novel,
-            "transferred_novel": transferred_novel, "transferred_hm": transferred_hm}
+            "transferred_novel": transferred_novel, "transferred_hm": transferred_hm,
+            "lr_counts": {str(x): lrs.count(x) for x in sorted(set(lrs))}}
 
 
 def choose_strong(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
@@ -230,8 +232,14 @@ def _units(stage: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(UNITS.glob(f"{stage}__*.json"))]
 
 
+def _accepted(protocol: dict[str, Any]) -> set[str]:
+    """Protocol versions whose development units count: this one, and the one development ran
+    under when a later version keeps its development part (``development.ran_under``)."""
+    return {protocol["file"]["sha"], protocol["development"].get("ran_under", protocol["file"]["sha"])}
+
+
 def _current(protocol, stage):
-    return [u for u in _units(stage) if u["protocol"]["sha"] == protocol["file"]["sha"]]
+    return [u for u in _units(stage) if u["protocol"]["sha"] in _accepted(protocol)]
 
 
 def run_stage(protocol: dict[str, Any], stage: str) -> None:
@@ -249,7 +257,7 @@ def run_stage(protocol: dict[str, Any], stage: str) -> None:
         chosen.update(choose_stage2(protocol, _current(protocol, "2"))["chosen"])
     for split, seed in targets:
         path = UNITS / (f"{stage}__{split}__s{seed}.json" if seed is not None else f"{stage}__{split}.json")
-        if path.exists() and json.loads(path.read_text())["protocol"]["sha"] == protocol["file"]["sha"]:
+        if path.exists() and json.loads(path.read_text())["protocol"]["sha"] in _accepted(protocol):
             continue
         print(f"development unit {path.stem}", flush=True)
         load, started = os.getloadavg(), time.perf_counter()
@@ -277,8 +285,9 @@ def report(protocol: dict[str, Any]) -> dict[str, Any]:
     payload: dict[str, Any] = {"development": True, "protocol": protocol["file"]}
     lines = ["# TransMiter splits: DEVELOPMENT runs (not results)", "",
              "Development splits, seeds 100+, data_seed 100 and held-out *training* images (no test image), as "
-             f"`{protocol['file']['path']}` (git blob `{protocol['file']['sha']}`) fixes; every number here chose a "
-             "default by the protocol's rules and none is reported as a result. HM in %.", ""]
+             f"`{protocol['file']['path']}` (git blob `{protocol['file']['sha']}`; units written under "
+             f"{sorted(_accepted(protocol))}) fixes; every number here chose a default by the protocol's rules and "
+             "none is reported as a result. HM in %.", ""]
     one = _current(protocol, "1")
     if one:
         s1 = payload["stage1"] = {**choose_stage1(protocol, one), "units": len(one)}
@@ -302,7 +311,8 @@ def report(protocol: dict[str, Any]) -> dict[str, Any]:
                         ["distill", "base", "novel", "HM"],
                         [[w, f"{100 * s2['base'][w]:.1f}", f"{100 * s2['novel'][w]:.1f}", f"{100 * s2['hm'][w]:.1f}"]
                          for w in s2["hm"]])
-        lines += [f"Stage 2 chooses: {s2['chosen']}.", ""]
+        lines += [f"Refinement's chosen learning rates (every weight): {s2['lr_counts']}. "
+                  f"Stage 2 chooses: {s2['chosen']}.", ""]
     strong = _current(protocol, "strong")
     if strong:
         st = payload["strong"] = {**choose_strong(protocol, strong), "units": len(strong)}

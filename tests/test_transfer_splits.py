@@ -138,3 +138,17 @@ def test_goals_fail_when_one_split_of_six_is_not_enough():
     assert checks["transmiter_plus >= strong_fine_tuned on the mean"]
     assert not checks["transmiter_plus >= strong_fine_tuned on >= 5 of 6 splits"]
     assert checks["transmiter_plus time <= 25% of strong fine-tuning's, teacher counted"]
+
+
+def test_the_defaults_development_chose_are_the_library_defaults(protocol):
+    """What `vimw transfer` does by default is what the headline (image use i) measured."""
+    from vimw.transfer.settings import TransferSettings
+
+    s, ev = TransferSettings(), protocol["evaluation"]
+    chosen, grids = ev["defaults"], ev["grids"]
+    assert (chosen["consistency"], chosen["K"], chosen["align_views"], chosen["distill"]) == (
+        s.teacher.consistency, s.data.K, s.data.align_views, s.refine.distill)
+    assert (list(s.refine.lrs), list(s.lambdas), list(s.alphas)) == (grids["refine_lrs"], grids["lambdas"],
+                                                                    grids["alphas"])
+    assert (s.data.extraction, s.data.num_align) == (ev["image_uses"][0]["extraction"], 0)
+    assert {k: getattr(s.data, k) for k in ev["recipe"]} == ev["recipe"]

@@ -268,7 +268,7 @@ def test_cli_extract_apply_refine_evaluate_chain(tmp_path, capsys):
     adapter, manifest = load_adapter(src)
     assert adapter.num_logits == 24 and adapter.num_classes == 10 and manifest["aux_words_sha256"]
     assert manifest["settings"]["data"]["base"] == ["Trouser", "Bag"]
-    assert manifest["settings"]["extraction"]["rows"] == 56  # (2 classes x 2 shots + 24 unlabeled images) x 2 views
+    assert manifest["settings"]["extraction"]["rows"] == 8  # the base shots' images: 2 classes x 2 shots x 2 views
     code, stdout, err = _cli(["transfer", "apply", "--adapter", str(src), "--to", "efficientnet_lite0@48",
                               "--lambdas", "1", "10", "--out", str(dst)], capsys)
     assert code == 0, err

@@ -84,7 +84,7 @@ class DataConfig:
     num_test: int = 600
     views: int = 2
     align_views: int = 2
-    extraction: str = "unlabeled"
+    extraction: str = "shots"  # the reference's; "unlabeled" scored higher on development, and needs those images
     K: int = DEFAULT_NUM_LOGITS  # noqa: N815
     template: str = DEFAULT_TEMPLATE
     data_seed: int = 0
