@@ -97,3 +97,15 @@ def test_summary_is_the_mean_over_seeds_and_the_table_names_every_method(run):
 def test_a_run_without_seeds_is_refused(tmp_path):
     with pytest.raises(DataError, match="no seeds"):
         run_protocol(tiny_config(), tmp_path, seeds=())
+
+
+def test_alignment_rank_is_limited_by_the_rows_and_by_k_minus_one():
+    """Standardised rows sum to zero over K, so no more than K - 1 directions can be fitted;
+    with fewer rows than that, the rest of the rotation is set by lambda's pull alone."""
+    from vimw.transfer.protocol import alignment_rank
+
+    g = torch.Generator().manual_seed(0)
+    few, many = torch.randn(10, 32, generator=g), torch.randn(100, 32, generator=g)
+    assert alignment_rank(few, few + 0.1 * torch.randn(10, 32, generator=g)) == {
+        "rows": 10, "K": 32, "rank_source": 10, "rank_target": 10, "rank_cross": 10}
+    assert alignment_rank(many, many + 0.1 * torch.randn(100, 32, generator=g))["rank_cross"] == 31
