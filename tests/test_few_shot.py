@@ -149,3 +149,14 @@ def test_auto_uses_the_shots_alone_and_chooses_by_the_rule_on_held_out_images(au
     assert auto.val_images == len(data.train) and auto.selection == "3-fold cross-validation"
     assert choose_method(auto.cvs, list(auto.cvs)) == auto.chosen.method
     assert auto.result.val_score == pytest.approx(auto.cvs[auto.chosen.method].metrics["score"])
+
+
+def test_two_classes_of_one_image_each_fit_a_closed_form_head_and_auto_runs(lite0, tiny_zoo):
+    # The smallest true few-shot task: 1 shot of 2 classes (2 images), and 2 shots (folds of 2 images).
+    features = torch.randn(2, 16)
+    head = fit_ridge_head(features, torch.tensor([0, 1]), 2)
+    assert head.chosen_by.startswith("fixed") and (features.double() @ head.weight.T + head.bias).argmax(1).tolist() == [0, 1]
+    for shots in (1, 2):
+        data = synthetic_task(n_train=2 * shots, n_val=2, n_test=4, classes=2, seed=shots)
+        auto = run_auto(lite0, data, zoo=tiny_zoo, shots=shots, settings=FAST)
+        assert auto.chosen.method in auto.cvs and auto.gain_sentence() in auto.explain()
