@@ -371,7 +371,13 @@ def spread(units: list[dict[str, Any]]) -> dict:
     return out
 
 
-def goals(tab: dict, tasks: list[str], shots: list[int]) -> list[dict]:
+MIN_SEEDS = 5  # the protocol's analysis set: goals are judged on at least this many complete seeds
+
+
+def goals(tab: dict, tasks: list[str], shots: list[int], complete: int) -> list[dict]:
+    if complete < MIN_SEEDS:
+        return [{"goal": f"not judged yet: {complete} seed(s) complete for every task and shot count, the protocol "
+                         f"asks {MIN_SEEDS}", "met": None}]
     out = []
     for k in (s for s in (1, 2, 5) if s in shots):
         s = over_tasks(tab, k, "best_zoo", "scratch", tasks)
@@ -402,7 +408,8 @@ def report(plan: dict[str, Any], protocol: dict[str, Any] | None) -> dict[str, A
     whole = table([r for r in rows if r["seed"] in complete], WHOLE)
     payload = {"protocol": plan["protocol"], "rows": rows, "seeds_complete": complete,
                "units": len(units), "units_planned": len(tasks) * len(plan["shots"]) * len(plan["seeds"]),
-               "goals": goals(main, tasks, plan["shots"]),
+               "goals": goals(main, tasks, plan["shots"], len(complete)),
+               "units_per_seed": {s: sum(1 for u in units if u["seed"] == s) for s in plan["seeds"]},
                "spread": {f"{t}/{k}": v for (t, k), v in spread(units).items()}}
     return {"payload": payload, "markdown": markdown(payload, units, main, whole, tasks, plan, protocol)}
 
@@ -477,7 +484,10 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
                      + f" | {auto:.0f} | {auto / cost['scratch']:.2f} |")
     lines += ["", "## Goals", ""]
     for g in payload["goals"]:
-        if "stat" in g:
+        if g["met"] is None:
+            lines.append(f"- {g['goal']} (units per seed: " + ", ".join(
+                f"{s}: {n}" for s, n in payload["units_per_seed"].items()) + ")")
+        elif "stat" in g:
             lines.append(f"- {g['goal']}: **{'met' if g['met'] else 'not met'}** ({fmt(g['stat'])})")
         else:
             worse = "; ".join(f"{w['task']} at {w['shots']} shots {fmt(w)}" for w in g["cells_worse"]) or "no cell"
