@@ -164,6 +164,11 @@ def _best(means: dict[Any, float], order: list[Any]) -> Any:
     return next(k for k in order if k in means and means[k] >= top - TIE)
 
 
+def _counts(values: list[Any]) -> dict[str, int]:
+    """How often each value was chosen."""
+    return {str(x): values.count(x) for x in sorted(set(values))}
+
+
 def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str = "hm") -> dict[tuple, float]:
     groups: dict[tuple, list[float]] = {}
     for r in rows:
@@ -189,7 +194,7 @@ def choose_stage1(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict
              "high": float(np.mean([x == max(r["lambda_grid"]) for x, r in zip(lam, at)]))}
     return {"chosen": chosen, "joint_means": {str(key): m for key, m in joint.items()},
             "num_align_means": by_align, "lambda_edges": edges,
-            "lambda_counts": {str(x): lam.count(x) for x in sorted(set(lam))}}
+            "lambda_counts": _counts(lam)}
 
 
 def choose_stage2(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,19 +205,17 @@ def choose_stage2(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict
     base = {k[0]: m for k, m in _mean_by(rows, ("distill",), "base").items()}
     transferred_novel = float(np.mean([r["transferred"]["novel"] for r in rows]))
     transferred_hm = float(np.mean([r["transferred"]["hm"] for r in rows]))
-    lrs = [r["lr"] for r in rows]
     return {"chosen": {"distill": _best(means, grid)}, "hm": means, "base": base, "novel": novel,
             "transferred_novel": transferred_novel, "transferred_hm": transferred_hm,
-            "lr_counts": {str(x): lrs.count(x) for x in sorted(set(lrs))}}
+            "lr_counts": _counts([r["lr"] for r in rows])}
 
 
 def choose_strong(protocol: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [r for u in units for r in u["result"]["rows"]]
     grid = protocol["development"]["strong_fine_tuning"]["consistency"]
     means = {k[0]: m for k, m in _mean_by(rows, ("strong_consistency",)).items()}
-    lrs = [r["lr"] for r in rows]
     return {"chosen": {"strong_consistency": _best(means, grid)}, "hm": means,
-            "lr_counts": {str(x): lrs.count(x) for x in sorted(set(lrs))}}
+            "lr_counts": _counts([r["lr"] for r in rows])}
 
 
 def choose_pairs(pairs: dict[str, Any]) -> dict[str, Any]:
