@@ -264,6 +264,17 @@ def commit(path: Path, message: str) -> None:
         time.sleep(5)
 
 
+def claim(path: Path) -> bool:
+    """Take a unit for this process, so that several processes can share one plan (False: another has it)."""
+    claims = ROOT / "runs" / "unseen-claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claims / path.name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_units: bool = False) -> None:
     from vimw.backbones import create_backbone
     from vimw.zoo import Zoo
@@ -276,7 +287,7 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
         for task in tasks or plan["tasks"]:
             for k in shots or plan["shots"]:
                 path = plan["units"] / f"{unit_name(task, k, seed)}.json"
-                if path.exists():
+                if path.exists() or not claim(path):
                     continue
                 unit = run_unit(task, k, seed, plan, backbone, zoo)
                 write_json(path, unit)
