@@ -17,7 +17,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def test_the_command_reference_is_the_parsers():
     assert BEGIN in README and END in README, "the README lost its command reference markers"
     current = README[README.index(BEGIN):README.index(END) + len(END)]
-    assert current == readme_block(), "regenerate it: python -m vimw.cli.reference"
+    assert current == readme_block(), "regenerate it: python -m vimw.cli.reference --write README.md"
 
 
 def _options(command: list[str]) -> set[str]:

@@ -1,6 +1,6 @@
 """The command reference in the README, generated from the parsers themselves so it cannot drift.
 
-``python -m vimw.cli.reference`` prints it: every command and sub-command with its usage
+``python -m vimw.cli.reference`` prints it (``--write README.md`` puts it in place): every command and sub-command with its usage
 line and summary, in the order of ``vimw --help``. ``tests/test_docs.py`` checks that the
 README holds exactly this text between its ``commands`` markers.
 """
@@ -69,5 +69,21 @@ def readme_block() -> str:
     return f"{BEGIN}\n```text\n{command_reference()}```\n{END}"
 
 
+def write_readme(path: str) -> None:
+    """Replace the text between the markers of ``path`` with ``readme_block()``."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no command reference markers")
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    Path(path).write_text(text[:start] + readme_block() + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(readme_block())
+    import sys
+
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        write_readme(sys.argv[2])
+    else:
+        print(readme_block())

@@ -48,8 +48,8 @@ def register(commands) -> None:
     _evaluate_parser(sub, settings)
 
 
-def _step(sub, name: str, help_text: str, cache_help: str):
-    """A step's parser with the options every step takes."""
+def _step(sub, name: str, help_text: str, cache_help: str, *, adapter: str | None = None):
+    """A step's parser with the options every step takes (``adapter``: what the step does to the one it reads)."""
     p = sub.add_parser(name, help=help_text)
     p.error = _usage_error
     where = "transfer section's top-level keys give" if name == "extract" else f"transfer.{name} section gives"
@@ -57,7 +57,17 @@ def _step(sub, name: str, help_text: str, cache_help: str):
                    help=f"a recipe (YAML or JSON) whose {where} this step's options; flags win")
     p.add_argument("--cache", help=f"zero-shot logit cache ({cache_help})")
     p.add_argument("--device", default="cpu")
+    if adapter:
+        p.add_argument("--adapter", help=f"the adapter to {adapter} (required unless the recipe names it)")
     return p
+
+
+def _end_step(p, handler, protocol: str, chosen: str, out_help: str | None = "required unless the recipe names it"):
+    """The options every step ends with: the validation protocol of what it chooses, and where it writes."""
+    _protocol_option(p, protocol, chosen)
+    if out_help:
+        p.add_argument("--out", help=out_help)
+    p.set_defaults(handler=handler)
 
 
 def _protocol_option(p, default: str, what: str) -> None:
@@ -111,26 +121,23 @@ def _extract_parser(sub, s) -> None:
                    help="weight of the teacher's consistency term toward its zero-shot predictions, 0: off "
                         f"(default {s.teacher.consistency:g})")
     p.add_argument("--extraction-epochs", type=positive_int, help=f"default {s.extraction.epochs}")
-    _protocol_option(p, s.teacher_protocol, "the teacher's epoch")
-    p.add_argument("--out", help="where the adapter (and the teacher) go; required unless the recipe names it")
-    p.set_defaults(handler=run_extract)
+    _end_step(p, run_extract, s.teacher_protocol, "the teacher's epoch",
+              "where the adapter (and the teacher) go; required unless the recipe names it")
 
 
 def _apply_parser(sub, s) -> None:
-    p = _step(sub, "apply", "move an adapter to another zero-shot model (no backpropagation)", "default: the adapter's")
-    p.add_argument("--adapter", help="the adapter to move (required unless the recipe names it)")
+    p = _step(sub, "apply", "move an adapter to another zero-shot model (no backpropagation)", "default: the adapter's",
+              adapter="move")
     p.add_argument("--to", help=f"the target model: {MODEL_HELP} (default {s.strong})")
     p.add_argument("--lambdas", type=nonneg_float, nargs="+",
                    help="Procrustes lambda per image: one value, or candidates chosen on validation images "
                         f"(default {' '.join(f'{v:g}' for v in s.lambdas)})")
-    _protocol_option(p, s.protocol, "lambda")
-    p.add_argument("--out", help="required unless the recipe names it")
-    p.set_defaults(handler=run_apply)
+    _end_step(p, run_apply, s.protocol, "lambda")
 
 
 def _refine_parser(sub, s) -> None:
-    p = _step(sub, "refine", "TransMiter+: refine an adapter on the base-class shots", "default: the adapter's")
-    p.add_argument("--adapter", help="the adapter to refine (required unless the recipe names it)")
+    p = _step(sub, "refine", "TransMiter+: refine an adapter on the base-class shots", "default: the adapter's",
+              adapter="refine")
     p.add_argument("--lr", type=positive_float, nargs="+",
                    help=f"candidate learning rates (default {' '.join(f'{v:g}' for v in s.refine.lrs)})")
     p.add_argument("--epochs", type=positive_int, help=f"default {s.refine.epochs}")
@@ -138,20 +145,17 @@ def _refine_parser(sub, s) -> None:
                    help="weight of the pull toward the adapter refinement starts from (KL over all K logits on "
                         f"the alignment images), which keeps the novel classes; 0: cross-entropy alone "
                         f"(default {s.refine.distill:g})")
-    _protocol_option(p, s.protocol, "the learning rate and epoch")
-    p.add_argument("--out", help="required unless the recipe names it")
-    p.set_defaults(handler=run_refine)
+    _end_step(p, run_refine, s.protocol, "the learning rate and epoch")
 
 
 def _evaluate_parser(sub, s) -> None:
-    p = _step(sub, "evaluate", "base / novel / HM of an adapter on its model's test images", "default: the adapter's")
-    p.add_argument("--adapter", help="the adapter to score (required unless the recipe names it)")
+    p = _step(sub, "evaluate", "base / novel / HM of an adapter on its model's test images", "default: the adapter's",
+              adapter="score")
     p.add_argument("--blend", type=_blend,
                    help="alpha of alpha*adapter + (1-alpha)*zero-shot (log-probabilities), or 'auto' to choose it "
                         f"on validation images; 1 = the adapter alone (default {s.blend})")
-    _protocol_option(p, s.protocol, "the blend")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler=run_evaluate)
+    _end_step(p, run_evaluate, s.protocol, "the blend", out_help=None)
 
 
 # -- the handlers -----------------------------------------------------------------------------------
