@@ -8,7 +8,7 @@ record (every line with its time, the longest silence, the total time against th
 goes to ``results/aggregate_run.{json,md}``.
 
     python benchmarks/aggregate_run.py                 # the default: --budget 900
-    python benchmarks/aggregate_run.py --budget 300    # a shorter budget, the same checks
+    python benchmarks/aggregate_run.py --budget 60 --name aggregate_run-budget60   # a budget the search reaches
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=40, help="images per class written to the folder")
     parser.add_argument("--work", default="runs/aggregate-run")
+    parser.add_argument("--name", default="aggregate_run", help="results file name under benchmarks/results")
     args = parser.parse_args()
 
     ensure_zoo(args.zoo)
@@ -80,7 +81,7 @@ def main() -> None:
             f"- the longest time without a line: {summary['longest_silence_seconds']} s",
             f"- load average at the end: {summary['load_average']}", "", "```text",
             *[f"[{e['t']:7.1f} s] {e['line']}" for e in lines], "```"]
-    write_results("aggregate_run", {"summary": summary, "lines": lines}, "\n".join(body))
+    write_results(args.name, {"summary": summary, "lines": lines}, "\n".join(body))
 
 
 if __name__ == "__main__":
