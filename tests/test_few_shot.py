@@ -160,3 +160,26 @@ def test_two_classes_of_one_image_each_fit_a_closed_form_head_and_auto_runs(lite
         data = synthetic_task(n_train=2 * shots, n_val=2, n_test=4, classes=2, seed=shots)
         auto = run_auto(lite0, data, zoo=tiny_zoo, shots=shots, settings=FAST)
         assert auto.chosen.method in auto.cvs and auto.gain_sentence() in auto.explain()
+
+
+def test_a_budget_cut_leaves_out_the_trained_candidates_never_the_closed_form_ones(lite0, tiny_zoo):
+    # scratch is listed before zoo_ridge; with no time at all, the closed-form zoo_ridge still runs
+    # (it costs seconds) and the trained scratch is the one left out.
+    data = synthetic_task(n_train=9, n_val=9, n_test=6, seed=7)
+    auto = run_auto(lite0, data, zoo=tiny_zoo, shots=3, settings=FAST, candidates=("scratch", "zoo_ridge"),
+                    budget_seconds=0.0)
+    assert list(auto.cvs) == ["zoo_ridge"] and auto.skipped == ["scratch"]
+    assert auto.chosen.method == "zoo_ridge"
+
+
+def test_cross_validation_heartbeat_says_steps_and_time_left_against_the_plan(lite0, tiny_zoo):
+    from vimw.workflows.reporting import SearchReporter
+
+    lines: list[str] = []
+    reporter = SearchReporter(lines.append, terminal=False, heartbeat=0.0)
+    data = synthetic_task(n_train=9, n_val=9, n_test=6, seed=8)
+    run_auto(lite0, data, zoo=tiny_zoo, shots=3, settings=FAST, candidates=("scratch",), reporter=reporter)
+    beats = [line for line in lines if "scratch (cross-validation):" in line]
+    assert beats and all("training steps so far" in line and "epoch" not in line for line in beats)
+    counts = [int(line.split("): ")[1].split()[0]) for line in beats]
+    assert counts == sorted(counts) and counts[-1] >= 2  # steps only ever grow within one cross-validation

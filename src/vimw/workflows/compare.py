@@ -621,8 +621,9 @@ def run_auto(
     settings are searched on the validation split (``folds`` >= 2: methods are compared by
     k-fold cross-validation over train + validation). ``budget_seconds`` is a deadline for
     the whole search: a run still training then stops with the best it had, later
-    candidates are skipped (linear_probe and scratch run first, so there is always a
-    baseline). Test is never scored here. ``reporter`` is told the estimate and the progress.
+    candidates are skipped (the baselines are listed first, so there is always one; in a
+    true few-shot run the closed-form candidates run before the trained ones). Test is
+    never scored here. ``reporter`` is told the estimate and the progress.
     """
     candidates = auto_candidates() if candidates is None else tuple(candidates)
     order = [m for m in ("ridge_probe", "linear_probe", "scratch") if m in candidates] + [
@@ -711,7 +712,9 @@ def run_auto_few_shot(backbone: Backbone, data: TaskData, *, zoo: Zoo | None, sh
         reporter.plan(few_shot_estimate(context, order, settings, folds), budget_seconds)
     cvs: dict[str, MethodCV] = {}
     skipped: list[str] = []
-    for method in order:
+    # Closed-form candidates first: they cost seconds, so a budget cut only ever leaves out a trained one.
+    # The listed order still breaks ties (choose_method below reads ``order``).
+    for method in sorted(order, key=lambda m: not getattr(get_method(m), "closed_form", False)):
         if cvs and past():
             skipped.append(method)
             if reporter is not None:
@@ -732,8 +735,9 @@ def run_auto_few_shot(backbone: Backbone, data: TaskData, *, zoo: Zoo | None, sh
                                                                             "budget)")
         if reporter is not None:
             reporter.cv_finished(cvs[method])
-    chosen = choose_method(cvs, list(cvs))
-    best_zoo = choose_method(cvs, [m for m in cvs if get_method(m).uses_zoo])
+    cvs = {m: cvs[m] for m in order if m in cvs}  # reported in the listed order
+    chosen = choose_method(cvs, order)
+    best_zoo = choose_method(cvs, [m for m in order if get_method(m).uses_zoo])
     config, result = train_chosen(context, cvs[chosen], settings)
     if reporter is not None and result.fit.stopped:
         reporter.skipped(chosen, "its final fit was cut short by the budget (its last step is kept)")

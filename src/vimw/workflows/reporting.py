@@ -108,6 +108,8 @@ class SearchReporter:
         self._best = math.nan
         self._epoch = 0
         self._label = ""
+        self._cv: tuple[str, float] | None = None  # (method, start) while a cross-validation runs
+        self._steps = 0
 
     def elapsed(self) -> str:
         return duration(time.perf_counter() - self.started)
@@ -120,6 +122,7 @@ class SearchReporter:
                    f"(a rough estimate from timing one step{cap})")
 
     def run_started(self, method: str, index: int, count: int, config) -> None:
+        self._cv = None
         self._label = f"{method} [{index + 1}/{count}] lr {config.lr:g}" + (
             "" if config.gate_lr is None else f", gate lr {config.gate_lr:g}")
         self._best, self._last, self._epoch = math.nan, time.perf_counter(), 0
@@ -142,11 +145,27 @@ class SearchReporter:
 
     def tick(self) -> None:
         """Called after every training step: a plain line when ``heartbeat`` seconds passed silently."""
+        self._steps += 1
         if self._bar is None and time.perf_counter() - self._last >= self.heartbeat:
             self._last = time.perf_counter()
-            best = "none past the warm-up yet" if math.isnan(self._best) else f"{self._best:.4f}"
-            self.write(f"  [{self.elapsed()}] {self._label}: epoch {self._epoch}, best validation accuracy so far "
-                       f"{best}")
+            self.write(f"  [{self.elapsed()}] {self._label}: {self._cv_progress() if self._cv else self._run_progress()}")
+
+    def _run_progress(self) -> str:
+        best = "none past the warm-up yet" if math.isnan(self._best) else f"{self._best:.4f}"
+        return f"epoch {self._epoch}, best validation accuracy so far {best}"
+
+    def _cv_progress(self) -> str:
+        """Cross-validation fits keep their last step (no epoch to report): steps done and time against the plan."""
+        method, started = self._cv
+        spent = time.perf_counter() - started
+        planned = self.estimates.get(method)
+        if planned is None:
+            where = f"{duration(spent)} in"
+        elif spent <= planned:
+            where = f"about {duration(planned - spent)} of its estimated {duration(planned)} left"
+        else:
+            where = f"{duration(spent)} in, past its rough estimate of {duration(planned)}"
+        return f"{self._steps} training steps so far, {where}"
 
     def run_finished(self, result, stopped: bool) -> None:
         if self._bar is not None:
@@ -170,6 +189,7 @@ class SearchReporter:
     def cv_started(self, method: str, settings: int, folds: int) -> None:
         """A method's cross-validation begins (true few-shot): its settings, fold by fold."""
         self._label, self._best, self._last, self._epoch = f"{method} (cross-validation)", math.nan, time.perf_counter(), 0
+        self._cv, self._steps = (method, time.perf_counter()), 0
         what = f"{settings} setting(s) over {folds} folds by successive halving" if folds else "no folds (fixed setting)"
         self.write(f"  [{self.elapsed()}] {method}: {what}")
 
