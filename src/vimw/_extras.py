@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import ModuleType
 
@@ -17,3 +18,17 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
             f"{purpose} needs the optional package '{module}'. "
             f"Install it with: pip install 'vimw[{extra}]'"
         ) from exc
+
+
+@contextlib.contextmanager
+def quiet_loading(transformers: ModuleType):
+    """transformers without its weight-loading progress bar: a local load takes milliseconds, and
+    the bar's carriage returns garble vimw's own lines (the setting is restored afterwards)."""
+    progress = transformers.utils.logging
+    was_on = progress.is_progress_bar_enabled()
+    progress.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            progress.enable_progress_bar()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vimw._extras import require
+from vimw._extras import quiet_loading, require
 from vimw.backbones.base import Preprocess
 from vimw.backbones.hf_base import (  # the shared loop and loading helpers of every HF family
     CLIP_MEAN,  # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config
@@ -153,9 +153,10 @@ def _load_pretrained(transformers: ModuleType, source: str, name: str) -> nn.Mod
     offline = offline_mode() or os.path.isdir(source)
     try:
         config = _load_vision_config(transformers, source, offline)
-        model, info = transformers.CLIPVisionModelWithProjection.from_pretrained(
-            source, config=config, local_files_only=offline, output_loading_info=True
-        )
+        with quiet_loading(transformers):
+            model, info = transformers.CLIPVisionModelWithProjection.from_pretrained(
+                source, config=config, local_files_only=offline, output_loading_info=True
+            )
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
         cause = " ".join(str(exc).split()) or type(exc).__name__
         raise VimwError(

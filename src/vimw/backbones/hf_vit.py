@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from vimw._extras import require
+from vimw._extras import quiet_loading, require
 from vimw.backbones.hf_base import (
     FAMILIES,
     Family,
@@ -135,9 +135,10 @@ def _load_pretrained(
     kwargs = {"add_pooling_layer": False} if family.name == "vit" else {}
     try:
         config = _vision_config(transformers, family, raw)
-        model, info = cls.from_pretrained(
-            source, config=config, local_files_only=offline, output_loading_info=True, **kwargs
-        )
+        with quiet_loading(transformers):
+            model, info = cls.from_pretrained(
+                source, config=config, local_files_only=offline, output_loading_info=True, **kwargs
+            )
     except Exception as exc:
         raise _not_local(name, exc) from exc
     missing = sorted(info.get("missing_keys") or ())

