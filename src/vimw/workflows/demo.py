@@ -117,8 +117,10 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
     models = Path(settings.workdir) / DEMO_MODELS_DIR
 
     def keep(row, result):
-        say(f"  {row.method:13s} val {row.val:.4f}  test {row.test:.4f}  ({row.trainable:,} trainable, "
-            f"lr {row.lr:g}{'' if row.gate_lr is None else f', gate lr {row.gate_lr:g}'}, {row.seconds:.1f} s)")
+        how = ("closed form" if getattr(get_method(row.method), "closed_form", False) else
+               f"lr {row.lr:g}{'' if row.gate_lr is None else f', gate lr {row.gate_lr:g}'}")
+        say(f"  {row.method:13s} val {row.val:.4f}  test {row.test:.4f}  ({row.trainable:,} trainable, {how}, "
+            f"{row.seconds:.1f} s)")
         if get_method(row.method).saved:
             config = search.base_config(len(data.train)).replace(lr=row.lr, gate_lr=row.gate_lr)
             save_model(models / row.method, result, data, config, shots=settings.shots, test=row.test_metrics,
