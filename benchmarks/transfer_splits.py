@@ -335,11 +335,15 @@ def _markdown_section(s: dict[str, Any]) -> list[str]:
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    lines = [f"# TransMiter on {len(payload['units'])} evaluation units",
+    planned = payload["planned_units"]
+    lines = [f"# TransMiter on {len(payload['units'])} of {planned} evaluation units",
              "", f"Protocol: `{payload['protocol']['path']}` (git blob `{payload['protocol']['sha']}`), committed "
              "before these results. Headline: image use (i), extraction and alignment on the few-shot base set only "
              "(as the reference); rows marked [unlabeled] are image use (ii), with extra unlabeled images.", "",
              "## Goals", ""]
+    if len(payload["units"]) < planned:
+        lines += [f"Not judged yet: {len(payload['units'])} of the protocol's {planned} units exist (every pair, split "
+                  "and seed is asked). The checks below read the units that exist, as an interim view only.", ""]
     for g in payload["goals"]:
         lines.append(f"- {g['dataset']}, {g['pair']}, protocol {g['protocol']}: " + "; ".join(
             f"{name}: {'yes' if ok else '**no**'}" for name, ok in g["checks"].items()))
@@ -359,7 +363,8 @@ def report(protocol: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit("no unit written under this protocol yet")
     summary = summarise(current)
     payload = {"protocol": protocol["file"], "rows": [{k: r[k] for k in ROW_KEYS} for u in current for r in u["rows"]],
-               "units": [u["unit"] for u in current], "summary": summary, "goals": goals(summary),
+               "units": [u["unit"] for u in current], "planned_units": sum(1 for _ in units(protocol)),
+               "complete": len(current) == sum(1 for _ in units(protocol)), "summary": summary, "goals": goals(summary),
                "determinism": sorted({json.dumps(u["determinism"], sort_keys=True) for u in current}),
                "load_average": {"min_start": min(u["load_average"]["start"][0] for u in current),
                                 "max_start": max(u["load_average"]["start"][0] for u in current)}}
