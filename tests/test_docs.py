@@ -3,6 +3,7 @@ mentions exists, and every number its results quote comes from a results file.""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -58,3 +59,63 @@ def test_every_flag_the_readme_shows_is_an_option_of_its_command():
         flags = {w.split("=")[0] for w in words if w.startswith("--")}
         missing = flags - _options(command)
         assert not missing, f"README shows vimw {' '.join(command)} with {sorted(missing)}, which it does not take"
+
+
+# -- the numbers the README's results quote --------------------------------------------------------
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")
+CITED = re.compile(r"benchmarks/results/[\w./-]+?\.md")
+
+
+def _results_blocks() -> list[tuple[str, list[str]]]:
+    """(text, the results files it cites) for each bullet and table row of the README's Results section.
+
+    A table row cites ``benchmarks/results/<first cell>.md``; a bullet cites the files it names."""
+    section = README[README.index("## Results"):]
+    blocks: list[str] = []
+    for line in section.splitlines():
+        if line.startswith(("- ", "|")):
+            blocks.append(line)
+        elif line.startswith("  ") and blocks and blocks[-1].startswith("- "):
+            blocks[-1] += " " + line.strip()
+    out = []
+    for block in blocks:
+        cited = CITED.findall(block)
+        if block.startswith("|"):
+            first = block.strip("|").split("|")[0].strip().strip("`")
+            cited.append(f"benchmarks/results/{first}.md")
+        out.append((block, cited))
+    return out
+
+
+def _quoted(block: str) -> list[str]:
+    """The decimal numbers a block quotes, leaving out code spans (commands, file names)."""
+    return NUMBER.findall(re.sub(r"`[^`]*`", " ", block))
+
+
+def _as_quoted(number: str) -> tuple[int, int]:
+    decimals = len(number.split(".")[1])
+    return decimals, round(float(number) * 10 ** decimals)
+
+
+def _numbers_in(text: str) -> set[tuple[int, int]]:
+    """Each number of ``text`` as it may be quoted: rounded to 1-4 decimals, as is or as a percentage."""
+    found = set()
+    for token in re.findall(r"\d+\.\d+|\d+", text):
+        for scale in (1, 100):
+            for decimals in range(1, 5):
+                found.add((decimals, round(float(token) * scale * 10 ** decimals)))
+    return found
+
+
+def test_every_number_the_readme_results_quote_is_in_the_file_it_cites():
+    blocks = _results_blocks()
+    assert any(_quoted(text) for text, _ in blocks), "the README's Results section quotes no number"
+    for text, cited in blocks:
+        numbers = _quoted(text)
+        if not numbers:
+            continue
+        files = [ROOT / c for c in cited if (ROOT / c).is_file()]
+        assert files, f"this README result quotes {numbers} but cites no results file that exists: {text[:90]!r}"
+        recorded = _numbers_in(" ".join(f.read_text(encoding="utf-8") for f in files))
+        missing = [n for n in numbers if _as_quoted(n) not in recorded]
+        assert not missing, f"{[str(c) for c in cited]} do not hold {missing}, quoted in: {text[:90]!r}"
