@@ -154,6 +154,10 @@ TRAIN = ["zoo", "train", "--zoo", "{ws}/new-zoo", "--epochs", "1", "--image-size
 IMAGE = "{ws}/photos/kind0/000.png"
 
 CASES = {
+    # a flag the chosen method would ignore
+    "aggregate --method ridge_probe --lr": ([*AGG, "--task", "folder:{ws}/photos", "--method", "ridge_probe", "--lr",
+                                             "0.01"], ["closed form", "lr does not apply"]),
+    "aggregate --method ens --top-k 3": ([*ENS, "--task", "folder:{ws}/photos", "--top-k", "3"], ["top_k", "topk only"]),
     # numbers out of range, and not numbers
     "aggregate --shots 0": ([*AGG, "--task", "folder:{ws}/photos", "--shots", "0"], ["--shots", ">= 1"]),
     "aggregate --cv 1": ([*AGG, "--task", "folder:{ws}/photos", "--cv", "1"], ["--cv", ">= 2"]),

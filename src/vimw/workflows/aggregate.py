@@ -65,6 +65,9 @@ class AggregateSettings:
         """Refuse settings the chosen method would ignore, naming them."""
         from vimw.methods import get_method
 
+        if self.top_k != AggregateSettings.top_k and self.method != "topk":
+            raise VimwError(f"top_k applies to --method topk only, not to {self.method!r}")
+
         if self.method == AUTO:
             fixed = [k for k in ("lr", "gate_lr") if getattr(self.search, k) is not None]
             if fixed:
@@ -79,6 +82,8 @@ class AggregateSettings:
         grid = method.grid
         if self.search.gate_lr is not None and not any("gate_lr" in s for s in grid):
             raise VimwError(f"method {self.method!r} has no learned gates: gate_lr does not apply to it")
+        if self.search.lr is not None and getattr(method, "closed_form", False):
+            raise VimwError(f"method {self.method!r} fits its head in closed form: lr does not apply to it")
 
     def to_section(self) -> dict[str, Any]:
         """These settings as a recipe's ``aggregate`` section (``train``: the search settings)."""
