@@ -73,11 +73,13 @@ def write_readme(path: str) -> None:
     """Replace the text between the markers of ``path`` with ``readme_block()``."""
     from pathlib import Path
 
+    from vimw.io import atomic_write_text
+
     text = Path(path).read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{path} has no command reference markers")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    Path(path).write_text(text[:start] + readme_block() + text[end:], encoding="utf-8")
+    atomic_write_text(Path(path), text[:start] + readme_block() + text[end:])
 
 
 if __name__ == "__main__":
