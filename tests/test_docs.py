@@ -67,23 +67,28 @@ CITED = re.compile(r"benchmarks/results/[\w./-]+?\.md")
 
 
 def _results_blocks() -> list[tuple[str, list[str]]]:
-    """(text, the results files it cites) for each bullet and table row of the README's Results section.
+    """(text, the results files it cites) for each bullet, paragraph line and table row of the
+    README's Results section.
 
-    A table row cites ``benchmarks/results/<first cell>.md``; a bullet cites the files it names."""
+    A bullet (with its indented lines) cites the files it names. A table row cites
+    ``benchmarks/results/<first cell>.md`` when that file exists. Anything that names no file
+    cites the files named last above it."""
     section = README[README.index("## Results"):]
     blocks: list[str] = []
     for line in section.splitlines():
-        if line.startswith(("- ", "|")):
-            blocks.append(line)
-        elif line.startswith("  ") and blocks and blocks[-1].startswith("- "):
+        if line.startswith("  ") and blocks and blocks[-1].startswith("- "):
             blocks[-1] += " " + line.strip()
-    out = []
+        elif line.strip() and not line.startswith("#"):
+            blocks.append(line)
+    out, above = [], []
     for block in blocks:
         cited = CITED.findall(block)
         if block.startswith("|"):
-            first = block.strip("|").split("|")[0].strip().strip("`")
-            cited.append(f"benchmarks/results/{first}.md")
-        out.append((block, cited))
+            own = f"benchmarks/results/{block.strip('|').split('|')[0].strip().strip('`')}.md"
+            cited = cited or ([own] if (ROOT / own).is_file() else [])
+        if cited:
+            above = cited
+        out.append((block, cited or above))
     return out
 
 
