@@ -415,14 +415,16 @@ def report(plan: dict[str, Any], protocol: dict[str, Any] | None) -> dict[str, A
     tasks = list(plan["tasks"])
     complete = sorted(s for s in plan["seeds"] if all((plan["units"] / f"{unit_name(t, k, s)}.json").exists()
                                                      for t in tasks for k in plan["shots"]))
+    # every table, count and spread reads the complete seeds only (all units while no seed is complete)
+    analysed = [u for u in units if u["seed"] in complete] or units
     main = table([r for r in rows if r["seed"] in complete], LOO)
     whole = table([r for r in rows if r["seed"] in complete], WHOLE)
     payload = {"protocol": plan["protocol"], "rows": rows, "seeds_complete": complete,
                "units": len(units), "units_planned": len(tasks) * len(plan["shots"]) * len(plan["seeds"]),
                "goals": goals(main, tasks, plan["shots"], len(complete)),
                "units_per_seed": {s: sum(1 for u in units if u["seed"] == s) for s in plan["seeds"]},
-               "spread": {f"{t}/{k}": v for (t, k), v in spread(units).items()}}
-    return {"payload": payload, "markdown": markdown(payload, units, main, whole, tasks, plan, protocol)}
+               "spread": {f"{t}/{k}": v for (t, k), v in spread(analysed).items()}}
+    return {"payload": payload, "markdown": markdown(payload, analysed, main, whole, tasks, plan, protocol)}
 
 
 def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
