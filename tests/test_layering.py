@@ -232,3 +232,13 @@ def test_no_import_circle_between_files_of_one_package():
     graph = file_graph()
     found = cycles(graph)
     assert not found, "import circles between files of one package:\n" + "\n".join(_describe(graph, c) for c in found)
+
+
+def test_no_cli_function_is_over_40_lines():
+    # The CLI parses and prints; work longer than this belongs in a workflow.
+    long = []
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 40:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -100,3 +101,28 @@ def test_the_reporter_writes_a_line_at_least_every_heartbeat_while_a_run_trains(
     times = [t for t, _ in written]
     assert len(written) >= 9 and max(b - a for a, b in zip(times, times[1:])) <= 21.0
     assert "best validation accuracy so far 0.6750" in written[-1][1]
+
+
+def test_one_shot_and_a_budget_cut_save_a_model_whose_unmeasured_numbers_are_null(tiny_zoo, tmp_path):
+    # At 1 shot nothing can be held out, and a budget that ends the first cross-validation leaves
+    # it without numbers: the model is still written, its validation numbers null (not NaN).
+    npz = write_npz(tmp_path / "bands.npz", n=60)
+    search = SearchSettings(steps=2, augment=False)
+    for shots, budget, out in ((1, None, "one-shot"), (3, 1e-6, "cut")):
+        settings = AggregateSettings(zoo=str(tiny_zoo.root), task=f"npz:{npz}", shots=shots, out=str(tmp_path / out),
+                                     budget=budget, search=search)
+        aggregate(settings)
+        manifest = json.loads((tmp_path / out / "manifest.json").read_text())
+        assert manifest["metrics"]["test_score"] > 0
+        if shots == 1:
+            assert manifest["metrics"]["val_loss"] is None
+            assert all(c["val"] is None for c in manifest["search"]["candidates"])
+        # the saved model loads and scores again
+        assert main(["evaluate", "--model", str(tmp_path / out), "--zoo", str(tiny_zoo.root)]) == 0
+
+
+def test_unmeasured_as_null_replaces_nan_only():
+    from vimw.io import unmeasured_as_null
+
+    value = {"a": math.nan, "b": [1.0, math.nan, {"c": math.nan}], "d": "nan", "e": 0.5}
+    assert unmeasured_as_null(value) == {"a": None, "b": [1.0, None, {"c": None}], "d": "nan", "e": 0.5}

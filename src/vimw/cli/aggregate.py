@@ -6,6 +6,7 @@ The work is ``vimw.workflows.aggregate``; this file parses, merges the recipe an
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from vimw.cli.options import SKIP_BAD_HELP
@@ -114,14 +115,21 @@ def run_aggregate(args) -> int:
                         skip_bad=args.skip_bad_images)
     if outcome.auto is not None:
         print(outcome.auto.explain())
-        print(f"auto chose {outcome.method} ({outcome.auto.selection}; accuracy ties go to the lower held-out loss)")
+        why = ("a class has one image, so nothing is held out: the order fixed on development tasks"
+               if outcome.auto.selection.startswith("fixed") else
+               f"{outcome.auto.selection}; accuracy ties go to the lower held-out loss")
+        print(f"auto chose {outcome.method} ({why})")
     for module, reasons in outcome.zoo_overlaps.items():
         print(f"note: zoo module {module!r} was trained on data this task shares ({'; '.join(reasons)}): "
               "its help here is not help on unseen data")
     result, data = outcome.result, outcome.data
     # True few-shot (--shots): no validation split; the held-out numbers are cross-validated inside the shots.
-    held = f"val {result.val_score:.4f} ({len(data.val)} images)" if len(data.val) else (
-        f"cross-validated {result.val_score:.4f} ({len(data.train)} labelled images)")
+    if len(data.val):
+        held = f"val {result.val_score:.4f} ({len(data.val)} images)"
+    elif math.isnan(result.val_score):
+        held = f"nothing held out ({len(data.train)} labelled images)"
+    else:
+        held = f"cross-validated {result.val_score:.4f} ({len(data.train)} labelled images)"
     print(f"{outcome.method} on {data.spec.name}: {held}, "
           f"test {outcome.test['score']:.4f} ({len(data.test)} images); {result.trainable:,} trainable parameters, "
           f"{result.seconds:.1f} s -> {outcome.out}")

@@ -21,6 +21,7 @@ _EXPORTS = {
     "dumps_json": "manifest",
     "read_json": "manifest",
     "write_json": "manifest",
+    "unmeasured_as_null": "manifest",
     "load_tensors": "tensors",
     "save_tensors": "tensors",
 }
@@ -40,6 +41,7 @@ __all__ = [
     "sha256_file",
     "read_json",
     "write_json",
+    "unmeasured_as_null",
     "load_tensors",
     "save_tensors",
 ]

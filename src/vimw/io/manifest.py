@@ -7,6 +7,7 @@ Only standard JSON is read and written: ``NaN`` and ``Infinity`` are refused bot
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,20 @@ def dumps_json(payload: dict[str, Any], where: str = "JSON") -> str:
         raise FormatError(f"{where}: cannot write NaN or infinite values to JSON ({exc})") from exc
     except (TypeError, RecursionError) as exc:
         raise FormatError(f"{where}: cannot write this value as JSON ({exc})") from exc
+
+
+def unmeasured_as_null(value: Any) -> Any:
+    """``value`` with every NaN float replaced by ``None`` (JSON null), recursively.
+
+    For records where NaN means "not measured" (a validation score with no held-out image, at
+    1 shot or when a cross-validation was cut short); infinities are left to be refused."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: unmeasured_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [unmeasured_as_null(v) for v in value]
+    return value
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:

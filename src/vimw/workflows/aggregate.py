@@ -144,6 +144,7 @@ def save_model(out: str | os.PathLike, result, data, config, *, shots: int | Non
     were chosen (every candidate's validation numbers).
     """
     from vimw.aggregation import ZooAggregate, save_downstream
+    from vimw.io import unmeasured_as_null
 
     manifest = {
         "method": result.method,
@@ -156,7 +157,8 @@ def save_model(out: str | os.PathLike, result, data, config, *, shots: int | Non
         "training": {**config.to_dict(), "seconds": round(result.seconds, 2), "trainable": result.trainable},
         "search": search or {},
     }
-    payload = save_downstream(out, result.model, manifest)
+    # Nothing held out (1 shot, or a cross-validation the budget cut) leaves validation numbers unmeasured: null.
+    payload = save_downstream(out, result.model, unmeasured_as_null(manifest))
     if isinstance(result.model.plugin, ZooAggregate):
         from vimw.aggregation.plot import plot_gates
         from vimw.io.names import GATES_PLOT_FILE
