@@ -507,3 +507,17 @@ def test_every_numeric_option_of_every_step_refuses_out_of_range_values_in_one_l
             assert code == 2 and err.count("\n") == 1 and "vimw: error: argument" in err, (step, action.dest, err)
             checked += 1
     assert checked >= 19  # every count, seed, rate, weight, lambda and the blend
+
+
+def test_the_demo_announces_each_transfer_stage_once_as_it_ends():
+    from vimw.transfer.demo import STAGES, stage_announcer
+
+    said: list[str] = []
+    log = stage_announcer(said.append)
+    for protocol in ("all  ", "base "):
+        for method, seconds in (("teacher", 15.0), ("transferred", 6.8), ("transferred_blend", 6.8),
+                                ("transmiter_plus", 8.7)):
+            log(f"  seed 0 [{protocol}] {method:30s} base 0.8 novel 0.4 HM 0.5 ({seconds} s)")
+    log("  weak zero-shot logits (x): 0.0 s (0 when cached)")
+    assert said == [f"  {STAGES['teacher']} (15 s)", f"  {STAGES['transferred']} (7 s)",
+                    f"  {STAGES['transmiter_plus']} (9 s)"]

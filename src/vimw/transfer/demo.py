@@ -9,6 +9,8 @@ a second demo run repeats only the training.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,41 @@ def format_demo(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def demo_step(workdir: str | Path, seed: int = 0) -> tuple[dict[str, Any], str]:
+# The protocol's stages as the demo announces them when each ends (the protocol logs one line per method).
+STAGES = {"teacher": "the teacher: the weak model fine-tuned on the base shots",
+          "source_adapter": "an adapter extracted from it, without labels",
+          "transferred": "the adapter moved to the strong model, no backpropagation",
+          "transmiter_plus": "TransMiter+: the moved adapter refined on the base shots"}
+_STAGE_LINE = re.compile(r"\[base \] (\S+)\s.*\(([\d.]+) s\)")
+
+
+def stage_announcer(say: Callable[[str], None]) -> Callable[[str], None]:
+    """A protocol ``log`` that tells ``say`` when each of ``STAGES`` ends (once each), and nothing else."""
+    told: set[str] = set()
+
+    def log(message: str) -> None:
+        found = _STAGE_LINE.search(message)
+        if found and found.group(1) in STAGES and found.group(1) not in told:
+            told.add(found.group(1))
+            say(f"  {STAGES[found.group(1)]} ({float(found.group(2)):.0f} s)")
+
+    return log
+
+
+def demo_step(workdir: str | Path, seed: int = 0, say: Callable[[str], None] | None = None
+              ) -> tuple[dict[str, Any], str]:
     """Run the demo's transfer step in ``workdir``; write ``transfer_results.json`` / ``.md``
-    there and return the result and its text (for the caller to print)."""
+    there and return the result and its text (for the caller to print). ``say`` hears a line
+    as each stage ends, so a long step is never silent."""
     from vimw.io import atomic_write_text, write_json
 
     workdir = Path(workdir)
-    result = run_protocol(demo_config(), workdir / TRANSFER_CACHE_DIR, seeds=(seed,), log=lambda m: None)
+    log = stage_announcer(say) if say is not None else (lambda m: None)
+    result = run_protocol(demo_config(), workdir / TRANSFER_CACHE_DIR, seeds=(seed,), log=log)
     text = format_demo(result)
     atomic_write_text(workdir / f"{TRANSFER_DEMO_RESULTS}.md", text + "\n")
     write_json(workdir / f"{TRANSFER_DEMO_RESULTS}.json", result)
     return result, text
 
 
-__all__ = ["demo_config", "demo_step", "format_demo"]
+__all__ = ["demo_config", "demo_step", "format_demo", "stage_announcer"]

@@ -107,6 +107,7 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
     from vimw.methods import auto_candidates, get_method, zoo_methods
     from vimw.workflows.aggregate import open_zoo, save_model
     from vimw.workflows.compare import choose, compare_methods
+    from vimw.workflows.reporting import SearchReporter
 
     aggregate = settings.aggregate_settings()
     _, backbone = open_zoo(aggregate)
@@ -130,7 +131,7 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
     # auto's candidates, and the baselines the README's story shows beside them (the ViM paper's ens).
     shown = (*auto_candidates(), *(m for m in ("linear_probe", "ens") if m not in auto_candidates()))
     rows = compare_methods(backbone, data, shown, zoo=zoo, shots=settings.shots, settings=search,
-                           on_result=keep)
+                           on_result=keep, reporter=SearchReporter(say))
     # Chosen on validation only (accuracy, ties to the lower loss); test is what they then score.
     for label, among in (("auto", auto_candidates()), ("best_zoo", zoo_methods())):
         picked = choose(rows, among, label)
@@ -158,7 +159,7 @@ def step_transfer(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     from vimw.transfer.demo import demo_step
 
     started = time.perf_counter()
-    result, text = demo_step(Path(settings.workdir), seed=settings.seed)
+    result, text = demo_step(Path(settings.workdir), seed=settings.seed, say=say)
     say(text)
     say(f"  transfer step finished in {time.perf_counter() - started:.0f} s")
     return result
