@@ -63,3 +63,27 @@ def ensure_zoo(path: str | Path, device: str = "cpu"):
         build_zoo(path, device=device)
     verify_or_raise(zoo)
     return zoo
+
+
+def record_lines(command: list[str], *, cwd: str | Path | None = None, env: dict | None = None,
+                 echo: bool = True) -> dict:
+    """Run ``command`` with its output read line by line, each line stamped with the seconds since start.
+
+    Returns ``{"exit_code", "total_seconds", "longest_silence_seconds", "lines": [{"t", "line"}],
+    "load_average"}``: what a person watching the terminal saw, and when."""
+    import subprocess
+    import time
+
+    started = time.perf_counter()
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}) as process:
+        for line in process.stdout:
+            lines.append({"t": round(time.perf_counter() - started, 1), "line": line.rstrip("\n")})
+            if echo:
+                print(f"[{lines[-1]['t']:7.1f}] {lines[-1]['line']}", flush=True)
+    total = time.perf_counter() - started
+    times = [0.0] + [entry["t"] for entry in lines] + [total]
+    return {"exit_code": process.returncode, "total_seconds": round(total, 1),
+            "longest_silence_seconds": round(max(b - a for a, b in zip(times, times[1:])), 1),
+            "lines": lines, "load_average": [round(x, 2) for x in os.getloadavg()]}

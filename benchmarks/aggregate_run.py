@@ -14,15 +14,12 @@ goes to ``results/aggregate_run.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ensure_zoo, write_results  # noqa: E402
+from _common import ensure_zoo, record_lines, write_results  # noqa: E402
 
 
 def write_folder(root: Path, per_class: int) -> Path:
@@ -61,20 +58,9 @@ def main() -> None:
     out = work / "model"
     command = [str(Path(sys.executable).parent / "vimw"), "aggregate", "--zoo", args.zoo, "--task", f"folder:{folder}",
                "--shots", str(args.shots), "--budget", f"{args.budget:g}", "--out", str(out), "--overwrite"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    started = time.perf_counter()
-    lines = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
-        for line in process.stdout:
-            lines.append({"t": round(time.perf_counter() - started, 1), "line": line.rstrip("\n")})
-            print(f"[{lines[-1]['t']:7.1f}] {lines[-1]['line']}", flush=True)
-    total = time.perf_counter() - started
-    times = [0.0] + [entry["t"] for entry in lines] + [total]
-    silence = max(b - a for a, b in zip(times, times[1:]))
-    load = os.getloadavg()
-    summary = {"exit_code": process.returncode, "total_seconds": round(total, 1), "budget": args.budget,
-               "within_10_percent": total <= 1.1 * args.budget, "longest_silence_seconds": round(silence, 1),
-               "load_average": [round(x, 2) for x in load]}
+    run = record_lines(command)
+    lines = run.pop("lines")
+    summary = {**run, "budget": args.budget, "within_10_percent": run["total_seconds"] <= 1.1 * args.budget}
     body = [f"`{' '.join(command[1:])}` (the default method, auto, and its default budget unless given)", "",
             f"- exit code {summary['exit_code']}; {summary['total_seconds']} s in all against a budget of "
             f"{args.budget:g} s ({'within' if summary['within_10_percent'] else 'NOT within'} 10%)",
