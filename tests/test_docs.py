@@ -66,16 +66,21 @@ NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")
 CITED = re.compile(r"benchmarks/results/[\w./-]+?\.md")
 
 
+def _checked_sections() -> str:
+    """The README's parts that quote measured numbers: the two commands (the demo's run) and Results."""
+    start = README.index("## The two commands")
+    return README[start:README.index("\n## ", start + 1)] + "\n" + README[README.index("## Results"):]
+
+
 def _results_blocks() -> list[tuple[str, list[str]]]:
     """(text, the results files it cites) for each bullet, paragraph line and table row of the
-    README's Results section.
+    README's checked sections.
 
     A bullet (with its indented lines) cites the files it names. A table row cites
     ``benchmarks/results/<first cell>.md`` when that file exists. Anything that names no file
     cites the files named last above it."""
-    section = README[README.index("## Results"):]
     blocks: list[str] = []
-    for line in section.splitlines():
+    for line in _checked_sections().splitlines():
         if line.startswith("  ") and blocks and blocks[-1].startswith("- "):
             blocks[-1] += " " + line.strip()
         elif line.strip() and not line.startswith("#"):
