@@ -52,8 +52,9 @@ def _add_method_options(parser) -> None:
 
     d = AggregateSettings()
     parser.add_argument("--method", choices=(AUTO, *list_methods()),
-                        help=f"the method (default {d.method}: train the candidates within --budget and keep the best "
-                             "on validation)")
+                        help=f"the method (default {d.method}: compare its candidates within --budget, by "
+                             "cross-validation inside the shots with --shots, else on the validation split, and keep "
+                             "the best)")
     parser.add_argument("--budget", type=positive_float,
                         help=f"auto: seconds for the whole run; a candidate still training then stops with the best "
                              f"it had, later ones are skipped (default {d.budget:g})")
