@@ -109,3 +109,17 @@ def test_alignment_rank_is_limited_by_the_rows_and_by_k_minus_one():
     assert alignment_rank(few, few + 0.1 * torch.randn(10, 32, generator=g)) == {
         "rows": 10, "K": 32, "rank_source": 10, "rank_target": 10, "rank_cross": 10}
     assert alignment_rank(many, many + 0.1 * torch.randn(100, 32, generator=g))["rank_cross"] == 31
+
+
+def test_the_demo_hears_every_stage_from_the_protocols_own_log(run):
+    # The demo reads the protocol's log lines: this pins their format to what it parses.
+    from vimw.transfer.demo import STAGES, stage_announcer
+
+    _, _, lines = run
+    said: list[str] = []
+    log = stage_announcer(said.append)
+    for line in lines:
+        log(line)
+    assert said[0].startswith("  the weak model's zero-shot logits over the image sets (")
+    assert said[1].startswith("  the strong model's zero-shot logits over the image sets (")
+    assert [s.rsplit(" (", 1)[0] for s in said[2:]] == [f"  {STAGES[k]}" for k in STAGES]
