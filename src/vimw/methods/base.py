@@ -127,6 +127,7 @@ class DownstreamMethod:
     auto_rank: ClassVar[int | None] = None  # position among auto's candidates (None: not one)
     grid: ClassVar[tuple[dict, ...]] = MODULE_GRID
     trains: ClassVar[str] = "module"  # what a step runs through: "head", "module", "zoo" or "backbone"
+    closed_form: ClassVar[bool] = False  # its head is solved, not trained: seconds, no learning rate to set
 
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
         """A fresh model for this task and the record that rebuilds it (fresh heads seeded by the caller)."""

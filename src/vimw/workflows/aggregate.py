@@ -82,7 +82,7 @@ class AggregateSettings:
         grid = method.grid
         if self.search.gate_lr is not None and not any("gate_lr" in s for s in grid):
             raise VimwError(f"method {self.method!r} has no learned gates: gate_lr does not apply to it")
-        if self.search.lr is not None and getattr(method, "closed_form", False):
+        if self.search.lr is not None and method.closed_form:
             raise VimwError(f"method {self.method!r} fits its head in closed form: lr does not apply to it")
 
     def to_section(self) -> dict[str, Any]:

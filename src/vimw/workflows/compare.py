@@ -714,7 +714,7 @@ def run_auto_few_shot(backbone: Backbone, data: TaskData, *, zoo: Zoo | None, sh
     skipped: list[str] = []
     # Closed-form candidates first: they cost seconds, so a budget cut only ever leaves out a trained one.
     # The listed order still breaks ties (choose_method below reads ``order``).
-    for method in sorted(order, key=lambda m: not getattr(get_method(m), "closed_form", False)):
+    for method in sorted(order, key=lambda m: not get_method(m).closed_form):
         if cvs and past():
             skipped.append(method)
             if reporter is not None:
@@ -795,7 +795,7 @@ def few_shot_estimate(context: MethodContext, order: Sequence[str], settings: Se
     out = {}
     for method in order:
         chosen = get_method(method)
-        closed = getattr(chosen, "closed_form", False)  # features once, every fold refits in closed form
+        closed = chosen.closed_form  # features once, every fold refits in closed form
         one = costs.run_seconds(chosen.trains, steps, n, 0, 1 if closed else DEFAULT_VIEWS)
         fits = 0 if closed or not folds else halving_fits(len(settings.grid(method)), len(folds))
         out[method] = one * (1 + fits)

@@ -118,7 +118,7 @@ def step_aggregation(settings: DemoSettings, zoo, say: Callable[[str], None]) ->
     models = Path(settings.workdir) / DEMO_MODELS_DIR
 
     def keep(row, result):
-        how = ("closed form" if getattr(get_method(row.method), "closed_form", False) else
+        how = ("closed form" if get_method(row.method).closed_form else
                f"lr {row.lr:g}{'' if row.gate_lr is None else f', gate lr {row.gate_lr:g}'}")
         say(f"  {row.method:13s} val {row.val:.4f}  test {row.test:.4f}  ({row.trainable:,} trainable, {how}, "
             f"{row.seconds:.1f} s)")
