@@ -41,6 +41,10 @@ class RidgeHead:
     loo_accuracy: float | None
     loo_log_loss: float | None
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``temperature * (W f + b)`` for rows of ``features``, in the head's precision."""
+        return self.temperature * (features.to(self.weight.dtype) @ self.weight.T + self.bias)
+
     def to_dict(self) -> dict:
         rounded = {k: (None if v is None else round(v, 6)) for k, v in
                    (("loo_accuracy", self.loo_accuracy), ("loo_log_loss", self.loo_log_loss))}

@@ -71,8 +71,7 @@ class ClosedFormHead(DownstreamMethod):
         for kept, held in folds:
             kept, held = torch.as_tensor(kept), torch.as_tensor(held)
             fitted = fit_ridge_head(features[kept], targets[kept], ctx.data.num_classes)
-            scores = features[held].to(fitted.weight.dtype) @ fitted.weight.T + fitted.bias
-            out.append((fitted.temperature * scores).float().cpu())
+            out.append(fitted.logits(features[held]).float().cpu())
         return out
 
     def train(self, ctx: MethodContext, config: TrainConfig, *, progress: bool | None = False):
