@@ -79,15 +79,11 @@ class ZooInitGated(ZooInit):
         return model, info
 
 
-# The last linear map of each module kind: multiplying it multiplies the module's output exactly.
-OUTPUT_PROJECTIONS = ("up", "lora_B")
-
-
 def scale_site_outputs(module: ModuleSet, scales: dict[str, float]) -> None:
     """Multiply the output of ``module`` at each site by ``scales[site]`` (its last projection, bias included)."""
     with torch.no_grad():
         for site, scale in scales.items():
-            layer = next((getattr(module[site], n) for n in OUTPUT_PROJECTIONS if hasattr(module[site], n)), None)
+            layer = module[site].output_projection()
             if layer is None:
                 raise VimwError(f"zoo_init_gated: module kind {module[site].kind!r} has no output projection to scale")
             layer.weight.mul_(scale)

@@ -37,6 +37,10 @@ class SiteModule(nn.Module):
         """What the module adds to the site's output, given what it taps."""
         raise NotImplementedError
 
+    def output_projection(self) -> nn.Linear | None:
+        """The module's last linear map: scaling it scales the module's output exactly (None: it has none)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"site={self.site.name}, tap={self.tap}"
 
@@ -54,6 +58,9 @@ class BottleneckModule(SiteModule):
         self.down = nn.Linear(site.in_channels, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.up = nn.Linear(config.hidden_dim, site.out_channels)
+
+    def output_projection(self) -> nn.Linear:
+        return self.up
 
     def reset_parameters(self) -> None:
         """Xavier ``down`` with zero bias, zero ``up``: the module starts as a no-op."""

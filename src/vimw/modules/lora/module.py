@@ -33,6 +33,9 @@ class LoRAModule(SiteModule):
         self.lora_B = nn.Linear(config.rank, site.out_channels, bias=False)
         self.reset_parameters()
 
+    def output_projection(self) -> nn.Linear:
+        return self.lora_B
+
     def reset_parameters(self) -> None:
         """PEFT's initialisation: Kaiming-uniform A, zero B (a new module adds nothing)."""
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
