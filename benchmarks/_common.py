@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -15,6 +16,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(*watched: str) -> str:
+    """The commit this process's code came from, ``+changes`` when a ``watched`` path differed from it.
+
+    Cached: the first call (a benchmark's ``main`` makes it before any unit) fixes the answer for the
+    process, so a unit written after later commits still names the code that was loaded."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return (git("rev-parse", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain", "--", *watched) else "")
 
 
 def machine() -> dict:

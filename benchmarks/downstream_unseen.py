@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+from _common import code_version as common_code_version  # noqa: E402
 from transfer_splits import blob_sha, deterministic, read_protocol, signs, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,12 +100,8 @@ def dev_plan(args) -> dict[str, Any]:
 
 
 def code_version() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "src", "benchmarks/downstream_unseen.py")
-    return (git("rev-parse", "HEAD") or "unknown") + ("+changes" if changed else "")
+    """The commit the code ran at (``+changes`` when src/ or this benchmark differ from it)."""
+    return common_code_version("src", "benchmarks/downstream_unseen.py")
 
 
 # -- test metrics and cached test features -------------------------------------------------------------------

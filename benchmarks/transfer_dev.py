@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    code_version()  # fixes the code this process runs for every unit it writes
     protocol = read_protocol(args.protocol)
     if args.stage:
         run_stage(protocol, args.stage)

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+from _common import code_version as common_code_version  # noqa: E402
 
 PROTOCOL = Path(__file__).resolve().with_name("transfer_protocol.yaml")
 UNITS = RESULTS / "transfer-splits-units"
@@ -73,18 +74,8 @@ def draw_splits(classes: list[str], count: int, seed: int, exclude: list[list[st
 
 
 def code_version() -> str:
-    """The commit the code ran at (``+changes`` when src/ or benchmarks/ differ from it)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks/transfer_splits.py",
-                                     "benchmarks/transfer_dev.py") else "")
+    """The commit the code ran at (``+changes`` when src/ or these benchmarks differ from it)."""
+    return common_code_version("src", "benchmarks/transfer_splits.py", "benchmarks/transfer_dev.py")
 
 
 def deterministic(threads: int) -> dict[str, Any]:
@@ -193,18 +184,6 @@ def units(protocol: dict[str, Any], pairs: list[str] | None = None, splits: list
 
 
 # -- statistics --------------------------------------------------------------------------------------------
-def t_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
-    """Mean and the two-sided ``level`` t interval of the mean (n - 1 degrees of freedom)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    n, mean = len(x), float(x.mean())
-    if n < 2:
-        return {"n": n, "mean": mean, "low": math.nan, "high": math.nan}
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
-
-
 def signs(values: list[float], tie: float = 1e-12) -> dict[str, int]:
     return {"ahead": sum(v > tie for v in values), "tied": sum(abs(v) <= tie for v in values),
             "behind": sum(v < -tie for v in values)}
@@ -221,6 +200,8 @@ def split_means(rows: list[dict[str, Any]], key: str = "hm") -> dict[str, dict[s
 def paired(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     """``a`` - ``b`` in HM: per split (mean over seeds of the per-seed difference), their mean
     over splits with a 95% t interval, and sign counts over splits and over split x seed units."""
+    from vimw.workflows.compare import mean_interval
+
     by_unit = {(r["split"], r["seed"], r["method"]): r["hm"] for r in rows}
     units_ = sorted({(s, seed) for s, seed, m in by_unit if m == a and (s, seed, b) in by_unit})
     diffs = {u: by_unit[(*u, a)] - by_unit[(*u, b)] for u in units_}
@@ -228,7 +209,7 @@ def paired(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     for (split, _), d in diffs.items():
         per_split.setdefault(split, []).append(d)
     split_diffs = {s: float(np.mean(v)) for s, v in per_split.items()}
-    return {"a": a, "b": b, "per_split": split_diffs, "over_splits": t_interval(list(split_diffs.values())),
+    return {"a": a, "b": b, "per_split": split_diffs, "over_splits": mean_interval(list(split_diffs.values())),
             "splits": signs(list(split_diffs.values())), "units": signs(list(diffs.values()))}
 
 
@@ -382,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draw", action="store_true", help="print the random splits the protocol's rules draw")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    code_version()  # fixes the code this process runs for every unit it writes
     protocol = read_protocol(args.protocol)
     if args.draw:
         classes, dev = protocol["classes"], protocol["development"]["splits"]
