@@ -35,6 +35,56 @@ def code_version(*watched: str) -> str:
     return (git("rev-parse", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain", "--", *watched) else "")
 
 
+def claim(claims: Path, name: str) -> bool:
+    """Take the unit ``name`` for this process, so that several processes share one plan.
+
+    False when a live process holds it. A claim names its process: one left by a process that
+    has ended (a stopped session) is taken over, so a resumed run does not skip its units."""
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / name
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = path.read_text().strip()
+            if holder.isdigit() and _alive(int(holder)):
+                return False
+            path.unlink(missing_ok=True)  # its process ended: the unit is free again
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def commit_file(path: Path, message: str) -> None:
+    """Commit one result file on its own (retrying while another commit holds the index)."""
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    for _ in range(30):
+        added = subprocess.run(["git", "add", "--", str(path)], cwd=root, capture_output=True, text=True)
+        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], cwd=root,
+                              capture_output=True, text=True) if added.returncode == 0 else added
+        if done.returncode == 0:
+            return
+        if "index.lock" not in done.stderr:
+            print(f"commit of {path.name} failed: {done.stderr.strip()}", flush=True)
+            return
+        time.sleep(5)
+
+
 def machine() -> dict:
     import torch
 

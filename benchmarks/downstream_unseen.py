@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+from _common import RESULTS, claim, command_line, commit_file, machine, write_results  # noqa: E402
 from _common import code_version as common_code_version  # noqa: E402
 from transfer_splits import blob_sha, deterministic, read_protocol, signs, write_json  # noqa: E402
 
@@ -247,31 +246,6 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
     return out
 
 
-def commit(path: Path, message: str) -> None:
-    """Commit one unit file on its own (retrying while another commit holds the index)."""
-    for _ in range(30):
-        added = subprocess.run(["git", "add", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
-        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], cwd=ROOT,
-                              capture_output=True, text=True) if added.returncode == 0 else added
-        if done.returncode == 0:
-            return
-        if "index.lock" not in done.stderr:
-            print(f"commit of {path.name} failed: {done.stderr.strip()}", flush=True)
-            return
-        time.sleep(5)
-
-
-def claim(path: Path) -> bool:
-    """Take a unit for this process, so that several processes can share one plan (False: another has it)."""
-    claims = ROOT / "runs" / "unseen-claims"
-    claims.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(claims / path.name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
-
-
 def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_units: bool = False) -> None:
     from vimw.backbones import create_backbone
     from vimw.zoo import Zoo
@@ -284,7 +258,7 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
         for task in tasks or plan["tasks"]:
             for k in shots or plan["shots"]:
                 path = plan["units"] / f"{unit_name(task, k, seed)}.json"
-                if path.exists() or not claim(path):
+                if path.exists() or not claim(ROOT / "runs" / "unseen-claims", path.name):
                     continue
                 unit = run_unit(task, k, seed, plan, backbone, zoo)
                 write_json(path, unit)
@@ -293,7 +267,7 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
                       flush=True)
                 if commit_units:
                     what = "development" if plan["protocol"] is None else "evaluation"
-                    commit(path, f"downstream-unseen {what} unit {task}, {k} shots, seed {seed}")
+                    commit_file(path, f"downstream-unseen {what} unit {task}, {k} shots, seed {seed}")
 
 
 # -- the report ---------------------------------------------------------------------------------------------

@@ -35,10 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+from _common import RESULTS, claim, command_line, commit_file, machine, write_results  # noqa: E402
 from _common import code_version as common_code_version  # noqa: E402
 
 PROTOCOL = Path(__file__).resolve().with_name("transfer_protocol.yaml")
+ROOT = Path(__file__).resolve().parent.parent
 UNITS = RESULTS / "transfer-splits-units"
 NAME = "transfer-splits"
 ROW_KEYS = ("dataset", "pair", "split", "protocol", "seed", "method", "base", "novel", "hm", "seconds")
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", nargs="+", help="only these pairs (names in the protocol)")
     parser.add_argument("--splits", nargs="+", help="only these evaluation splits")
     parser.add_argument("--report", action="store_true", help="only write the report from the units")
+    parser.add_argument("--commit", action="store_true", help="commit each unit's file on its own as it lands")
     parser.add_argument("--draw", action="store_true", help="print the random splits the protocol's rules draw")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -376,9 +378,13 @@ def main(argv: list[str] | None = None) -> int:
             path = UNITS / f"{unit_id(pair['name'], split, seed, protocol['task'])}.json"
             if path.exists() and json.loads(path.read_text())["protocol"]["sha"] == protocol["file"]["sha"]:
                 continue
+            if not claim(ROOT / "runs" / "transfer-splits-claims", path.name):
+                continue  # another process runs it: several processes share one plan
             print(f"unit {path.stem}", flush=True)
             write_json(path, run_unit(protocol, pair, split, seed, cache=protocol["cache"],
                                       log=lambda m: print(m, flush=True)))
+            if args.commit:
+                commit_file(path, f"TransMiter splits unit: {pair['name']}, {split}, seed {seed}")
     payload = report(protocol)
     print(markdown(payload))
     return 0
