@@ -415,10 +415,30 @@ def test_refinement_pulled_toward_its_start_keeps_the_novel_accuracy_cross_entro
     assert pulled["base"] > before["base"] and pulled["hm"] > plain["hm"]
 
 
-def test_refinement_distillation_weight_must_be_finite_and_not_negative():
+def test_refinement_pulled_toward_the_zero_shot_takes_its_novel_accuracy():
+    (z, y), (zv, yv), unlabeled, (zt, yt) = _toy_base_to_novel(0)
+    start = TransMiterAdapter(K, 4, seed=0)  # starts as the identity: the zero-shot itself
+    base, novel = [0, 1], [2, 3]
+
+    def refined(zero_shot: float) -> dict[str, float]:
+        config = RefineConfig(lrs=(1e-2,), epochs=20, batch_size=8, distill=0.0, zero_shot=zero_shot, progress=False)
+        model, _ = refine_adapter(start, z, y, zv, yv, base=base, novel=novel, protocol="base", config=config,
+                                  distill_logits=unlabeled)
+        return base_novel_scores(adapter_logits(model, zt), yt, base, novel)
+
+    zero_shot = base_novel_scores(zt[:, :4], yt, base, novel)  # the target's own C columns
+    plain, pulled = refined(0.0), refined(10.0)
+    assert zero_shot["novel"] > plain["novel"] + 0.1
+    assert pulled["novel"] > plain["novel"] + 0.1 and pulled["novel"] >= zero_shot["novel"] - 0.05
+    assert pulled["base"] > 0.8
+
+
+def test_refinement_pull_weights_must_be_finite_and_not_negative():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(DataError, match="distillation weight"):
             RefineConfig(distill=bad)
+        with pytest.raises(DataError, match="zero-shot pull weight"):
+            RefineConfig(zero_shot=bad)
 
 
 # -- vocabulary ---------------------------------------------------------------------------------------

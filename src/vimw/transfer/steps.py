@@ -74,7 +74,9 @@ class RefineConfig(FitConfig):
 
     ``distill``: weight of ``KL(start || refined)`` over all K columns, the start being the
     frozen adapter refinement begins from (0: cross-entropy on the base classes alone, which
-    lets the novel classes drift). No gradient clipping, as in the reference's recipe.
+    lets the novel classes drift). ``zero_shot``: weight of ``KL(target zero-shot || refined)``
+    over the C task columns (PromptSRC's consistency, the term strong fine-tuning has; 0: off).
+    No gradient clipping, as in the reference's recipe.
     """
 
     # Both chosen on development splits (benchmarks/results/transfer-dev.md): the rates' grid
@@ -86,6 +88,7 @@ class RefineConfig(FitConfig):
     warmup_fraction: float = 0.05
     grad_clip: float | None = None
     distill: float = 3.0
+    zero_shot: float = 0.0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -93,8 +96,10 @@ class RefineConfig(FitConfig):
         if not self.lrs or any(not lr > 0 for lr in self.lrs) or self.epochs < 1 or self.batch_size < 1:
             raise DataError(f"refinement needs positive learning rates, epochs >= 1 and batch_size >= 1, got "
                             f"lrs={self.lrs}, epochs={self.epochs}, batch_size={self.batch_size}")
-        if not (self.distill >= 0 and math.isfinite(self.distill)):
-            raise DataError(f"the distillation weight must be a finite number >= 0, got {self.distill}")
+        for name, what in (("distill", "distillation"), ("zero_shot", "zero-shot pull")):
+            weight = getattr(self, name)
+            if not (weight >= 0 and math.isfinite(weight)):
+                raise DataError(f"the {what} weight must be a finite number >= 0, got {weight}")
 
 
 # -- checks ---------------------------------------------------------------------------------------------
@@ -310,6 +315,7 @@ def refine_adapter(
     yv = _labels("val_labels", val_labels, zv.shape[0], c)
     zd = z if distill_logits is None else _logits("distill_logits", distill_logits, cols=k)
     start = _start_log_probs(adapter, zd) if cfg.distill > 0 else None
+    zero_shot = F.log_softmax(zd[:, :c], -1) if cfg.zero_shot > 0 else None
     base_t = torch.as_tensor(list(base), dtype=torch.long)
     if not torch.isin(y, base_t).all():
         raise DataError("refine_adapter: every training label must be a base class")
@@ -332,13 +338,19 @@ def refine_adapter(
 
         def loss(batch, _m=model) -> torch.Tensor:
             idx, jdx = batch
-            if start is None:
+            if start is None and zero_shot is None:
                 return F.cross_entropy(_m(z[idx])[:, base_t], y_local[idx])
             # one forward for both parts (the map is row-wise), so W is materialised once a step
             out = _m(torch.cat([z[idx], zd[jdx]]), return_all=True)
-            ce = F.cross_entropy(out[: len(idx), base_t], y_local[idx])
-            kl = F.kl_div(F.log_softmax(out[len(idx) :], -1), start[jdx], reduction="batchmean", log_target=True)
-            return ce + cfg.distill * kl
+            total = F.cross_entropy(out[: len(idx), base_t], y_local[idx])
+            pulled = out[len(idx) :]
+            if start is not None:
+                total = total + cfg.distill * F.kl_div(F.log_softmax(pulled, -1), start[jdx],
+                                                       reduction="batchmean", log_target=True)
+            if zero_shot is not None:
+                total = total + cfg.zero_shot * F.kl_div(F.log_softmax(pulled[:, :c], -1), zero_shot[jdx],
+                                                         reduction="batchmean", log_target=True)
+            return total
 
         def validate(_m=model) -> dict[str, float]:
             return validation_metrics(adapter_logits(_m, zv), yv, base, novel, protocol)
