@@ -42,6 +42,15 @@ PROTOCOL = Path(__file__).resolve().with_name("transfer_protocol.yaml")
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = RESULTS / "transfer-splits-units"
 NAME = "transfer-splits"
+
+
+def units_dir(protocol: dict[str, Any]) -> Path:
+    """Where a protocol's units go (``units`` in the file; version 2's folder by default)."""
+    return RESULTS / protocol.get("units", UNITS.name)
+
+
+def report_name(protocol: dict[str, Any]) -> str:
+    return protocol.get("report", NAME)
 ROW_KEYS = ("dataset", "pair", "split", "protocol", "seed", "method", "base", "novel", "hm", "seconds")
 
 
@@ -94,7 +103,7 @@ def unit_id(pair: str, split: str, seed: int, dataset: str) -> str:
     return f"{dataset}__{pair.replace('->', '_to_').replace('@', '-')}__{split}__s{seed}"
 
 
-DEFAULT_KEYS = ("consistency", "K", "align_views", "num_align", "distill", "strong_consistency")
+DEFAULT_KEYS = ("consistency", "K", "align_views", "num_align", "distill", "zero_shot", "strong_consistency")
 
 
 def chosen_defaults(protocol: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +112,8 @@ def chosen_defaults(protocol: dict[str, Any]) -> dict[str, Any]:
 
     s = TransferSettings()
     library = {"consistency": s.teacher.consistency, "K": s.data.K, "align_views": s.data.align_views,
-               "num_align": s.data.num_align, "distill": s.refine.distill, "strong_consistency": None}
+               "num_align": s.data.num_align, "distill": s.refine.distill, "zero_shot": s.refine.zero_shot,
+               "strong_consistency": None}
     return {**library, **(protocol["evaluation"].get("defaults") or {})}
 
 
@@ -126,7 +136,8 @@ def protocol_config(protocol: dict[str, Any], part: str, pair: dict[str, str], b
                    extraction=uses[0].extraction, num_align=uses[0].num_align)
     cfg = ProtocolConfig(data=data, weak=pair["weak"], strong=pair["strong"], plugin=s.finetuned,
                          teacher=replace(s.teacher, consistency=d["consistency"]), extraction=s.extraction,
-                         refine=replace(s.refine, lrs=tuple(grids["refine_lrs"]), distill=d["distill"]),
+                         refine=replace(s.refine, lrs=tuple(grids["refine_lrs"]), distill=d["distill"],
+                                        zero_shot=d.get("zero_shot", s.refine.zero_shot)),
                          lambdas=tuple(grids["lambdas"]), alphas=tuple(grids["alphas"]), protocols=("all", "base"),
                          strong_lrs=tuple(grids["strong_lrs"]), strong_consistency=d["strong_consistency"],
                          teacher_ablation=False, refine_ablation=True, uses=uses)
@@ -147,20 +158,60 @@ def run_unit(protocol: dict[str, Any], pair: dict[str, str], split: str, seed: i
     from vimw.transfer.protocol import cost_ratios, run_protocol
 
     settings = deterministic(int(protocol["threads"]))
+    reuse = protocol["evaluation"].get("reuse")
+    earlier = reused_unit(reuse, unit_id(pair["name"], split, seed, protocol["task"])) if reuse else None
+    if reuse:
+        changes = {**changes, "strong_ft": False}  # its rows come from the earlier unit
     cfg = protocol_config(protocol, "evaluation", pair, protocol["evaluation"]["splits"][split], **changes)
     load_before = os.getloadavg()
     started = time.perf_counter()
     result = run_protocol(cfg, cache, seeds=(seed,), log=log)
     per_seed = result["per_seed"][0]
     rows = flat_rows(per_seed, dataset=protocol["task"], pair=pair["name"], split=split)
-    ratios = {p: cost_ratios(per_seed["seconds"], p) for p in cfg.protocols} if cfg.strong_ft else {}
+    seconds, reused = per_seed["seconds"], None
+    if earlier is not None:
+        rows, seconds, reused = merge_reused(reuse, earlier, rows, seconds)
+    ratios = {p: cost_ratios(seconds, p) for p in cfg.protocols} if "strong_fine_tuning" in seconds else {}
     return {"unit": {"dataset": protocol["task"], "pair": pair["name"], "split": split, "seed": seed},
             "protocol": protocol["file"], "config": result["config"], "models": result["models"],
             "split_classes": result["split"], "rows": rows, "choices": per_seed["choices"],
-            "seconds": per_seed["seconds"], "cost_ratios": ratios, "shared_seconds": result["shared_seconds"],
-            "wall_seconds": time.perf_counter() - started, "determinism": settings,
+            "seconds": seconds, "cost_ratios": ratios, "shared_seconds": result["shared_seconds"],
+            "reused": reused, "wall_seconds": time.perf_counter() - started, "determinism": settings,
             "load_average": {"start": load_before, "end": os.getloadavg()}, "machine": machine(),
             "code": code_version(), "command": command_line()}
+
+
+def reused_unit(reuse: dict[str, Any], unit: str) -> dict[str, Any]:
+    """The earlier protocol's unit whose rows this one reuses; refused unless it was written
+    under the blob the protocol names."""
+    path = RESULTS / reuse["units"] / f"{unit}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: this protocol reuses the rows of {reuse['protocol']}'s units")
+    earlier = json.loads(path.read_text())
+    if earlier["protocol"]["sha"] != reuse["sha"]:
+        raise SystemExit(f"{path} was written under {earlier['protocol']['sha']}, not {reuse['sha']}")
+    return earlier
+
+
+def merge_reused(reuse: dict[str, Any], earlier: dict[str, Any], rows: list[dict[str, Any]],
+                 seconds: dict[str, float]) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+    """This unit's rows plus the earlier unit's rows of ``reuse["methods"]`` (and of ``reuse["renamed"]``
+    under new names), after checking that every method in ``reuse["identical"]`` scored exactly
+    the same in both: a unit is deterministic for its seed, so equal shared rows show that the
+    reused rows are the ones this run would have produced."""
+    key = lambda r: (r["protocol"], r["method"])  # noqa: E731
+    mine, theirs = {key(r): r for r in rows}, {key(r): r for r in earlier["rows"]}
+    checked = sorted(k for k in mine if k[1] in reuse["identical"])
+    differ = [k for k in checked if k not in theirs or any(mine[k][m] != theirs[k][m] for m in ("base", "novel", "hm"))]
+    if differ or not checked:
+        raise SystemExit(f"cannot reuse {earlier['unit']}: rows differ from the earlier run's: {differ or 'none checked'}")
+    renamed = reuse.get("renamed", {})
+    carried = [dict(r) for r in earlier["rows"] if r["method"] in reuse["methods"]]
+    carried += [{**r, "method": renamed[r["method"]]} for r in earlier["rows"] if r["method"] in renamed]
+    times = {k: v for k, v in earlier["seconds"].items() if k.startswith("strong_fine_tuning")}
+    return rows + carried, {**seconds, **times}, {
+        "protocol": reuse["protocol"], "sha": reuse["sha"], "methods": sorted({r["method"] for r in carried}),
+        "identical_rows_checked": len(checked), "seconds_from_earlier": sorted(times)}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -217,7 +268,8 @@ def paired(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
 COMPARISONS = (("transferred", "strong_zero_shot"), ("transferred", "proxy"), ("transferred", "ensemble"),
                ("transmiter_plus", "strong_fine_tuned"), ("transmiter_plus", "transferred"),
                ("transmiter_plus", "transmiter_plus_ce"), ("transferred+unlabeled", "transferred"),
-               ("transmiter_plus+unlabeled", "transmiter_plus"), ("transmiter_plus+unlabeled", "strong_fine_tuned"))
+               ("transmiter_plus+unlabeled", "transmiter_plus"), ("transmiter_plus+unlabeled", "strong_fine_tuned"),
+               ("transmiter_plus", "transmiter_plus_v2"), ("transmiter_plus+unlabeled", "transmiter_plus_v2+unlabeled"))
 
 
 def summarise(unit_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,7 +331,8 @@ def goals(summary: list[dict[str, Any]], max_ratio: float = 0.25, min_share: flo
 PROTOCOL_TITLES = {"all": "(a) choices on validation images of all classes",
                    "base": "(b) choices on base-class validation images only"}
 TABLE_METHODS = ("strong_zero_shot", "teacher", "proxy", "ensemble", "transferred", "transmiter_plus_ce",
-                 "transmiter_plus", "strong_fine_tuned", "transferred+unlabeled", "transmiter_plus+unlabeled")
+                 "transmiter_plus_v2", "transmiter_plus", "strong_fine_tuned", "transferred+unlabeled",
+                 "transmiter_plus_v2+unlabeled", "transmiter_plus+unlabeled")
 
 
 def _pct(x: float) -> str:
@@ -337,7 +390,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def report(protocol: dict[str, Any]) -> dict[str, Any]:
     """transfer-splits.json and .md from the unit files written under the current protocol."""
-    found = [json.loads(p.read_text()) for p in sorted(UNITS.glob("*.json"))]
+    found = [json.loads(p.read_text()) for p in sorted(units_dir(protocol).glob("*.json"))]
     current = [u for u in found if u["protocol"]["sha"] == protocol["file"]["sha"]]
     if len(current) != len(found):
         print(f"left out {len(found) - len(current)} unit(s) written under another version of the protocol")
@@ -350,7 +403,7 @@ def report(protocol: dict[str, Any]) -> dict[str, Any]:
                "determinism": sorted({json.dumps(u["determinism"], sort_keys=True) for u in current}),
                "load_average": {"min_start": min(u["load_average"]["start"][0] for u in current),
                                 "max_start": max(u["load_average"]["start"][0] for u in current)}}
-    write_results(NAME, payload, markdown(payload))
+    write_results(report_name(protocol), payload, markdown(payload))
     return payload
 
 
@@ -375,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.report:
         for pair, split, seed in units(protocol, args.pairs, args.splits):
-            path = UNITS / f"{unit_id(pair['name'], split, seed, protocol['task'])}.json"
+            path = units_dir(protocol) / f"{unit_id(pair['name'], split, seed, protocol['task'])}.json"
             if path.exists() and json.loads(path.read_text())["protocol"]["sha"] == protocol["file"]["sha"]:
                 continue
             if not claim(ROOT / "runs" / "transfer-splits-claims", path.name):

@@ -72,6 +72,41 @@ def test_two_runs_of_a_unit_give_identical_rows_one_cold_and_one_warm(protocol, 
     assert _without_seconds(cold["choices"]) == _without_seconds(warm["choices"])
 
 
+@pytest.mark.slow
+def test_a_later_protocol_reuses_an_earlier_units_baselines_only_when_shared_rows_match(protocol, tmp_path,
+                                                                                        monkeypatch):
+    """Protocol v3 changes refinement alone: its units rerun everything but strong fine-tuning,
+    check that every row both runs share is identical, and carry the earlier strong fine-tuning."""
+    monkeypatch.setattr(ts, "RESULTS", tmp_path)
+    tiny = tiny_protocol(protocol, tmp_path / "cache")
+    was = torch.are_deterministic_algorithms_enabled()
+    unit = ts.unit_id(TINY_PAIR["name"], "complement", 0, tiny["task"])
+    shared = ["weak_zero_shot", "strong_zero_shot", "teacher", "transferred", "proxy", "ensemble",
+              "transmiter_plus_ce", "transferred+unlabeled"]
+    later = copy.deepcopy(tiny)
+    later["evaluation"]["defaults"]["zero_shot"] = 1.0
+    later["evaluation"]["reuse"] = {"protocol": "earlier.yaml", "sha": tiny["file"]["sha"], "units": "earlier",
+                                    "methods": ["strong_fine_tuned"], "identical": shared,
+                                    "renamed": {"transmiter_plus": "transmiter_plus_v2"}}
+    try:
+        earlier = ts.run_unit(tiny, TINY_PAIR, "complement", 0, cache=tiny["cache"], log=lambda m: None)
+        ts.write_json(tmp_path / "earlier" / f"{unit}.json", earlier)
+        reused = ts.run_unit(later, TINY_PAIR, "complement", 0, cache=tiny["cache"], log=lambda m: None)
+        broken = copy.deepcopy(earlier)
+        next(r for r in broken["rows"] if r["method"] == "teacher")["hm"] += 0.01
+        ts.write_json(tmp_path / "earlier" / f"{unit}.json", broken)
+        with pytest.raises(SystemExit, match="rows differ"):
+            ts.run_unit(later, TINY_PAIR, "complement", 0, cache=tiny["cache"], log=lambda m: None)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    by = lambda u: {(r["protocol"], r["method"]): r for r in u["rows"]}  # noqa: E731
+    mine, theirs = by(reused), by(earlier)
+    assert reused["reused"]["identical_rows_checked"] >= len(shared)
+    assert mine[("base", "strong_fine_tuned")] == theirs[("base", "strong_fine_tuned")]
+    assert mine[("base", "transmiter_plus_v2")]["hm"] == theirs[("base", "transmiter_plus")]["hm"]
+    assert reused["config"]["refine"]["zero_shot"] == 1.0 and reused["cost_ratios"]
+
+
 def test_development_and_evaluation_never_meet(protocol):
     dev, ev = protocol["development"], protocol["evaluation"]
     assert not set(dev["seeds"]) & set(ev["seeds"]) and min(dev["seeds"]) >= 100

@@ -399,8 +399,8 @@ def _transmiter(run: SeedRun, teacher: Teacher, use: ImageUse, headline: bool) -
     alignment = align(run, use)
     base_secs = extraction_secs + alignment.seconds
     refinements = [("transmiter_plus", cfg.refine)]
-    if cfg.refine_ablation and cfg.refine.distill > 0:
-        refinements.append(("transmiter_plus_ce", replace(cfg.refine, distill=0.0)))
+    if cfg.refine_ablation and (cfg.refine.distill > 0 or cfg.refine.zero_shot > 0):
+        refinements.append(("transmiter_plus_ce", replace(cfg.refine, distill=0.0, zero_shot=0.0)))
     for protocol in cfg.protocols:
         moved, lambda_secs, lam = transfer(run, protocol, adapter, alignment)
         run.choices[protocol][f"lambda{sfx}"] = lam
@@ -503,7 +503,8 @@ LABELS = {
     "source_adapter": "weak + extracted adapter", "transferred": "TransMiter transferred (no backprop), alpha = 1",
     "transferred_blend": "TransMiter transferred + blend", "transmiter_plus": "TransMiter+ (base shots), alpha = 1",
     "transmiter_plus_blend": "TransMiter+ + blend",
-    "transmiter_plus_ce": "TransMiter+, cross-entropy alone (no pull toward transferred)",
+    "transmiter_plus_ce": "TransMiter+, cross-entropy alone (no pull)",
+    "transmiter_plus_v2": "TransMiter+, protocol v2's recipe (pull toward transferred only)",
     "transmiter_plus_ce_blend": "TransMiter+, cross-entropy alone + blend", "proxy": "proxy (logit arithmetic)",
     "ensemble": "ensemble (logit arithmetic)", "strong_fine_tuned": "strong fine-tuned (upper reference)",
 }
