@@ -90,7 +90,8 @@ def summarise(units: list[dict[str, Any]]) -> str:
         half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         mean = lambda k: 100 * np.mean([r[k] for r in rows])  # noqa: E731
         lines.append(f"| {d:g} | {z:g} | {mean('base'):.1f} | {mean('novel'):.1f} | {mean('hm'):.1f} | "
-                     f"{100 * diff.mean():+.1f} | [{100 * (diff.mean() - half):+.1f}, {100 * (diff.mean() + half):+.1f}] |")
+                     f"{100 * diff.mean():+.1f} | " + (f"[{100 * (diff.mean() - half):+.1f}, {100 * (diff.mean() + half):+.1f}] |"
+                                                if len(diff) > 1 else "n/a (1 unit) |"))
     transferred = [r["transferred"] for u in units for r in u["rows"] if (r["distill"], r["zero_shot"]) == GRID[0]]
     zs = [u["strong_zero_shot"] for u in units]
     lines += ["", f"Transferred (no backprop): base {100 * np.mean([t['base'] for t in transferred]):.1f}, novel "
