@@ -57,6 +57,35 @@ def _shared(protocol, pair, base, defaults, cache):
     return cfg, prepare(cfg, cache, log=lambda m: print(m, flush=True))
 
 
+def run_dev_study(doc: str | None, out: Path, summary: Path, run_unit, summarise, argv: list[str] | None = None) -> int:
+    """A development study's command line: run ``run_unit(protocol, split, seed)`` for every
+    development (split, seed) that has no file in ``out`` yet, each written as it finishes,
+    then write ``summarise(units)`` to ``summary`` (``--report``: only that)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", action="store_true", help="only the summary, from the units")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    code_version()
+    protocol = read_protocol(str(PROTOCOL))
+    dev = protocol["development"]
+    if not args.report:
+        print(deterministic(protocol["threads"]), flush=True)
+        for seed in dev["seeds"]:
+            for split in dev["splits"]:
+                path = out / f"{split}__s{seed}.json"
+                if path.exists():
+                    continue
+                started, load = time.perf_counter(), os.getloadavg()
+                unit = run_unit(protocol, split, seed)
+                unit.update(wall_seconds=time.perf_counter() - started, load_average={"start": load},
+                            code=code_version(), machine=machine(), command=command_line(), protocol=protocol["file"])
+                write_json(path, unit)
+    text = summarise([json.loads(p.read_text()) for p in sorted(out.glob("*.json"))])
+    summary.write_text(text)
+    print(text)
+    return 0
+
+
 def stage1(protocol: dict[str, Any], split: str, seed: int, cache: str) -> dict[str, Any]:
     """The transferred adapter over the stage 1 grid (one teacher per consistency weight)."""
     from vimw.transfer.data import seed_split

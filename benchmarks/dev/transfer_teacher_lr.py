@@ -17,9 +17,6 @@ evaluation result; a setting it favours enters a new protocol version before any
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -31,9 +28,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import RESULTS, command_line, machine  # noqa: E402
-from transfer_dev import _scored, _setting, _shared  # noqa: E402
-from transfer_splits import PROTOCOL, code_version, deterministic, read_protocol, write_json  # noqa: E402
+from _common import RESULTS, command_line  # noqa: E402
+from transfer_dev import _scored, _setting, _shared, run_dev_study  # noqa: E402
 
 OUT = RESULTS / "dev" / "transfer-teacher-lr-units"
 SUMMARY = RESULTS / "dev" / "transfer-teacher-lr.md"
@@ -111,31 +107,7 @@ def summarise(units: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    code_version()
-    protocol = read_protocol(str(PROTOCOL))
-    dev = protocol["development"]
-    if not args.report:
-        print(deterministic(protocol["threads"]), flush=True)
-        for seed in dev["seeds"]:
-            for split in dev["splits"]:
-                path = OUT / f"{split}__s{seed}.json"
-                if path.exists():
-                    continue
-                started, load = time.perf_counter(), os.getloadavg()
-                unit = run_unit(protocol, split, seed)
-                unit.update(wall_seconds=time.perf_counter() - started, load_average={"start": load},
-                            code=code_version(), machine=machine(), command=command_line(),
-                            protocol=protocol["file"])
-                write_json(path, unit)
-    units = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
-    text = summarise(units)
-    SUMMARY.write_text(text)
-    print(text)
-    return 0
+    return run_dev_study(__doc__, OUT, SUMMARY, run_unit, summarise, argv)
 
 
 if __name__ == "__main__":
