@@ -69,6 +69,10 @@ def run_unit(protocol: dict[str, Any], split: str, seed: int) -> dict[str, Any]:
     return out
 
 
+def _counts(values: list[float]) -> str:
+    return ", ".join(f"{v:g} in {values.count(v)} of {len(values)}" for v in sorted(set(values)))
+
+
 def summarise(units: list[dict[str, Any]]) -> str:
     from scipy import stats
 
@@ -102,7 +106,7 @@ def summarise(units: list[dict[str, Any]]) -> str:
                                                 if len(d) > 1 else "n/a (1 unit) |"))
     lines += ["", "Teacher seconds per rate: " + ", ".join(
         f"{lr:g}: {np.mean([next(t for t in u['teachers'] if t['lr'] == lr)['teacher_seconds'] for u in units]):.0f} s"
-        for lr in lrs) + f"; the grid picked {dict(zip(*np.unique([u['grid_pick'] for u in units], return_counts=True)))}.", ""]
+        for lr in lrs) + f"; the grid picked {_counts([u['grid_pick'] for u in units])}.", ""]
     return "\n".join(lines)
 
 
