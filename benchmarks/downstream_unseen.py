@@ -63,8 +63,9 @@ def plan_from_protocol(protocol: dict[str, Any]) -> dict[str, Any]:
             "seeds": list(ev["seeds"]), "max_test": int(ev["max_test"]), "methods": list(ev["methods"]),
             "control_seed_offset": int(ev["controls"]["second_training_seed_offset"]),
             "max_folds": int(ev["selection"]["max_folds"]), "threads": int(protocol["threads"]),
-            "zoo": protocol["zoo"]["dir"], "units": UNITS, "all_settings_at_one_shot": False,
-            "protocol": protocol["file"]}
+            "zoo": protocol["zoo"]["dir"], "units": RESULTS / protocol.get("units", UNITS.name),
+            "report": protocol.get("report", NAME), "all_settings_at_one_shot": False,
+            "auto_rule": ev["auto"].get("leave_fresh_module", "selection rule"), "protocol": protocol["file"]}
     check_library(protocol)
     return plan
 
@@ -176,13 +177,20 @@ def run_methods(context, folds, methods, settings, zoo, names, test, task, plan)
     return records, cvs
 
 
-def choices(cvs: dict, candidates) -> dict[str, Any]:
-    """What ``auto`` and ``best_zoo`` keep from these cross-validated numbers, and the zoo's estimated gain."""
-    from vimw.methods import get_method
-    from vimw.workflows.compare import choose_method, zoo_gain
+AUTO_RULES = ("selection rule", "on evidence")  # the first protocol's auto, then the library's since
 
+
+def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0]) -> dict[str, Any]:
+    """What ``auto`` and ``best_zoo`` keep from these cross-validated numbers, and the zoo's estimated
+    gain. ``rule``: how ``auto`` leaves the fresh module: by the selection rule alone (the first
+    protocol's), or only on evidence (``compare.choose_auto``: a paired 95% interval above zero)."""
+    from vimw.methods import get_method
+    from vimw.workflows.compare import choose_auto, choose_method, zoo_gain
+
+    if rule not in AUTO_RULES:
+        raise SystemExit(f"unknown auto rule {rule!r}: one of {AUTO_RULES}")
     pool = [m for m in candidates if m in cvs]
-    auto = choose_method(cvs, pool)
+    auto = (choose_method if rule == AUTO_RULES[0] else choose_auto)(cvs, pool)
     best_zoo = choose_method(cvs, [m for m in pool if get_method(m).uses_zoo])
     gain = zoo_gain(cvs, best_zoo)
     return {"auto": auto, "best_zoo": best_zoo, "zoo_gain": None if gain is None else gain.to_dict(),
@@ -225,7 +233,7 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
             records["scratch_x2"] = {"of": ["scratch", "scratch@seed2"]}
         else:
             cvs = {**{m: c for m, c in base_cvs.items() if not get_method(m).uses_zoo}, **cvs}
-        picked = choices(cvs, auto_candidates())
+        picked = choices(cvs, auto_candidates(), plan.get("auto_rule", AUTO_RULES[0]))
         for method, record in records.items():
             if "logits" in record:
                 logits[(variant, method)] = record.pop("logits")
@@ -240,7 +248,8 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
         out["methods"][variant][method]["test"] = test_metrics(values, test.targets)
     out.update(seconds=round(time.perf_counter() - started, 1), load_average={"start": load_before,
                                                                              "end": os.getloadavg()},
-               code=plan.get("code") or code_version(), machine=machine(), command=command_line())
+               code=plan.get("code") or code_version(), machine=machine(), command=command_line(),
+               auto_rule=plan.get("auto_rule", AUTO_RULES[0]))
     if plan["protocol"] is not None:
         out["protocol"] = plan["protocol"]
     return out
@@ -258,7 +267,7 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
         for task in tasks or plan["tasks"]:
             for k in shots or plan["shots"]:
                 path = plan["units"] / f"{unit_name(task, k, seed)}.json"
-                if path.exists() or not claim(ROOT / "runs" / "unseen-claims", path.name):
+                if path.exists() or not claim(ROOT / "runs" / f"{plan['units'].name}-claims", path.name):
                     continue
                 unit = run_unit(task, k, seed, plan, backbone, zoo)
                 write_json(path, unit)
@@ -507,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_text(RESULTS / "dev" / "unseen.md", made["markdown"] + "\n")
     else:
-        write_results(NAME, made["payload"], made["markdown"])
+        write_results(plan["report"], made["payload"], made["markdown"])
     return 0
 
 

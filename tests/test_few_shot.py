@@ -15,6 +15,7 @@ from vimw.workflows.compare import (
     MethodCV,
     SearchSettings,
     ZooGain,
+    choose_auto,
     choose_method,
     cross_validate,
     few_shot_context,
@@ -119,6 +120,28 @@ def test_the_zoo_gain_says_helps_or_no_evidence_with_its_interval():
     assert ZooGain("zoo_ridge", "scratch", -6.0, -9.0, -3.0, 40, 5).verdict() == "hurts"
 
 
+def _cv(method: str, correct: list[int], loss: float) -> MethodCV:
+    held = torch.tensor(correct, dtype=torch.float32)
+    return MethodCV(method, {}, "4-fold cross-validation", {"score": float(held.mean()), "loss": loss,
+                                                              "images": len(correct)}, held)
+
+
+def test_auto_leaves_the_fresh_module_only_on_evidence():
+    fresh = _cv("scratch", [1, 1, 0, 0, 1, 0, 1, 0] * 3, loss=1.2)
+    one_better = _cv("zoo_ridge", [1, 1, 1, 0, 1, 0, 1, 0] * 3, loss=0.6)  # +4 of 24 images: interval across 0
+    tie = _cv("ridge_probe", [1, 1, 0, 0, 1, 0, 1, 0] * 3, loss=0.5)  # the same images, a lower loss
+    clearly = _cv("zoo_ridge", [1] * 24, loss=0.3)  # every held-out image
+    order = ["ridge_probe", "scratch", "zoo_ridge"]
+    # The selection rule alone would leave scratch on a tie or a few images...
+    assert choose_method({"scratch": fresh, "ridge_probe": tie}, order) == "ridge_probe"
+    assert choose_method({"scratch": fresh, "zoo_ridge": one_better}, order) == "zoo_ridge"
+    # ...auto keeps it unless the paired 95% interval is above zero.
+    assert choose_auto({"scratch": fresh, "ridge_probe": tie}, order) == "scratch"
+    assert choose_auto({"scratch": fresh, "zoo_ridge": one_better}, order) == "scratch"
+    assert choose_auto({"scratch": fresh, "zoo_ridge": clearly}, order) == "zoo_ridge"
+    assert choose_auto({"zoo_ridge": one_better}, ["zoo_ridge"]) == "zoo_ridge"  # no fresh module among them
+
+
 def test_one_shot_choices_are_fixed_in_advance():
     fixed = {m: MethodCV(m, {}, "fixed (a class has one image)") for m in ("scratch", "ridge_probe", "zoo_ridge")}
     assert choose_method(fixed, ["ridge_probe", "scratch", "zoo_ridge"]) == ONE_SHOT_ORDER[0] == "scratch"
@@ -147,7 +170,7 @@ def test_auto_prints_its_gain_estimate_and_its_choice(auto_few_shot):
 def test_auto_uses_the_shots_alone_and_chooses_by_the_rule_on_held_out_images(auto_few_shot):
     data, auto = auto_few_shot
     assert auto.val_images == len(data.train) and auto.selection == "3-fold cross-validation"
-    assert choose_method(auto.cvs, list(auto.cvs)) == auto.chosen.method
+    assert choose_auto(auto.cvs, list(auto.cvs)) == auto.chosen.method
     assert auto.result.val_score == pytest.approx(auto.cvs[auto.chosen.method].metrics["score"])
 
 

@@ -498,14 +498,36 @@ class ZooGain:
 FRESH_MODULE = "scratch"  # what "the zoo helps" is measured against
 
 
-def zoo_gain(cvs: dict[str, MethodCV], zoo_method: str | None) -> ZooGain | None:
-    """``zoo_method`` minus a fresh module (``scratch``) on the same held-out images; None when either
-    is missing or nothing could be held out."""
-    zoo, fresh = cvs.get(zoo_method or ""), cvs.get(FRESH_MODULE)
-    if zoo is None or fresh is None or zoo.correct is None or fresh.correct is None:
+def paired_gain(cvs: dict[str, MethodCV], method: str | None, reference: str = FRESH_MODULE) -> ZooGain | None:
+    """``method`` minus ``reference`` on the same held-out images (points, paired t interval over
+    the images); None when either is missing or nothing could be held out."""
+    other, ref = cvs.get(method or ""), cvs.get(reference)
+    if other is None or ref is None or other.correct is None or ref.correct is None:
         return None
-    stats = mean_interval((100.0 * (zoo.correct - fresh.correct)).tolist())
-    return ZooGain(zoo.method, fresh.method, stats["mean"], stats["low"], stats["high"], stats["n"], zoo.folds)
+    stats = mean_interval((100.0 * (other.correct - ref.correct)).tolist())
+    return ZooGain(other.method, ref.method, stats["mean"], stats["low"], stats["high"], stats["n"], other.folds)
+
+
+def zoo_gain(cvs: dict[str, MethodCV], zoo_method: str | None) -> ZooGain | None:
+    """``zoo_method`` minus a fresh module (``scratch``) on the same held-out images."""
+    return paired_gain(cvs, zoo_method)
+
+
+def choose_auto(cvs: dict[str, MethodCV], among: Sequence[str]) -> str | None:
+    """``auto``'s choice: the fresh module unless another candidate beats it with evidence.
+
+    The selection rule (``choose_method``) names the best cross-validated candidate; ``auto``
+    keeps it over a fresh module (``scratch``) only when its gain on the same held-out images has
+    a 95% interval above zero. With 2-10 held-out images per class the rule's best often wins
+    by a tie or one image, and closed-form heads are better calibrated, so they win ties on the
+    loss; a user who did not ask for them should get them only on evidence."""
+    best = choose_method(cvs, among)
+    if best is None or best == FRESH_MODULE or FRESH_MODULE not in among or FRESH_MODULE not in cvs:
+        return best
+    gain = paired_gain(cvs, best)
+    if gain is None:  # nothing held out (1 shot): the order fixed on the development tasks decided
+        return best
+    return best if gain.low > 0 else FRESH_MODULE
 
 
 @dataclass
@@ -585,8 +607,21 @@ class AutoResult:
         if len(tied) > 1:
             lines.append(f"  {len(tied)} candidates tie on cross-validated accuracy ({', '.join(tied)}): the lower "
                          "loss chose. Treat the choice as uncertain.")
+        kept_fresh = self.kept_fresh_over()
+        if kept_fresh is not None:
+            lines.append(f"  {kept_fresh.zoo_method} had the best held-out numbers, but its gain over {FRESH_MODULE} "
+                         f"({kept_fresh.mean:+.1f} points, 95% interval {kept_fresh.low:+.1f} to {kept_fresh.high:+.1f}) "
+                         f"is not above zero: keeping {FRESH_MODULE}")
         lines.append(f"  {self.gain_sentence()}")
         return "\n".join(lines)
+
+    def kept_fresh_over(self) -> ZooGain | None:
+        """When ``auto`` kept the fresh module over a candidate the selection rule preferred (no
+        evidence of a gain): that candidate's gain over it."""
+        best = choose_method(self.cvs, list(self.cvs))
+        if self.chosen.method != FRESH_MODULE or best in (None, FRESH_MODULE):
+            return None
+        return paired_gain(self.cvs, best)
 
     def to_dict(self) -> dict:
         return {"chosen": self.chosen.method, "rule": SELECTION_RULE, "selection": self.selection,
@@ -736,7 +771,7 @@ def run_auto_few_shot(backbone: Backbone, data: TaskData, *, zoo: Zoo | None, sh
         if reporter is not None:
             reporter.cv_finished(cvs[method])
     cvs = {m: cvs[m] for m in order if m in cvs}  # reported in the listed order
-    chosen = choose_method(cvs, order)
+    chosen = choose_auto(cvs, order)
     best_zoo = choose_method(cvs, [m for m in order if get_method(m).uses_zoo])
     config, result = train_chosen(context, cvs[chosen], settings)
     if reporter is not None and result.fit.stopped:
