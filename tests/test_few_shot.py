@@ -163,6 +163,8 @@ def test_auto_prints_its_gain_estimate_and_its_choice(auto_few_shot):
     assert ("the zoo helps:" in said) or ("no evidence that the zoo helps this task" in said) or (
         "the zoo hurts this task" in said)
     assert said.rstrip().endswith(f"using {auto.chosen.method}")
+    kept = auto.kept_fresh_over()  # scratch kept over a better-scored candidate: said, with its interval
+    assert (kept is None) == ("keeping scratch" not in said) and auto.selection in auto.reason()
     record = auto.to_dict()
     assert record["zoo_gain"]["fresh_method"] == "scratch" and record["best_zoo"] == "zoo_ridge"
 

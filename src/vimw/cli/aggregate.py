@@ -116,10 +116,7 @@ def run_aggregate(args) -> int:
                         skip_bad=args.skip_bad_images)
     if outcome.auto is not None:
         print(outcome.auto.explain())
-        why = ("a class has one image, so nothing is held out: the order fixed on development tasks"
-               if outcome.auto.selection.startswith("fixed") else
-               f"{outcome.auto.selection}; accuracy ties go to the lower held-out loss")
-        print(f"auto chose {outcome.method} ({why})")
+        print(f"auto chose {outcome.method} ({outcome.auto.reason()})")
     for module, reasons in outcome.zoo_overlaps.items():
         print(f"note: zoo module {module!r} was trained on data this task shares ({'; '.join(reasons)}): "
               "its help here is not help on unseen data")

@@ -615,6 +615,15 @@ class AutoResult:
         lines.append(f"  {self.gain_sentence()}")
         return "\n".join(lines)
 
+    def reason(self) -> str:
+        """Why the chosen method, in a line."""
+        if self.selection.startswith("fixed"):
+            return "a class has one image, so nothing is held out: the order fixed on development tasks"
+        kept = self.kept_fresh_over()
+        if kept is not None:
+            return f"{self.selection}; {kept.zoo_method} was not better than {FRESH_MODULE} beyond its 95% interval"
+        return f"{self.selection}; accuracy ties go to the lower held-out loss"
+
     def kept_fresh_over(self) -> ZooGain | None:
         """When ``auto`` kept the fresh module over a candidate the selection rule preferred (no
         evidence of a gain): that candidate's gain over it."""
