@@ -35,6 +35,13 @@ def code_version(*watched: str) -> str:
     return (git("rev-parse", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain", "--", *watched) else "")
 
 
+def protocol_outputs(protocol: dict, name: str) -> tuple[Path, str]:
+    """Where a protocol's unit files go and its report's name: the file's ``units`` and
+    ``report`` keys, else ``<name>-units`` and ``name`` (a later protocol names its own, so its
+    units never mix with an earlier one's)."""
+    return RESULTS / protocol.get("units", f"{name}-units"), protocol.get("report", name)
+
+
 def claim(claims: Path, name: str) -> bool:
     """Take the unit ``name`` for this process, so that several processes share one plan.
 

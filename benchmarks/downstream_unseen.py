@@ -42,14 +42,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, claim, command_line, commit_file, machine, write_results  # noqa: E402
+from _common import RESULTS, claim, command_line, commit_file, machine, protocol_outputs, write_results  # noqa: E402
 from _common import code_version as common_code_version  # noqa: E402
 from transfer_splits import blob_sha, deterministic, read_protocol, signs, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = Path(__file__).resolve().with_name("protocol-unseen.yaml")
 NAME = "downstream-unseen"
-UNITS = RESULTS / f"{NAME}-units"
+AUTO_RULES = ("selection rule", "on evidence")  # how auto leaves scratch: the first protocol's rule, the library's since
 DEV_UNITS = RESULTS / "dev" / "unseen-units"
 CACHE = ROOT / "runs" / "unseen-cache"  # test-set features of the frozen models (no labels in them)
 LOO, WHOLE = "leave-overlap-out", "with-overlap"
@@ -59,13 +59,15 @@ LOO, WHOLE = "leave-overlap-out", "with-overlap"
 def plan_from_protocol(protocol: dict[str, Any]) -> dict[str, Any]:
     """What the evaluation runs, read from the protocol; refuses a library that differs from it."""
     ev = protocol["evaluation"]
+    units, report = protocol_outputs(protocol, NAME)
     plan = {"tasks": {t["name"]: t["metric"] for t in ev["tasks"]}, "shots": list(ev["shots"]),
             "seeds": list(ev["seeds"]), "max_test": int(ev["max_test"]), "methods": list(ev["methods"]),
             "control_seed_offset": int(ev["controls"]["second_training_seed_offset"]),
             "max_folds": int(ev["selection"]["max_folds"]), "threads": int(protocol["threads"]),
-            "zoo": protocol["zoo"]["dir"], "units": RESULTS / protocol.get("units", UNITS.name),
-            "report": protocol.get("report", NAME), "all_settings_at_one_shot": False,
-            "auto_rule": ev["auto"].get("leave_fresh_module", "selection rule"), "protocol": protocol["file"]}
+            "zoo": protocol["zoo"]["dir"], "units": units, "report": report, "all_settings_at_one_shot": False,
+            "auto_rule": ev["auto"].get("leave_fresh_module", AUTO_RULES[0]), "protocol": protocol["file"]}
+    if plan["auto_rule"] not in AUTO_RULES:
+        raise SystemExit(f"unknown auto rule {plan['auto_rule']!r}: one of {AUTO_RULES}")
     check_library(protocol)
     return plan
 
@@ -96,7 +98,7 @@ def dev_plan(args) -> dict[str, Any]:
     return {"tasks": {t: "balanced_accuracy" for t in args.tasks}, "shots": args.shots, "seeds": args.seeds,
             "max_test": 1000, "methods": ["ridge_probe", "zoo_ridge", "scratch", "linear_probe"],
             "control_seed_offset": 1000, "max_folds": 5, "threads": 1, "zoo": args.zoo, "units": DEV_UNITS,
-            "all_settings_at_one_shot": True, "protocol": None}
+            "all_settings_at_one_shot": True, "auto_rule": AUTO_RULES[0], "protocol": None}
 
 
 def code_version() -> str:
@@ -177,9 +179,6 @@ def run_methods(context, folds, methods, settings, zoo, names, test, task, plan)
     return records, cvs
 
 
-AUTO_RULES = ("selection rule", "on evidence")  # the first protocol's auto, then the library's since
-
-
 def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0]) -> dict[str, Any]:
     """What ``auto`` and ``best_zoo`` keep from these cross-validated numbers, and the zoo's estimated
     gain. ``rule``: how ``auto`` leaves the fresh module: by the selection rule alone (the first
@@ -187,8 +186,6 @@ def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0]) -> dict[str, Any]:
     from vimw.methods import get_method
     from vimw.workflows.compare import choose_auto, choose_method, zoo_gain
 
-    if rule not in AUTO_RULES:
-        raise SystemExit(f"unknown auto rule {rule!r}: one of {AUTO_RULES}")
     pool = [m for m in candidates if m in cvs]
     auto = (choose_method if rule == AUTO_RULES[0] else choose_auto)(cvs, pool)
     best_zoo = choose_method(cvs, [m for m in pool if get_method(m).uses_zoo])
@@ -233,7 +230,7 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
             records["scratch_x2"] = {"of": ["scratch", "scratch@seed2"]}
         else:
             cvs = {**{m: c for m, c in base_cvs.items() if not get_method(m).uses_zoo}, **cvs}
-        picked = choices(cvs, auto_candidates(), plan.get("auto_rule", AUTO_RULES[0]))
+        picked = choices(cvs, auto_candidates(), plan["auto_rule"])
         for method, record in records.items():
             if "logits" in record:
                 logits[(variant, method)] = record.pop("logits")
@@ -249,7 +246,7 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
     out.update(seconds=round(time.perf_counter() - started, 1), load_average={"start": load_before,
                                                                              "end": os.getloadavg()},
                code=plan.get("code") or code_version(), machine=machine(), command=command_line(),
-               auto_rule=plan.get("auto_rule", AUTO_RULES[0]))
+               auto_rule=plan["auto_rule"])
     if plan["protocol"] is not None:
         out["protocol"] = plan["protocol"]
     return out

@@ -35,22 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, claim, command_line, commit_file, machine, write_results  # noqa: E402
+from _common import RESULTS, claim, command_line, commit_file, machine, protocol_outputs, write_results  # noqa: E402
 from _common import code_version as common_code_version  # noqa: E402
 
 PROTOCOL = Path(__file__).resolve().with_name("transfer_protocol.yaml")
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = RESULTS / "transfer-splits-units"
 NAME = "transfer-splits"
-
-
-def units_dir(protocol: dict[str, Any]) -> Path:
-    """Where a protocol's units go (``units`` in the file; version 2's folder by default)."""
-    return RESULTS / protocol.get("units", UNITS.name)
-
-
-def report_name(protocol: dict[str, Any]) -> str:
-    return protocol.get("report", NAME)
+UNITS = RESULTS / f"{NAME}-units"  # version 2's units (a later protocol may name its own: protocol_outputs)
 ROW_KEYS = ("dataset", "pair", "split", "protocol", "seed", "method", "base", "novel", "hm", "seconds")
 
 
@@ -137,7 +128,7 @@ def protocol_config(protocol: dict[str, Any], part: str, pair: dict[str, str], b
     cfg = ProtocolConfig(data=data, weak=pair["weak"], strong=pair["strong"], plugin=s.finetuned,
                          teacher=replace(s.teacher, consistency=d["consistency"]), extraction=s.extraction,
                          refine=replace(s.refine, lrs=tuple(grids["refine_lrs"]), distill=d["distill"],
-                                        zero_shot=d.get("zero_shot", s.refine.zero_shot)),
+                                        zero_shot=d["zero_shot"]),
                          lambdas=tuple(grids["lambdas"]), alphas=tuple(grids["alphas"]), protocols=("all", "base"),
                          strong_lrs=tuple(grids["strong_lrs"]), strong_consistency=d["strong_consistency"],
                          teacher_ablation=False, refine_ablation=True, uses=uses)
@@ -390,7 +381,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def report(protocol: dict[str, Any]) -> dict[str, Any]:
     """transfer-splits.json and .md from the unit files written under the current protocol."""
-    found = [json.loads(p.read_text()) for p in sorted(units_dir(protocol).glob("*.json"))]
+    found = [json.loads(p.read_text()) for p in sorted(protocol_outputs(protocol, NAME)[0].glob("*.json"))]
     current = [u for u in found if u["protocol"]["sha"] == protocol["file"]["sha"]]
     if len(current) != len(found):
         print(f"left out {len(found) - len(current)} unit(s) written under another version of the protocol")
@@ -403,7 +394,7 @@ def report(protocol: dict[str, Any]) -> dict[str, Any]:
                "determinism": sorted({json.dumps(u["determinism"], sort_keys=True) for u in current}),
                "load_average": {"min_start": min(u["load_average"]["start"][0] for u in current),
                                 "max_start": max(u["load_average"]["start"][0] for u in current)}}
-    write_results(report_name(protocol), payload, markdown(payload))
+    write_results(protocol_outputs(protocol, NAME)[1], payload, markdown(payload))
     return payload
 
 
@@ -428,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.report:
         for pair, split, seed in units(protocol, args.pairs, args.splits):
-            path = units_dir(protocol) / f"{unit_id(pair['name'], split, seed, protocol['task'])}.json"
+            path = protocol_outputs(protocol, NAME)[0] / f"{unit_id(pair['name'], split, seed, protocol['task'])}.json"
             if path.exists() and json.loads(path.read_text())["protocol"]["sha"] == protocol["file"]["sha"]:
                 continue
             if not claim(ROOT / "runs" / "transfer-splits-claims", path.name):

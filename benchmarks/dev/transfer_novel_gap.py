@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from _common import RESULTS, command_line  # noqa: E402
+from transfer_splits import UNITS  # noqa: E402  (protocol v2's evaluation units)
 
-UNITS = RESULTS / "transfer-splits-units"
 OUT = RESULTS / "dev" / "transfer-novel-gap.md"
 METHODS = ("weak_zero_shot", "teacher", "strong_zero_shot", "transferred", "transmiter_plus", "strong_fine_tuned")
 
