@@ -35,7 +35,9 @@ class NovelKeptTeacher:
     """The teacher's logits with its novel-class columns replaced by the weak zero-shot's."""
 
     def __init__(self, teacher, novel: list[int]) -> None:
-        self.teacher, self.novel = teacher, torch_index(novel)
+        import torch
+
+        self.teacher, self.novel = teacher, torch.as_tensor(list(novel), dtype=torch.long)
 
     def logits(self, run, names):
         from vimw.transfer.protocol import gather
@@ -45,12 +47,6 @@ class NovelKeptTeacher:
         target = target.clone()
         target[:, self.novel] = weak[:, self.novel]
         return target, seconds
-
-
-def torch_index(values: list[int]):
-    import torch
-
-    return torch.as_tensor(list(values), dtype=torch.long)
 
 
 def run_unit(protocol: dict[str, Any], split: str, seed: int) -> dict[str, Any]:
