@@ -277,6 +277,32 @@ def test_zoo_residual_starts_as_the_fitted_aggregate_and_trains_only_the_new_mod
     assert any(float(p.detach().abs().max()) > 0 for n, p in model.plugin.module.named_parameters() if ".up." in n)
 
 
+def test_the_zoo_residual_method_is_zoo_ridge_at_the_start_with_scratchs_new_module_and_head(tiny_zoo, lite0,
+                                                                                             make_task):
+    """The pairing ``zoo_residual`` - ``scratch`` isolates the zoo: the same seeded module and head, and
+    below them exactly ``zoo_ridge``'s frozen representation."""
+    from vimw.methods import MethodContext, get_method
+    from vimw.training import TrainConfig
+
+    data = make_task(n_train=12, n_val=0, n_test=6)
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=4, seed=7)
+    residual, info = get_method("zoo_residual").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
+    scratch, _ = get_method("scratch").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
+    ridge, ridge_info = get_method("zoo_ridge").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
+    assert info["zoo"] == ridge_info["zoo"] and info["aggregation"] == ridge_info["aggregation"]
+    for (name, mine), (_, theirs) in zip(residual.plugin.module.state_dict().items(),
+                                         scratch.plugin.state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    for key, value in scratch.head.state_dict().items():
+        assert torch.equal(residual.head.state_dict()[key], value)
+    pixels = lite0.preprocess(data.test.images)
+    with torch.no_grad():
+        torch.testing.assert_close(lite0(pixels, bypass=residual.bypass()), lite0(pixels, bypass=ridge.bypass()),
+                                   rtol=0, atol=0)
+    trainable = {n.split(".")[0] for n, p in residual.plugin.named_parameters() if p.requires_grad}
+    assert trainable == {"module"}  # the zoo's gates and scales stay fixed
+
+
 # -- zoo-initialised module -----------------------------------------------------------------------------
 def test_zoo_init_at_step_zero_computes_exactly_the_merged_module(tiny_zoo, lite0, make_task):
     data = make_task(n_test=6)

@@ -3,7 +3,8 @@
 ::
 
     MODEL_DIR/
-      model.safetensors   gate_logits (aggregation) and head.* tensors
+      model.safetensors   gate_logits and site_log_scale (aggregation), module.* (a new module,
+                          alone or on top of the zoo) and head.* tensors
       manifest.json       format, method, backbone (arch, fingerprint, image size),
                           zoo (path, modules: name + sha256), head config, task,
                           class names, metrics, settings
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vimw.aggregation.aggregate import ZooAggregate
+from vimw.aggregation.residual import ZooResidual
 from vimw.backbones import Backbone, create_backbone
 from vimw.errors import BackboneMismatchError, FormatError, IntegrityError, VimwError
 from vimw.io import load_tensors, read_json, save_tensors, sha256_file, write_json
@@ -37,12 +39,14 @@ def save_downstream(directory: str | os.PathLike, model: TaskModel, manifest: di
     directory = Path(directory)
     tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
     plugin = model.plugin
-    if isinstance(plugin, ZooAggregate):
-        tensors["gate_logits"] = plugin.gate_logits.detach()
-        if getattr(plugin, "log_scale", None) is not None:  # fitted per-site scales (aggregation.gatefit)
-            tensors["site_log_scale"] = plugin.log_scale.detach()
-    elif plugin is not None:
-        tensors.update({f"module.{k}": v for k, v in plugin.state_dict().items()})
+    zoo_part, module_part = (plugin.zoo, plugin.module) if isinstance(plugin, ZooResidual) else \
+        (plugin, None) if isinstance(plugin, ZooAggregate) else (None, plugin)
+    if zoo_part is not None:
+        tensors["gate_logits"] = zoo_part.gate_logits.detach()
+        if getattr(zoo_part, "log_scale", None) is not None:  # fitted per-site scales (aggregation.gatefit)
+            tensors["site_log_scale"] = zoo_part.log_scale.detach()
+    if module_part is not None:
+        tensors.update({f"module.{k}": v for k, v in module_part.state_dict().items()})
     digest = save_tensors(directory / TENSORS_FILE, tensors)
     payload = {
         **manifest,
@@ -217,9 +221,10 @@ def load_downstream(
                 raise FormatError(f"{directory / TENSORS_FILE}: 'site_log_scale' is missing or has the wrong shape")
             with torch.no_grad():
                 plugin.log_scale.copy_(scale)
-    elif manifest.get("module"):
-        plugin = ModuleSet.create(config_from_dict(manifest["module"]), backbone.sites)
-        plugin.load_weights({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+    if manifest.get("module"):  # a new module: alone, or on top of the frozen zoo (ZooResidual)
+        module = ModuleSet.create(config_from_dict(manifest["module"]), backbone.sites)
+        module.load_weights({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        plugin = module if plugin is None else ZooResidual(plugin, module)
     model = TaskModel(backbone, HeadConfig.from_dict(manifest["head"]), plugin=plugin)
     head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     try:

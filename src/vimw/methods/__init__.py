@@ -5,7 +5,8 @@
 - ``fitted``: ``gates_ridge``, ``gates_cma`` (gates fitted to a held-out ridge objective);
 - ``zoo_init``: ``zoo_init``, ``zoo_init_gated`` (a new module initialised from the zoo);
 - ``closed_form``: ``ridge_probe``, ``zoo_ridge`` (a ridge head in closed form on the frozen
-  backbone / the amplified uniform zoo ensemble: no training seed, no validation images).
+  backbone / the amplified uniform zoo ensemble: no training seed, no validation images);
+- ``residual``: ``zoo_residual`` (``zoo_ridge``'s frozen zoo plus a new module trained like ``scratch``).
 
 ``base`` defines :class:`DownstreamMethod` and the registry; importing this package registers
 every built-in method. Choosing among methods (``auto``) is a workflow: ``vimw.workflows.compare``.
@@ -29,7 +30,7 @@ from vimw.methods.base import (
     zoo_methods,
 )
 # Registration order is the order methods are listed in (ViM first, baselines last).
-from vimw.methods import vim, fitted, zoo_init, closed_form, baselines  # noqa: F401, I001  (registers the built-in methods)
+from vimw.methods import vim, fitted, zoo_init, closed_form, residual, baselines  # noqa: F401, I001  (registers the built-in methods)
 from vimw.methods.zoo_init import zoo_average_module
 
 __all__ = [

@@ -95,13 +95,20 @@ class ZooRidge(ClosedFormHead):
     scale: ClassVar[float] = ZOO_RIDGE_SCALE
 
     def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
-        names, experts = ctx.experts(self.name)
-        plugin = ScaledZooAggregate(experts, names, ctx.backbone, mode="ens")
-        plugin.gate_logits.requires_grad_(False)  # uniform gates, fixed
-        with torch.no_grad():
-            plugin.log_scale.fill_(math.log(self.scale))
-        return TaskModel(ctx.backbone, ctx.head(), plugin=plugin), {
-            "zoo": ctx.zoo_record(names),
-            "aggregation": {"mode": "ens", "top_k": ctx.top_k, "single_index": None, "site_scale": True,
-                            "fixed": f"uniform gates x {self.scale:g}"},
-        }
+        plugin, record = amplified_zoo(ctx, self.name, self.scale)
+        return TaskModel(ctx.backbone, ctx.head(), plugin=plugin), record
+
+
+def amplified_zoo(ctx: MethodContext, method: str, scale: float) -> tuple[ScaledZooAggregate, dict]:
+    """The uniform ensemble of the context's zoo modules times ``scale`` at every site, frozen, and its
+    record (the manifest's ``zoo`` and ``aggregation``). It draws nothing from the random generator."""
+    names, experts = ctx.experts(method)
+    plugin = ScaledZooAggregate(experts, names, ctx.backbone, mode="ens")
+    plugin.gate_logits.requires_grad_(False)  # uniform gates, fixed
+    with torch.no_grad():
+        plugin.log_scale.fill_(math.log(scale))
+    return plugin, {
+        "zoo": ctx.zoo_record(names),
+        "aggregation": {"mode": "ens", "top_k": ctx.top_k, "single_index": None, "site_scale": True,
+                        "fixed": f"uniform gates x {scale:g}"},
+    }
