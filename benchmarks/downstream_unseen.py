@@ -65,11 +65,26 @@ def plan_from_protocol(protocol: dict[str, Any]) -> dict[str, Any]:
             "control_seed_offset": int(ev["controls"]["second_training_seed_offset"]),
             "max_folds": int(ev["selection"]["max_folds"]), "threads": int(protocol["threads"]),
             "zoo": protocol["zoo"]["dir"], "units": units, "report": report, "all_settings_at_one_shot": False,
-            "auto_rule": ev["auto"].get("leave_fresh_module", AUTO_RULES[0]), "protocol": protocol["file"]}
+            "auto_rule": ev["auto"].get("leave_fresh_module", AUTO_RULES[0]), "protocol": protocol["file"],
+            **best_zoo_rule(ev)}
     if plan["auto_rule"] not in AUTO_RULES:
         raise SystemExit(f"unknown auto rule {plan['auto_rule']!r}: one of {AUTO_RULES}")
     check_library(protocol)
     return plan
+
+
+def best_zoo_rule(ev: dict[str, Any]) -> dict[str, Any]:
+    """Which zoo methods ``best_zoo`` chooses among and, where nothing can be held out (1 shot), their fixed
+    order: the protocol's ``best_zoo`` section, or else (the first two protocols) the zoo methods among
+    ``auto``'s candidates in the library's 1-shot order."""
+    from vimw.methods import get_method
+
+    rule = ev.get("best_zoo") or {}
+    pool = list(rule.get("candidates") or [m for m in ev["auto"]["candidates"] if get_method(m).uses_zoo])
+    order = list(rule.get("one_shot_order") or [])
+    if not all(get_method(m).uses_zoo for m in pool) or sorted(order or pool) != sorted(pool):
+        raise SystemExit(f"best_zoo must choose among zoo methods, its 1-shot order naming each once: {rule}")
+    return {"best_zoo_pool": pool, "best_zoo_one_shot_order": order or None}
 
 
 def check_library(protocol: dict[str, Any]) -> None:
@@ -98,7 +113,8 @@ def dev_plan(args) -> dict[str, Any]:
     return {"tasks": {t: "balanced_accuracy" for t in args.tasks}, "shots": args.shots, "seeds": args.seeds,
             "max_test": 1000, "methods": ["ridge_probe", "zoo_ridge", "scratch", "linear_probe"],
             "control_seed_offset": 1000, "max_folds": 5, "threads": 1, "zoo": args.zoo, "units": DEV_UNITS,
-            "all_settings_at_one_shot": True, "auto_rule": AUTO_RULES[0], "protocol": None}
+            "all_settings_at_one_shot": True, "auto_rule": AUTO_RULES[0], "protocol": None,
+            "best_zoo_pool": ["zoo_ridge"], "best_zoo_one_shot_order": None}
 
 
 def code_version() -> str:
@@ -179,16 +195,21 @@ def run_methods(context, folds, methods, settings, zoo, names, test, task, plan)
     return records, cvs
 
 
-def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0]) -> dict[str, Any]:
+def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0], zoo_pool=None, zoo_one_shot_order=None) -> dict[str, Any]:
     """What ``auto`` and ``best_zoo`` keep from these cross-validated numbers, and the zoo's estimated
     gain. ``rule``: how ``auto`` leaves the fresh module: by the selection rule alone (the first
-    protocol's), or only on evidence (``compare.choose_auto``: a paired 95% interval above zero)."""
+    protocol's), or only on evidence (``compare.choose_auto``: a paired 95% interval above zero).
+    ``best_zoo`` applies the selection rule among ``zoo_pool`` (default: the zoo methods among
+    ``candidates``); with nothing held out, the first of ``zoo_one_shot_order`` (default: the library's)."""
     from vimw.methods import get_method
     from vimw.workflows.compare import choose_auto, choose_method, zoo_gain
 
     pool = [m for m in candidates if m in cvs]
     auto = (choose_method if rule == AUTO_RULES[0] else choose_auto)(cvs, pool)
-    best_zoo = choose_method(cvs, [m for m in pool if get_method(m).uses_zoo])
+    zoo_methods = [m for m in (zoo_pool or [m for m in pool if get_method(m).uses_zoo]) if m in cvs]
+    unscored = not any(cvs[m].metrics for m in zoo_methods)
+    best_zoo = next((m for m in zoo_one_shot_order if m in zoo_methods), None) if unscored and zoo_one_shot_order \
+        else choose_method(cvs, zoo_methods)
     gain = zoo_gain(cvs, best_zoo)
     return {"auto": auto, "best_zoo": best_zoo, "zoo_gain": None if gain is None else gain.to_dict(),
             "says": None if gain is None else gain.sentence(auto)}
@@ -230,7 +251,8 @@ def run_unit(task: str, shots: int, seed: int, plan: dict[str, Any], backbone, z
             records["scratch_x2"] = {"of": ["scratch", "scratch@seed2"]}
         else:
             cvs = {**{m: c for m, c in base_cvs.items() if not get_method(m).uses_zoo}, **cvs}
-        picked = choices(cvs, auto_candidates(), plan["auto_rule"])
+        picked = choices(cvs, auto_candidates(), plan["auto_rule"], plan["best_zoo_pool"],
+                         plan["best_zoo_one_shot_order"])
         for method, record in records.items():
             if "logits" in record:
                 logits[(variant, method)] = record.pop("logits")
@@ -280,6 +302,16 @@ def run_all(plan: dict[str, Any], *, tasks=None, shots=None, seeds=None, commit_
 MAIN_METHODS = ("scratch", "scratch_x2", "linear_probe", "ridge_probe", "zoo_ridge", "best_zoo", "auto")
 VERSUS = (("best_zoo", "scratch"), ("auto", "scratch"), ("zoo_ridge", "ridge_probe"), ("best_zoo", "scratch_x2"),
           ("ridge_probe", "scratch"), ("linear_probe", "scratch"), ("scratch_x2", "scratch"))
+
+
+def report_methods(plan: dict[str, Any]) -> tuple[tuple, tuple, tuple]:
+    """The main table's methods and paired differences, and the second table's methods: the first two
+    protocols' columns, plus each further method a protocol runs (paired with ``scratch``)."""
+    extra = tuple(m for m in plan["methods"] if m not in MAIN_METHODS)
+    main = MAIN_METHODS[:5] + extra + MAIN_METHODS[5:]
+    versus = VERSUS[:2] + tuple((m, "scratch") for m in extra) + VERSUS[2:]
+    zoo_extra = tuple(m for m in extra if m in plan["best_zoo_pool"])
+    return main, versus, ("scratch", "zoo_ridge", *zoo_extra, "best_zoo", "auto")
 
 
 def flat_rows(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -423,10 +455,11 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
         if u:
             why = "; ".join(f"{n} ({', '.join(r)})" for n, r in u["overlaps"].items()) or "none"
             lines.append(f"| {t} | {len(u['zoos'][LOO])} modules | {why} |")
+    main_methods, main_versus, second_methods = report_methods(plan)
     for title, tab, methods, versus in (
-            ("Main table: leave-overlap-out zoos", main, MAIN_METHODS, VERSUS),
+            ("Main table: leave-overlap-out zoos", main, main_methods, main_versus),
             ("Second table: the whole zoo, overlapping modules included (tasks where it differs)", whole,
-             ("scratch", "zoo_ridge", "best_zoo", "auto"), (("best_zoo", "scratch"), ("auto", "scratch")))):
+             second_methods, (("best_zoo", "scratch"), ("auto", "scratch")))):
         cells = [(t, k) for t in tasks for k in plan["shots"] if (t, k) in tab]
         if title.startswith("Second"):
             cells = [c for c in cells if zoos.get(c[0]) and WHOLE in zoos[c[0]]["zoos"]]
