@@ -277,10 +277,10 @@ def test_zoo_residual_starts_as_the_fitted_aggregate_and_trains_only_the_new_mod
     assert any(float(p.detach().abs().max()) > 0 for n, p in model.plugin.module.named_parameters() if ".up." in n)
 
 
-def test_the_zoo_residual_method_is_zoo_ridge_at_the_start_with_scratchs_new_module_and_head(tiny_zoo, lite0,
-                                                                                             make_task):
+def test_the_zoo_residual_method_is_the_uniform_zoo_at_the_start_with_scratchs_new_module_and_head(tiny_zoo, lite0,
+                                                                                                    make_task):
     """The pairing ``zoo_residual`` - ``scratch`` isolates the zoo: the same seeded module and head, and
-    below them exactly ``zoo_ridge``'s frozen representation."""
+    below them exactly the frozen uniform zoo ensemble."""
     from vimw.methods import MethodContext, get_method
     from vimw.training import TrainConfig
 
@@ -288,8 +288,9 @@ def test_the_zoo_residual_method_is_zoo_ridge_at_the_start_with_scratchs_new_mod
     config = TrainConfig(epochs=1, lr=1e-3, batch_size=4, seed=7)
     residual, info = get_method("zoo_residual").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
     scratch, _ = get_method("scratch").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
-    ridge, ridge_info = get_method("zoo_ridge").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
-    assert info["zoo"] == ridge_info["zoo"] and info["aggregation"] == ridge_info["aggregation"]
+    _, ridge_info = get_method("zoo_ridge").build_seeded(MethodContext(lite0, data, zoo=tiny_zoo), config)
+    assert info["zoo"] == ridge_info["zoo"] and info["aggregation"]["fixed"] == "uniform gates x 1"
+    uniform = ZooAggregate([tiny_zoo.load(n, lite0) for n in NAMES], NAMES, lite0, mode="ens")
     for (name, mine), (_, theirs) in zip(residual.plugin.module.state_dict().items(),
                                          scratch.plugin.state_dict().items()):
         assert torch.equal(mine, theirs), name
@@ -297,8 +298,7 @@ def test_the_zoo_residual_method_is_zoo_ridge_at_the_start_with_scratchs_new_mod
         assert torch.equal(residual.head.state_dict()[key], value)
     pixels = lite0.preprocess(data.test.images)
     with torch.no_grad():
-        torch.testing.assert_close(lite0(pixels, bypass=residual.bypass()), lite0(pixels, bypass=ridge.bypass()),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(lite0(pixels, bypass=residual.bypass()), lite0(pixels, bypass=uniform.bypass))
     trainable = {n.split(".")[0] for n, p in residual.plugin.named_parameters() if p.requires_grad}
     assert trainable == {"module"}  # the zoo's gates and scales stay fixed
 
