@@ -11,12 +11,13 @@ collapsed on digits (``NOTES.md`` section 7); here it runs with the registered r
 ``fmnist-apparel`` and ``photos`` (the protocols' development tasks), development seeds 100+,
 true few-shot (the k shots only), every trained method at its grid's first setting (lr 1e-3; the
 protocols' 1-shot setting, used at every shot count: no cross-validation), the leave-overlap-out
-zoo, the fixed test set. ``zoo_residual``'s new module and head are drawn from the seed exactly as
-``scratch`` draws them and see the same batches and views, so a paired difference isolates the
-zoo. One JSON file per (task, shots, seed) under ``results/dev/zoo-residual-devtasks-units``;
+zoo, the fixed test set. ``zoo_residual`` sees the same batches and views as ``scratch``; as these
+runs built it (registered here as ``zoo_residual_dev``), loading the zoo's modules after the seed
+drew numbers, so its new module and head start from other draws than ``scratch``'s (like another
+training seed; the library's ``zoo_residual`` draws them exactly as ``scratch`` does). One JSON file per (task, shots, seed) under ``results/dev/zoo-residual-devtasks-units``;
 resumes. A lead for a new protocol file, never a reported result.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev/zoo_residual_devtasks.py --seeds 5 --shots 1 2 5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev/zoo_residual_devtasks.py --seeds 10 --shots 1 2 5 [--scale 1]
 """
 
 from __future__ import annotations
@@ -39,29 +40,29 @@ UNITS = RESULTS_DEV / "zoo-residual-devtasks-units"
 TASKS = ("fmnist-apparel", "photos")
 METRIC = "balanced_accuracy"
 METHODS = ("scratch", "zoo_residual", "ridge_probe", "zoo_ridge")
+DEV_NAMES = {"zoo_residual": "zoo_residual_dev"}  # the registered name of a method built here
 
 
-def register_zoo_residual() -> None:
-    """``zoo_residual`` for this process only (the library's registry and its protocols are unchanged)."""
+def register_zoo_residual(scale: float) -> None:
+    """``zoo_residual_dev`` (the zoo amplified ``scale`` times) as these runs built it, for this process only."""
     from vimw.aggregation.gatefit import ScaledZooAggregate
     from vimw.aggregation.residual import ZooResidual
     from vimw.methods import DownstreamMethod, MethodContext, register_method
-    from vimw.methods.closed_form import ZOO_RIDGE_SCALE
     from vimw.modules import ModuleSet, config_from_dict
     from vimw.training import TaskModel, TrainConfig
 
-    @register_method("zoo_residual", "zoo_ridge's frozen zoo plus a new module, trained like scratch",
+    @register_method(DEV_NAMES["zoo_residual"], "zoo_ridge's frozen zoo plus a new module, trained like scratch",
                      uses_zoo=True, trains="zoo")
     class ZooResidualMethod(DownstreamMethod):
         def build(self, ctx: MethodContext, config: TrainConfig) -> tuple[TaskModel, dict]:
             names, experts = ctx.experts(self.name)
-            # The new module first, as scratch draws it; the frozen zoo draws nothing from the seed.
+            # Loading the zoo's modules above drew numbers after the seed: the module's draws differ from scratch's.
             module = ModuleSet.create(config_from_dict(dict(ctx.zoo.manifest(names[0]).module)), ctx.backbone.sites)
             with torch.random.fork_rng():
                 zoo = ScaledZooAggregate(experts, names, ctx.backbone, mode="ens")
             zoo.gate_logits.requires_grad_(False)
             with torch.no_grad():
-                zoo.log_scale.fill_(math.log(ZOO_RIDGE_SCALE))
+                zoo.log_scale.fill_(math.log(scale))
             return TaskModel(ctx.backbone, ctx.head(), plugin=ZooResidual(zoo, module)), {}
 
 
@@ -76,7 +77,8 @@ def run_unit(task: str, shots: int, seed: int, backbone, zoo) -> dict:
     settings = SearchSettings(seed=seed)
     test, seconds = {}, {}
     for method in METHODS:
-        fixed = MethodCV(method, dict(settings.grid(method)[0]), "fixed (the grid's first setting)")
+        fixed = MethodCV(DEV_NAMES.get(method, method), dict(settings.grid(method)[0]),
+                         "fixed (the grid's first setting)")
         started = time.perf_counter()
         _, result = train_chosen(context, fixed, settings)
         seconds[method] = time.perf_counter() - started
@@ -85,16 +87,16 @@ def run_unit(task: str, shots: int, seed: int, backbone, zoo) -> dict:
     return {"task": task, "shots": shots, "seed": seed, "zoo": names, "test": test, "seconds": seconds}
 
 
-def report(units: list[dict]) -> str:
+def report(units: list[dict], scale: float) -> str:
     cells = defaultdict(list)
     for u in units:
         cells[(u["task"], u["shots"])].append(u)
         cells[("both tasks", u["shots"])].append(u)
     pairs = (("zoo_residual", "scratch"), ("zoo_ridge", "ridge_probe"), ("scratch", "ridge_probe"),
              ("zoo_residual", "zoo_ridge"))
-    lines = ["# A new module on top of the frozen zoo, development tasks (not a result)", "",
-             "Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev/zoo_residual_devtasks.py --seeds 5 "
-             "--shots 1 2 5`", "",
+    lines = [f"# A new module on top of the frozen zoo x{scale:g}, development tasks (not a result)", "",
+             "Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev/zoo_residual_devtasks.py --seeds 10 "
+             f"--shots 1 2 5 --scale {scale:g}`", "",
              f"{METRIC}, paired per seed, points, 95% t interval, seeds ahead/behind; every trained method at lr "
              "1e-3, 120 steps, the k shots only.", "",
              "| task | shots | n | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " | seconds, zoo_residual / scratch |",
@@ -116,28 +118,34 @@ def main() -> None:
     parser.add_argument("--zoo", default="runs/zoo")
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 2, 5])
     parser.add_argument("--seeds", type=int, default=5, help="development seeds 100, 101, ...")
+    parser.add_argument("--skip", type=int, default=0, help="start at the seed this many after 100 (a second process)")
+    parser.add_argument("--scale", type=float, default=2.0,
+                        help="the frozen zoo's amplification (2: zoo_ridge's); another value has units and a "
+                             "report of its own")
     parser.add_argument("--report", action="store_true", help="only the report, from the units that exist")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    UNITS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.scale == 2.0 else f"-x{args.scale:g}"
+    units_dir = UNITS.with_name(UNITS.name.replace("-units", f"{suffix}-units"))
+    units_dir.mkdir(parents=True, exist_ok=True)
     if not args.report:
         from vimw.backbones import create_backbone
         from vimw.zoo import Zoo
 
-        register_zoo_residual()
+        register_zoo_residual(args.scale)
         backbone, zoo = create_backbone("efficientnet_lite0", image_size=64).eval(), Zoo(args.zoo)
-        for seed in DEV_SEEDS[: args.seeds]:
+        for seed in DEV_SEEDS[args.skip: args.seeds]:
             for shots in args.shots:
                 for task in TASKS:
-                    path = UNITS / f"{task}__{shots}__s{seed}.json"
+                    path = units_dir / f"{task}__{shots}__s{seed}.json"
                     if not path.exists():
                         unit = run_unit(task, shots, seed, backbone, zoo)
                         path.write_text(json.dumps(unit) + "\n")
                         print(path.name, {k: round(v, 3) for k, v in unit["test"].items()},
                               {k: round(v) for k, v in unit["seconds"].items()}, flush=True)
-    units = [json.loads(p.read_text()) for p in sorted(UNITS.glob("*.json"))]
-    text = report(units)
-    (RESULTS_DEV / "zoo-residual-devtasks.md").write_text(text, encoding="utf-8")
+    units = [json.loads(p.read_text()) for p in sorted(units_dir.glob("*.json"))]
+    text = report(units, args.scale)
+    (RESULTS_DEV / f"zoo-residual-devtasks{suffix}.md").write_text(text, encoding="utf-8")
     print(text)
 
 
