@@ -88,8 +88,8 @@ def best_zoo_rule(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_library(protocol: dict[str, Any]) -> None:
-    """The registered grids, auto's candidates, the fixed 1-shot order, the recipe and the zoo_ridge
-    scale must be the protocol's: a run never measures something other than what was fixed."""
+    """The registered grids, auto's candidates, the fixed 1-shot order, the recipe and the zoo's
+    scales must be the protocol's: a run never measures something other than what was fixed."""
     from vimw.methods import auto_candidates, get_method
     from vimw.methods.closed_form import ZOO_RIDGE_SCALE
     from vimw.workflows.compare import MAX_FOLDS, ONE_SHOT_ORDER, SearchSettings
@@ -103,6 +103,10 @@ def check_library(protocol: dict[str, Any]) -> None:
               "auto_candidates": list(ev["auto"]["candidates"]), "one_shot_order": list(ev["auto"]["one_shot_order"]),
               "recipe": dict(ev["recipe"]), "zoo_ridge_scale": float(ev["zoo_ridge_scale"]),
               "max_folds": int(ev["selection"]["max_folds"])}
+    if "zoo_residual_scale" in ev:  # the third protocol's method
+        from vimw.methods.residual import ZOO_RESIDUAL_SCALE
+
+        found["zoo_residual_scale"], wanted["zoo_residual_scale"] = ZOO_RESIDUAL_SCALE, float(ev["zoo_residual_scale"])
     differ = [k for k in wanted if found[k] != wanted[k]]
     if differ:
         raise SystemExit("the library differs from the protocol in " + ", ".join(
