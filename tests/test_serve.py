@@ -376,6 +376,27 @@ def test_a_mixed_batch_gives_each_model_its_own_answer_with_lora_folded_or_share
                                   atol=1e-5)
 
 
+def test_a_zoo_residual_model_shares_a_mixed_batch_and_the_zoos_modules(models, tiny_zoo, lite0, images,
+                                                                        tmp_path):
+    """The zoo under a new module (``zoo_residual``) is served from the same in-memory zoo modules as the
+    gated models, in the same backbone pass, with the answer ``vimw predict`` gives."""
+    from vimw.workflows.predict import read_images
+
+    residual = make_model(tmp_path / "residual", "zoo_residual", lite0, tiny_zoo, "dots", seed=5)
+    registry = ModelRegistry()
+    registry.load(models["bands-ens"], "bands-ens")
+    registry.load(residual, "residual")
+    assert registry.describe()["zoo_modules_in_memory"] == 3  # one copy of each zoo module for both models
+    pixels, _, _ = read_images(images, registry.backbone.preprocess.size)
+    pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+    with torch.inference_mode():
+        results, passes = _probabilities(registry, [("bands-ens", slice(0, 3)), ("residual", slice(1, 6))], pixels)
+    assert passes == 1
+    rows, _ = predict_files(images[1:6], load_predictor(model=residual), top=3)
+    want = torch.tensor([[p for p, _, _ in r.classes] for r in rows])
+    assert torch.allclose(results[1].topk(3).values, want, atol=1e-5)
+
+
 def test_auto_fold_keeps_the_faster_path_and_says_so(lora_model):
     registry = ModelRegistry(fold="auto")
     served = registry.load(lora_model, "lora")
