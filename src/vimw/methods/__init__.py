@@ -6,7 +6,7 @@
 - ``zoo_init``: ``zoo_init``, ``zoo_init_gated`` (a new module initialised from the zoo);
 - ``closed_form``: ``ridge_probe``, ``zoo_ridge`` (a ridge head in closed form on the frozen
   backbone / the amplified uniform zoo ensemble: no training seed, no validation images);
-- ``residual``: ``zoo_residual`` (``zoo_ridge``'s frozen zoo plus a new module trained like ``scratch``).
+- ``residual``: ``zoo_residual`` (the frozen uniform zoo ensemble plus a new module trained like ``scratch``).
 
 ``base`` defines :class:`DownstreamMethod` and the registry; importing this package registers
 every built-in method. Choosing among methods (``auto``) is a workflow: ``vimw.workflows.compare``.

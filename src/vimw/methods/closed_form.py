@@ -101,7 +101,8 @@ class ZooRidge(ClosedFormHead):
 
 def amplified_zoo(ctx: MethodContext, method: str, scale: float) -> tuple[ScaledZooAggregate, dict]:
     """The uniform ensemble of the context's zoo modules times ``scale`` at every site, frozen, and its
-    record (the manifest's ``zoo`` and ``aggregation``). It draws nothing from the random generator."""
+    record (the manifest's ``zoo`` and ``aggregation``). Loading the modules builds each one before its
+    weights arrive, which draws from the random generator."""
     names, experts = ctx.experts(method)
     plugin = ScaledZooAggregate(experts, names, ctx.backbone, mode="ens")
     plugin.gate_logits.requires_grad_(False)  # uniform gates, fixed
