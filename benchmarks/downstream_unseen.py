@@ -492,6 +492,20 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
             lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in ("ridge_probe", "scratch", "zoo_ridge"))
                          + f" | {verdicts.count('helps')} / {verdicts.count('no evidence')} / {verdicts.count('hurts')}"
                          + (f" (none: {verdicts.count('none')})" if "none" in verdicts else "") + " |")
+    if len(plan["best_zoo_pool"]) > 1:
+        pool = plan["best_zoo_pool"]
+        lines += ["", "## What best_zoo chose (leave-overlap-out zoos)", "",
+                  "| task | shots | " + " | ".join(pool) + " | the pick scored below the other on test |",
+                  "|---|---|" + "---|" * (len(pool) + 1)]
+        for t in tasks:
+            for k in plan["shots"]:
+                us = [u for u in units if u["task"] == t and u["shots"] == k and u["seed"] in payload["seeds_complete"]]
+                if not us:
+                    continue
+                picks = [u["choices"][LOO]["best_zoo"] for u in us]
+                tests = [{m: u["methods"][LOO][m]["test"][u["metric"]] for m in pool} for u in us]
+                worse = sum(scores[pick] < max(scores.values()) for pick, scores in zip(picks, tests))
+                lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in pool) + f" | {worse} |")
     lines += ["", "## Spread of scratch: the training seed alone vs the split (sd in points)", "",
               "| task | shots | training seed | split | total | splits |", "|---|---|---|---|---|---|"]
     for key, v in payload["spread"].items():
