@@ -206,14 +206,12 @@ def choices(cvs: dict, candidates, rule: str = AUTO_RULES[0], zoo_pool=None, zoo
     ``best_zoo`` applies the selection rule among ``zoo_pool`` (default: the zoo methods among
     ``candidates``); with nothing held out, the first of ``zoo_one_shot_order`` (default: the library's)."""
     from vimw.methods import get_method
-    from vimw.workflows.compare import choose_auto, choose_method, zoo_gain
+    from vimw.workflows.compare import ONE_SHOT_ORDER, choose_auto, choose_method, zoo_gain
 
     pool = [m for m in candidates if m in cvs]
     auto = (choose_method if rule == AUTO_RULES[0] else choose_auto)(cvs, pool)
-    zoo_methods = [m for m in (zoo_pool or [m for m in pool if get_method(m).uses_zoo]) if m in cvs]
-    unscored = not any(cvs[m].metrics for m in zoo_methods)
-    best_zoo = next((m for m in zoo_one_shot_order if m in zoo_methods), None) if unscored and zoo_one_shot_order \
-        else choose_method(cvs, zoo_methods)
+    zoo_methods = zoo_pool or [m for m in pool if get_method(m).uses_zoo]
+    best_zoo = choose_method(cvs, zoo_methods, zoo_one_shot_order or ONE_SHOT_ORDER)
     gain = zoo_gain(cvs, best_zoo)
     return {"auto": auto, "best_zoo": best_zoo, "zoo_gain": None if gain is None else gain.to_dict(),
             "says": None if gain is None else gain.sentence(auto)}
@@ -440,6 +438,15 @@ def report(plan: dict[str, Any], protocol: dict[str, Any] | None) -> dict[str, A
     return {"payload": payload, "markdown": markdown(payload, analysed, main, whole, tasks, plan, protocol)}
 
 
+def complete_cells(units, tasks, shots, seeds):
+    """``(task, shots, units)`` for every cell with units of the complete ``seeds``, in table order."""
+    for t in tasks:
+        for k in shots:
+            us = [u for u in units if u["task"] == t and u["shots"] == k and u["seed"] in seeds]
+            if us:
+                yield t, k, us
+
+
 def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
     metric = {t: m for t, m in plan["tasks"].items()}
     lines = [f"# Downstream methods on unseen tasks, true few-shot (issue 23)", ""]
@@ -482,30 +489,22 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
                                                                       for a, b in versus) + " |")
     lines += ["", "## What auto chose (leave-overlap-out zoos)", "", "| task | shots | " + " | ".join(
         ("ridge_probe", "scratch", "zoo_ridge")) + " | zoo gain said helps / no evidence / hurts |", "|---|---|---|---|---|---|"]
-    for t in tasks:
-        for k in plan["shots"]:
-            us = [u for u in units if u["task"] == t and u["shots"] == k and u["seed"] in payload["seeds_complete"]]
-            if not us:
-                continue
-            picks = [u["choices"][LOO]["auto"] for u in us]
-            verdicts = [(u["choices"][LOO]["zoo_gain"] or {}).get("verdict", "none") for u in us]
-            lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in ("ridge_probe", "scratch", "zoo_ridge"))
-                         + f" | {verdicts.count('helps')} / {verdicts.count('no evidence')} / {verdicts.count('hurts')}"
-                         + (f" (none: {verdicts.count('none')})" if "none" in verdicts else "") + " |")
+    for t, k, us in complete_cells(units, tasks, plan["shots"], payload["seeds_complete"]):
+        picks = [u["choices"][LOO]["auto"] for u in us]
+        verdicts = [(u["choices"][LOO]["zoo_gain"] or {}).get("verdict", "none") for u in us]
+        lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in ("ridge_probe", "scratch", "zoo_ridge"))
+                     + f" | {verdicts.count('helps')} / {verdicts.count('no evidence')} / {verdicts.count('hurts')}"
+                     + (f" (none: {verdicts.count('none')})" if "none" in verdicts else "") + " |")
     if len(plan["best_zoo_pool"]) > 1:
         pool = plan["best_zoo_pool"]
         lines += ["", "## What best_zoo chose (leave-overlap-out zoos)", "",
                   "| task | shots | " + " | ".join(pool) + " | the pick scored below the other on test |",
                   "|---|---|" + "---|" * (len(pool) + 1)]
-        for t in tasks:
-            for k in plan["shots"]:
-                us = [u for u in units if u["task"] == t and u["shots"] == k and u["seed"] in payload["seeds_complete"]]
-                if not us:
-                    continue
-                picks = [u["choices"][LOO]["best_zoo"] for u in us]
-                tests = [{m: u["methods"][LOO][m]["test"][u["metric"]] for m in pool} for u in us]
-                worse = sum(scores[pick] < max(scores.values()) for pick, scores in zip(picks, tests))
-                lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in pool) + f" | {worse} |")
+        for t, k, us in complete_cells(units, tasks, plan["shots"], payload["seeds_complete"]):
+            picks = [u["choices"][LOO]["best_zoo"] for u in us]
+            tests = [{m: u["methods"][LOO][m]["test"][u["metric"]] for m in pool} for u in us]
+            worse = sum(scores[pick] < max(scores.values()) for pick, scores in zip(picks, tests))
+            lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in pool) + f" | {worse} |")
     lines += ["", "## Spread of scratch: the training seed alone vs the split (sd in points)", "",
               "| task | shots | training seed | split | total | splits |", "|---|---|---|---|---|---|"]
     for key, v in payload["spread"].items():

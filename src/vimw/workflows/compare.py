@@ -439,15 +439,16 @@ def cross_validate(context: MethodContext, method: str, settings: SearchSettings
                     len(folds))
 
 
-def choose_method(cvs: dict[str, MethodCV], among: Sequence[str]) -> str | None:
+def choose_method(cvs: dict[str, MethodCV], among: Sequence[str],
+                  one_shot_order: Sequence[str] = ONE_SHOT_ORDER) -> str | None:
     """The method ``auto``'s rule keeps among ``among``: the best cross-validated one by the selection
-    rule, or, when nothing could be held out, the first of ``ONE_SHOT_ORDER`` present."""
+    rule, or, when nothing could be held out, the first of ``one_shot_order`` present."""
     pool = [m for m in among if m in cvs]
     if not pool:
         return None
     scored = [m for m in pool if cvs[m].metrics]
     if not scored:
-        fixed = [m for m in ONE_SHOT_ORDER if m in pool]
+        fixed = [m for m in one_shot_order if m in pool]
         return fixed[0] if fixed else pool[0]
     return scored[best_candidate([cvs[m].metrics for m in scored])]
 
