@@ -56,3 +56,16 @@ def test_a_best_zoo_rule_naming_a_method_without_the_zoo_is_refused():
     ev = {"auto": {"candidates": ["scratch", "zoo_ridge"]}, "best_zoo": {"candidates": ["scratch", "zoo_ridge"]}}
     with pytest.raises(SystemExit, match="zoo methods"):
         du.best_zoo_rule(ev)
+
+
+def test_the_selection_bound_takes_the_better_on_test_per_seed_only_where_every_member_ran():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "dev"))
+    import selection_bound as sb
+
+    tab = {("t", 2): {"zoo_ridge": {20: 0.5, 21: 0.7}, "zoo_residual": {20: 0.6, 21: 0.4, 22: 0.9},
+                      "scratch": {20: 0.55, 21: 0.5, 22: 0.5}, "scratch@seed2": {20: 0.5, 21: 0.65}}}
+    cell = sb.with_oracles(tab, ["zoo_ridge", "zoo_residual"])[("t", 2)]
+    assert cell[sb.ORACLE_ZOO] == {20: 0.6, 21: 0.7}  # seed 22 lacks zoo_ridge: no oracle there
+    assert cell[sb.ORACLE_SEED] == {20: 0.55, 21: 0.65}
+    gap = du.over_tasks(tab, 2, sb.ORACLE_ZOO, sb.ORACLE_SEED, ["t"])
+    assert gap["n"] == 2 and gap["mean"] == pytest.approx(100 * (0.05 + 0.05) / 2)
