@@ -428,8 +428,7 @@ def report(plan: dict[str, Any], protocol: dict[str, Any] | None) -> dict[str, A
                                                      for t in tasks for k in plan["shots"]))
     # every table, count and spread reads the complete seeds only (all units while no seed is complete)
     analysed = [u for u in units if u["seed"] in complete] or units
-    main = table([r for r in rows if r["seed"] in complete], LOO)
-    whole = table([r for r in rows if r["seed"] in complete], WHOLE)
+    main, whole = (complete_table(rows, complete, variant) for variant in (LOO, WHOLE))
     payload = {"protocol": plan["protocol"], "rows": rows, "seeds_complete": complete,
                "units": len(units), "units_planned": len(tasks) * len(plan["shots"]) * len(plan["seeds"]),
                "goals": goals(main, tasks, plan["shots"], len(complete)),
@@ -438,11 +437,17 @@ def report(plan: dict[str, Any], protocol: dict[str, Any] | None) -> dict[str, A
     return {"payload": payload, "markdown": markdown(payload, analysed, main, whole, tasks, plan, protocol)}
 
 
-def complete_cells(units, tasks, shots, seeds):
-    """``(task, shots, units)`` for every cell with units of the complete ``seeds``, in table order."""
+def complete_table(rows, complete, variant: str) -> dict:
+    """The per-cell table of one zoo variant over the ``complete`` seeds only: what the goals judge."""
+    return table([r for r in rows if r["seed"] in complete], variant)
+
+
+def unit_cells(units, tasks, shots):
+    """``(task, shots, units)`` for every cell that has units, in table order (``units`` are already the
+    analysed ones: the complete seeds')."""
     for t in tasks:
         for k in shots:
-            us = [u for u in units if u["task"] == t and u["shots"] == k and u["seed"] in seeds]
+            us = [u for u in units if u["task"] == t and u["shots"] == k]
             if us:
                 yield t, k, us
 
@@ -489,7 +494,7 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
                                                                       for a, b in versus) + " |")
     lines += ["", "## What auto chose (leave-overlap-out zoos)", "", "| task | shots | " + " | ".join(
         ("ridge_probe", "scratch", "zoo_ridge")) + " | zoo gain said helps / no evidence / hurts |", "|---|---|---|---|---|---|"]
-    for t, k, us in complete_cells(units, tasks, plan["shots"], payload["seeds_complete"]):
+    for t, k, us in unit_cells(units, tasks, plan["shots"]):
         picks = [u["choices"][LOO]["auto"] for u in us]
         verdicts = [(u["choices"][LOO]["zoo_gain"] or {}).get("verdict", "none") for u in us]
         lines.append(f"| {t} | {k} | " + " | ".join(str(picks.count(m)) for m in ("ridge_probe", "scratch", "zoo_ridge"))
@@ -500,7 +505,7 @@ def markdown(payload, units, main, whole, tasks, plan, protocol) -> str:
         lines += ["", "## What best_zoo chose (leave-overlap-out zoos)", "",
                   "| task | shots | " + " | ".join(pool) + " | the pick scored below the other on test |",
                   "|---|---|" + "---|" * (len(pool) + 1)]
-        for t, k, us in complete_cells(units, tasks, plan["shots"], payload["seeds_complete"]):
+        for t, k, us in unit_cells(units, tasks, plan["shots"]):
             picks = [u["choices"][LOO]["best_zoo"] for u in us]
             tests = [{m: u["methods"][LOO][m]["test"][u["metric"]] for m in pool} for u in us]
             worse = sum(scores[pick] < max(scores.values()) for pick, scores in zip(picks, tests))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, command_line, protocol_outputs  # noqa: E402
-from downstream_unseen import LOO, NAME, best_zoo_rule, fmt, over_tasks, table  # noqa: E402
+from downstream_unseen import LOO, NAME, best_zoo_rule, complete_table, fmt, over_tasks  # noqa: E402
 from transfer_splits import read_protocol  # noqa: E402
 
 ORACLE_ZOO, ORACLE_SEED = "oracle zoo pick", "oracle seed pick"
@@ -47,9 +47,7 @@ def with_oracles(tab: dict, zoo_candidates: list[str]) -> dict:
 
 
 def bound_table(report: dict, zoo_candidates: list[str]) -> list[dict]:
-    complete = set(report["seeds_complete"])
-    rows = [r for r in report["rows"] if r["seed"] in complete]
-    tab = with_oracles(table(rows, LOO), zoo_candidates)
+    tab = with_oracles(complete_table(report["rows"], set(report["seeds_complete"]), LOO), zoo_candidates)
     tasks = sorted({t for t, _ in tab})
     out = []
     for shots in sorted({s for _, s in tab}):
